@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# Installs everything Portico's lab and tests need on a fresh Debian machine, idempotently:
+# Debian packages (nftables, iproute2, python3-nftables), a virtualenv in .venv with Portico
+# and its test extras, and the pinned control plane built from the Go module proxy.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY="${PYTHON:-python3.11}"
+command -v "$PY" >/dev/null || PY=python3
+
+need_apt=()
+for pkg in nftables libnftables1 python3-nftables iproute2 procps psmisc util-linux; do
+  dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
+done
+if ((${#need_apt[@]})); then
+  echo "==> apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+if [[ ! -x .venv/bin/python ]]; then
+  echo "==> creating .venv with $PY"
+  "$PY" -m venv .venv
+fi
+stamp=.venv/.portico-installed
+if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
+  echo "==> pip install -e .[test,dev]"
+  .venv/bin/pip install -q --upgrade pip
+  .venv/bin/pip install -q -e ".[test,dev]"
+  touch "$stamp"
+fi
+
+# libnftables' Python binding is Debian's python3-nftables; expose just that module to the venv
+# (not all of dist-packages, which would shadow the pinned PyPI packages).
+site="$(.venv/bin/python -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')"
+ln -sfn /usr/lib/python3/dist-packages/nftables "$site/nftables"
+.venv/bin/python -c 'import nftables; nftables.Nftables()' || {
+  echo "libnftables is not usable from .venv" >&2; exit 1; }
+
+echo "==> control plane"
+bash hack/build-controlplane.sh | tail -1

@@ -1,0 +1,27 @@
+"""The session's lab. It needs root and network namespaces; without them every lab test errors
+loudly (pytest.fail), it never skips."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from portico_lab.lab import Lab, LabConfig
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "tests/lab/" in str(item.fspath):
+            item.add_marker(pytest.mark.lab)
+
+
+@pytest.fixture(scope="session")
+def lab() -> Iterator[Lab]:
+    try:
+        lab = Lab.up(LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2))
+    except Exception as e:
+        pytest.fail(f"the lab could not start: {type(e).__name__}: {e}", pytrace=False)
+    try:
+        yield lab
+    finally:
+        lab.down()
