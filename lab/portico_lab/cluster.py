@@ -123,7 +123,10 @@ class Cluster:
                 "bootID": "",
             },
         }
-        self.core.patch_node_status(host.name, {"status": status})
+        # A JSON patch replaces each field whole: a strategic merge would merge the two
+        # InternalIP addresses by their "type" key and reject the second as a duplicate.
+        ops = [{"op": "add", "path": f"/status/{k}", "value": v} for k, v in status.items()]
+        self.core.patch_node_status(host.name, ops)
 
     def renew_lease(self, node: str) -> None:
         body = {
