@@ -146,6 +146,14 @@ class Cluster:
                 raise
             self.coord.create_namespaced_lease("kube-node-lease", body)
 
+    def ensure_service_account(self, name: str, namespace: str) -> None:
+        body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}
+        try:
+            self.core.create_namespaced_service_account(namespace, body)
+        except ApiException as e:
+            if e.status != 409:
+                raise
+
     # -- pods ----------------------------------------------------------------------------------
     def create_pod(self, pod: Pod, namespace: str, labels: dict[str, str]) -> None:
         body = {

@@ -164,6 +164,9 @@ class Lab:
                     node_ids,
                 )
             )
+        # The serviceaccounts controller creates this a few seconds after it starts; Pod admission
+        # needs it. Creating it now (as kubeadm's addons do for theirs) saves those seconds.
+        cluster.ensure_service_account("default", POD_NAMESPACE)
         self._ensure_echo_service()
         with ThreadPoolExecutor(max_workers=8) as pool:
             list(pool.map(lambda p: cluster.create_pod(p, POD_NAMESPACE, ECHO_LABELS), pods))

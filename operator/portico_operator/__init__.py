@@ -1,0 +1,1 @@
+"""The Portico operator: IP pools, allocation, Service status and the LoadBalancer CR."""

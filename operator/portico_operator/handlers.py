@@ -1,0 +1,113 @@
+"""kopf wiring: which watch events reach which part of the controller.
+
+Indexers observe (kopf runs them for the whole first listing before any handler, which is how
+the operator knows everything that is already allocated before it allocates anything); event
+handlers trigger reconciles. Handlers on Services return nothing and patch nothing through kopf,
+so kopf keeps no annotations or finalizers of its own on users' objects.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import kopf
+from portico_common import API_GROUP
+from portico_common.kube import Credentials
+
+from .controller import Controller
+
+
+def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry:
+    r = kopf.OperatorRegistry()
+
+    @kopf.on.login(registry=r)
+    def login(**_: Any) -> kopf.ConnectionInfo:
+        return kopf.ConnectionInfo(
+            server=creds.server,
+            ca_path=creds.ca_path,
+            certificate_path=creds.cert_path,
+            private_key_path=creds.key_path,
+            scheme="Bearer" if creds.token else None,
+            token=creds.token,
+            default_namespace=creds.namespace,
+        )
+
+    # -- Services ------------------------------------------------------------------------------
+    @kopf.index("", "v1", "services", registry=r)
+    def index_services(body: kopf.Body, **_: Any) -> None:
+        ctl.observe_service(body)
+
+    @kopf.on.event("", "v1", "services", registry=r)
+    def on_service(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        ctl.mark_synced()
+        meta = body.get("metadata", {})
+        if event.get("type") == "DELETED":
+            ctl.forget_service(meta.get("namespace"), meta.get("name"))
+        elif ctl.leading:
+            ctl.queue.add(f"{meta.get('namespace')}/{meta.get('name')}")
+
+    # -- what a Service's allocation depends on ---------------------------------------------------
+    @kopf.index("", "v1", "namespaces", registry=r)
+    def index_namespaces(body: kopf.Body, **_: Any) -> None:
+        if ctl.observe_namespace(body) and ctl.synced.is_set() and ctl.leading:
+            ctl.enqueue_namespace(body["metadata"]["name"])
+
+    @kopf.on.event("", "v1", "namespaces", registry=r)
+    def on_namespace(**_: Any) -> None:
+        ctl.mark_synced()
+
+    @kopf.index(API_GROUP, "v1alpha1", "ippools", registry=r)
+    def index_pools(body: kopf.Body, **_: Any) -> None:
+        ctl.observe_pool(body)
+
+    @kopf.on.event(API_GROUP, "v1alpha1", "ippools", registry=r)
+    def on_pool(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        ctl.mark_synced()
+        if event.get("type") == "DELETED":
+            ctl.forget_pool(body["metadata"]["name"])
+        if ctl.leading:
+            ctl.enqueue_all()
+
+    # -- what the LoadBalancer CR reports -------------------------------------------------------
+    @kopf.index("", "v1", "nodes", registry=r)
+    def index_nodes(body: kopf.Body, **_: Any) -> None:
+        if ctl.observe_node(body) and ctl.synced.is_set() and ctl.leading:
+            ctl.enqueue_all()
+
+    @kopf.on.event("", "v1", "nodes", registry=r)
+    def on_node(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        ctl.mark_synced()
+        if event.get("type") == "DELETED":
+            ctl.forget_node(body["metadata"]["name"])
+            if ctl.leading:
+                ctl.enqueue_all()
+
+    @kopf.index("discovery.k8s.io", "v1", "endpointslices", registry=r)
+    def index_slices(body: kopf.Body, **_: Any) -> None:
+        key = ctl.observe_slice(body)
+        if key and ctl.synced.is_set() and ctl.leading and key in ctl.services:
+            ctl.queue.add(key)
+
+    @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=r)
+    def on_slice(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        ctl.mark_synced()
+        if event.get("type") == "DELETED":
+            key = ctl.forget_slice(body)
+            if key and ctl.leading and key in ctl.services:
+                ctl.queue.add(key)
+
+    @kopf.index(API_GROUP, "v1alpha1", "loadbalancers", registry=r)
+    def index_lbs(body: kopf.Body, **_: Any) -> None:
+        ctl.observe_lb(body)
+
+    @kopf.on.event(API_GROUP, "v1alpha1", "loadbalancers", registry=r)
+    def on_lb(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+        ctl.mark_synced()
+        if event.get("type") == "DELETED":
+            meta = body["metadata"]
+            ctl.forget_lb(meta["namespace"], meta["name"])
+            key = f"{meta['namespace']}/{meta['name']}"
+            if ctl.leading and key in ctl.services:
+                ctl.queue.add(key)  # someone deleted our CR: put it back
+
+    return r

@@ -1,0 +1,234 @@
+"""Renders what the operator writes: the LoadBalancer CR's spec, conditions, and the Service's
+status. Pure: the same inputs give the same JSON, so writes are skipped when nothing changed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from .pools import IP
+from .service import ServiceView
+from .settings import EXCLUDE_LABEL, SERVICE_CONDITION, ZONE_LABEL
+
+
+@dataclass(frozen=True)
+class NodeView:
+    name: str
+    internal_ips: tuple[str, ...]
+    zone: str | None
+    ready: bool
+    network_unavailable: bool
+    excluded: bool
+    deleting: bool
+
+    def out_reason(self) -> tuple[str, str] | None:
+        """Why the node takes no load-balancer traffic, or None."""
+        if self.deleting:
+            return "Deleting", "the Node is being deleted"
+        if self.excluded:
+            return "Excluded", f"the Node has the label {EXCLUDE_LABEL}"
+        if not self.ready:
+            return "NotReady", "the Node's Ready condition is not True"
+        if self.network_unavailable:
+            return "NetworkUnavailable", "the Node's NetworkUnavailable condition is True"
+        if not self.internal_ips:
+            return "NoInternalIP", "the Node has no InternalIP address"
+        return None
+
+
+def parse_node(obj: Mapping[str, Any]) -> NodeView:
+    meta = obj.get("metadata") or {}
+    status = obj.get("status") or {}
+    conds = {c.get("type"): c.get("status") for c in status.get("conditions") or []}
+    labels = meta.get("labels") or {}
+    return NodeView(
+        name=meta.get("name", ""),
+        internal_ips=tuple(
+            a["address"] for a in status.get("addresses") or [] if a.get("type") == "InternalIP"
+        ),
+        zone=labels.get(ZONE_LABEL),
+        ready=conds.get("Ready") == "True",
+        network_unavailable=conds.get("NetworkUnavailable") == "True",
+        excluded=EXCLUDE_LABEL in labels,
+        deleting=bool(meta.get("deletionTimestamp")),
+    )
+
+
+@dataclass(frozen=True)
+class EndpointView:
+    address: str
+    node: str | None
+    zone: str | None
+    ready: bool
+    serving: bool
+    terminating: bool
+    for_zones: tuple[str, ...]
+
+
+def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointView, ...]:
+    out = []
+    for ep in obj.get("endpoints") or []:
+        c = ep.get("conditions") or {}
+        ready = c.get("ready") is not False  # nil means ready (API convention)
+        serving = c.get("serving") if c.get("serving") is not None else ready
+        hints = (ep.get("hints") or {}).get("forZones") or []
+        for addr in ep.get("addresses") or []:
+            out.append(
+                EndpointView(
+                    address=addr,
+                    node=ep.get("nodeName"),
+                    zone=ep.get("zone"),
+                    ready=ready,
+                    serving=bool(serving),
+                    terminating=bool(c.get("terminating")),
+                    for_zones=tuple(sorted(h["name"] for h in hints if "name" in h)),
+                )
+            )
+    return tuple(out)
+
+
+def ports_summary(svc: ServiceView) -> str:
+    return ",".join(f"{p.port}/{p.protocol}" for p in svc.ports)
+
+
+def render_spec(
+    svc: ServiceView,
+    vips: Sequence[IP],
+    pool: str | None,
+    forwarding_mode: str,
+    nodes: Iterable[NodeView],
+    endpoints: Iterable[EndpointView],
+) -> dict[str, Any]:
+    by_node: dict[str, list[EndpointView]] = {}
+    for ep in endpoints:
+        if ep.node:
+            by_node.setdefault(ep.node, []).append(ep)
+    backends = []
+    excluded = []
+    for node in sorted(nodes, key=lambda n: n.name):
+        out = node.out_reason()
+        if out is not None:
+            excluded.append({"node": node.name, "reason": out[0], "message": out[1]})
+            continue
+        eps = sorted(by_node.get(node.name, []), key=lambda e: e.address)
+        backends.append(
+            {
+                "node": node.name,
+                "internalIPs": list(node.internal_ips),
+                "zone": node.zone or "",
+                "ready": sum(e.ready for e in eps),
+                "serving": sum(e.serving for e in eps),
+                "terminating": sum(e.terminating for e in eps),
+                "endpoints": [
+                    {
+                        "address": e.address,
+                        "ready": e.ready,
+                        "serving": e.serving,
+                        "terminating": e.terminating,
+                        "forZones": list(e.for_zones),
+                    }
+                    for e in eps
+                ],
+            }
+        )
+    spec: dict[str, Any] = {
+        "service": {"name": svc.name, "uid": svc.uid},
+        "vips": [str(ip) for ip in vips],
+        "pool": pool or "",
+        "ports": [
+            {
+                "name": p.name,
+                "protocol": p.protocol,
+                "port": p.port,
+                **({"nodePort": p.node_port} if p.node_port else {}),
+                **({"targetPort": p.target_port} if p.target_port is not None else {}),
+            }
+            for p in svc.ports
+        ],
+        "portsSummary": ports_summary(svc),
+        "externalTrafficPolicy": svc.external_traffic_policy,
+        "sessionAffinity": svc.session_affinity,
+        "sourceRanges": list(svc.source_ranges),
+        "forwardingMode": forwarding_mode,
+        "backends": backends,
+        "excludedNodes": excluded,
+    }
+    if svc.health_check_node_port:
+        spec["healthCheckNodePort"] = svc.health_check_node_port
+    if svc.session_affinity_timeout is not None:
+        spec["sessionAffinityTimeoutSeconds"] = svc.session_affinity_timeout
+    if svc.traffic_distribution:
+        spec["trafficDistribution"] = svc.traffic_distribution
+    return spec
+
+
+def condition(
+    kind: str,
+    status: bool | None,
+    reason: str,
+    message: str,
+    generation: int,
+    now: str,
+    previous: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any]:
+    """A metav1.Condition; lastTransitionTime moves only when the status does."""
+    text = "Unknown" if status is None else ("True" if status else "False")
+    since = now
+    for c in previous:
+        if c.get("type") == kind and c.get("status") == text:
+            since = c.get("lastTransitionTime") or now
+    return {
+        "type": kind,
+        "status": text,
+        "reason": reason,
+        "message": message,
+        "observedGeneration": generation,
+        "lastTransitionTime": since,
+    }
+
+
+def same_conditions(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any]]) -> bool:
+    """Equal but for lastTransitionTime: what decides whether a status write is needed."""
+
+    def norm(cs: Iterable[Mapping[str, Any]]) -> list[tuple[Any, ...]]:
+        return sorted(
+            (
+                c.get("type"),
+                c.get("status"),
+                c.get("reason"),
+                c.get("message"),
+                c.get("observedGeneration"),
+            )
+            for c in cs
+        )
+
+    return norm(a) == norm(b)
+
+
+def service_status(
+    svc: ServiceView,
+    vips: Sequence[IP],
+    forwarding_mode: str,
+    allocated: bool,
+    reason: str,
+    message: str,
+    now: str,
+) -> dict[str, Any]:
+    """The Service's status: ingress and Portico's condition, other conditions kept as they are."""
+    ip_mode = "VIP" if forwarding_mode == "DSR" else "Proxy"
+    ours = condition(
+        SERVICE_CONDITION, allocated, reason, message, svc.generation, now, svc.conditions
+    )
+    others = [c for c in svc.conditions if c.get("type") != SERVICE_CONDITION]
+    return {
+        "loadBalancer": {"ingress": [{"ip": str(ip), "ipMode": ip_mode} for ip in vips]},
+        "conditions": [*others, ours],
+    }
+
+
+def status_differs(svc: ServiceView, desired: Mapping[str, Any]) -> bool:
+    ingress = [dict(e) for e in svc.ingress]
+    want = desired["loadBalancer"]["ingress"]
+    strip = [{k: v for k, v in e.items() if k in ("ip", "ipMode")} for e in ingress]
+    return strip != want or not same_conditions(svc.conditions, desired["conditions"])

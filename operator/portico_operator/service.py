@@ -1,0 +1,177 @@
+"""What the operator reads from a Service object: pure functions of its JSON."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from .ipam import PREFER_DUAL_STACK, REQUIRE_DUAL_STACK, SINGLE_STACK, Claim
+from .pools import IP
+from .settings import (
+    ANN_FORWARDING,
+    ANN_IPS,
+    ANN_POOL,
+    ANN_SHARING,
+    ANN_SOURCE_RANGES_LEGACY,
+    FINALIZER,
+)
+
+
+class BadServiceInput(ValueError):
+    """A user's annotation or field that the operator cannot use; reported, never raised out."""
+
+
+@dataclass(frozen=True)
+class Port:
+    name: str
+    protocol: str
+    port: int
+    node_port: int | None
+    target_port: int | str | None
+
+
+@dataclass(frozen=True)
+class ServiceView:
+    namespace: str
+    name: str
+    uid: str
+    resource_version: str
+    generation: int
+    type: str
+    load_balancer_class: str | None
+    deleting: bool
+    finalizers: tuple[str, ...]
+    labels: Mapping[str, str]
+    annotations: Mapping[str, str]
+    selector: Mapping[str, str]
+    ip_families: tuple[int, ...]
+    ip_family_policy: str
+    ports: tuple[Port, ...]
+    external_traffic_policy: str
+    health_check_node_port: int | None
+    allocate_node_ports: bool
+    session_affinity: str
+    session_affinity_timeout: int | None
+    source_ranges: tuple[str, ...]
+    traffic_distribution: str | None
+    load_balancer_ip: str | None
+    ingress: tuple[dict[str, Any], ...]
+    conditions: tuple[dict[str, Any], ...] = field(default=())
+
+    @property
+    def key(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    @property
+    def has_finalizer(self) -> bool:
+        return FINALIZER in self.finalizers
+
+    def ingress_ips(self) -> tuple[IP, ...]:
+        out = []
+        for entry in self.ingress:
+            try:
+                out.append(ipaddress.ip_address(entry.get("ip", "")))
+            except ValueError:
+                continue
+        return tuple(out)
+
+    def served_by(self, load_balancer_class: str) -> bool:
+        """Type LoadBalancer, and no class or ours. Others' Services are never touched."""
+        return self.type == "LoadBalancer" and self.load_balancer_class in (
+            None,
+            load_balancer_class,
+        )
+
+    def forwarding_mode(self) -> str:
+        mode = self.annotations.get(ANN_FORWARDING, "dsr").strip().lower()
+        if mode not in ("dsr", "nat"):
+            raise BadServiceInput(f"annotation {ANN_FORWARDING}={mode!r}: use dsr or nat")
+        return mode.upper()
+
+    def requested_ips(self) -> tuple[IP, ...]:
+        texts: list[str] = []
+        if self.annotations.get(ANN_IPS):
+            texts = [t.strip() for t in self.annotations[ANN_IPS].split(",") if t.strip()]
+        elif self.load_balancer_ip:
+            texts = [self.load_balancer_ip]
+        out = []
+        for t in texts:
+            try:
+                out.append(ipaddress.ip_address(t))
+            except ValueError:
+                where = ANN_IPS if self.annotations.get(ANN_IPS) else "spec.loadBalancerIP"
+                raise BadServiceInput(f"{where}: {t!r} is not an IP address") from None
+        return tuple(out)
+
+    def claim(self, namespace_labels: Mapping[str, str]) -> Claim:
+        """Raises BadServiceInput for annotations that cannot be used."""
+        return Claim(
+            service=self.key,
+            families=self.ip_families or (4,),
+            family_policy=self.ip_family_policy,
+            requested=self.requested_ips(),
+            pool=self.annotations.get(ANN_POOL) or None,
+            sharing_key=self.annotations.get(ANN_SHARING) or None,
+            ports=frozenset((p.protocol, p.port) for p in self.ports),
+            traffic_policy=self.external_traffic_policy,
+            selector_key=json.dumps(dict(sorted(self.selector.items()))),
+            service_labels=self.labels,
+            namespace_labels=namespace_labels,
+        )
+
+
+def _family(text: str) -> int:
+    return 6 if text == "IPv6" else 4
+
+
+def parse_service(obj: Mapping[str, Any]) -> ServiceView:
+    meta = obj.get("metadata") or {}
+    spec = obj.get("spec") or {}
+    status = obj.get("status") or {}
+    ann = meta.get("annotations") or {}
+    ranges = list(spec.get("loadBalancerSourceRanges") or [])
+    if not ranges and ann.get(ANN_SOURCE_RANGES_LEGACY):
+        ranges = [r.strip() for r in ann[ANN_SOURCE_RANGES_LEGACY].split(",") if r.strip()]
+    affinity_cfg = (spec.get("sessionAffinityConfig") or {}).get("clientIP") or {}
+    policy = spec.get("ipFamilyPolicy") or SINGLE_STACK
+    if policy not in (SINGLE_STACK, PREFER_DUAL_STACK, REQUIRE_DUAL_STACK):
+        policy = SINGLE_STACK
+    return ServiceView(
+        namespace=meta.get("namespace", "default"),
+        name=meta.get("name", ""),
+        uid=meta.get("uid", ""),
+        resource_version=meta.get("resourceVersion", ""),
+        generation=int(meta.get("generation") or 0),
+        type=spec.get("type", "ClusterIP"),
+        load_balancer_class=spec.get("loadBalancerClass"),
+        deleting=bool(meta.get("deletionTimestamp")),
+        finalizers=tuple(meta.get("finalizers") or ()),
+        labels=dict(meta.get("labels") or {}),
+        annotations=dict(ann),
+        selector=dict(spec.get("selector") or {}),
+        ip_families=tuple(_family(f) for f in spec.get("ipFamilies") or ["IPv4"]),
+        ip_family_policy=policy,
+        ports=tuple(
+            Port(
+                name=p.get("name", ""),
+                protocol=p.get("protocol", "TCP"),
+                port=int(p["port"]),
+                node_port=p.get("nodePort"),
+                target_port=p.get("targetPort"),
+            )
+            for p in spec.get("ports") or []
+        ),
+        external_traffic_policy=spec.get("externalTrafficPolicy") or "Cluster",
+        health_check_node_port=spec.get("healthCheckNodePort"),
+        allocate_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
+        session_affinity=spec.get("sessionAffinity") or "None",
+        session_affinity_timeout=affinity_cfg.get("timeoutSeconds"),
+        source_ranges=tuple(ranges),
+        traffic_distribution=spec.get("trafficDistribution"),
+        load_balancer_ip=spec.get("loadBalancerIP") or None,
+        ingress=tuple((status.get("loadBalancer") or {}).get("ingress") or ()),
+        conditions=tuple(status.get("conditions") or ()),
+    )

@@ -1,0 +1,36 @@
+"""Every name and knob of the operator, in one place."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from portico_common import API_GROUP
+
+DEFAULT_CLASS = f"{API_GROUP}/lb"
+FINALIZER = f"{API_GROUP}/load-balancer"
+FIELD_MANAGER = "portico-operator"
+
+# Service annotations (what users write).
+ANN_IPS = f"{API_GROUP}/load-balancer-ips"  # "198.18.32.10,fd00:18::a:10"
+ANN_POOL = f"{API_GROUP}/address-pool"
+ANN_SHARING = f"{API_GROUP}/allow-shared-ip"
+ANN_FORWARDING = f"{API_GROUP}/forwarding-mode"  # dsr (default) | nat
+ANN_SOURCE_RANGES_LEGACY = "service.beta.kubernetes.io/load-balancer-source-ranges"
+
+EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
+ZONE_LABEL = "topology.kubernetes.io/zone"
+
+SERVICE_CONDITION = f"{API_GROUP}/Allocated"
+
+
+@dataclass(frozen=True)
+class OperatorSettings:
+    load_balancer_class: str = DEFAULT_CLASS
+    namespace: str = "portico-system"  # where the leader Lease lives
+    identity: str = "portico-operator"
+    lease_name: str = "portico-operator"
+    lease_seconds: float = 15.0
+    renew_deadline_seconds: float = 10.0
+    retry_seconds: float = 2.0
+    workers: int = 8
+    metrics_port: int = 0  # 0: no metrics server
