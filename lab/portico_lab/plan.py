@@ -10,7 +10,7 @@ A machine can hold up to ``MAX_SLOTS`` labs at once; slot ``s`` owns
       gateway k = 1..8             198.18.{64s}.{1+k}      ::{1+k}
       node i = 1..MAX_NODES        198.18.{64s}.{9+i}      ::{9+i}
       client c = 1..               198.18.{64s+1}.{c}      ::1:{c}
-      VIP range for pools          198.18.{64s+32}.0/20    fd00:18:0:{s}::a:0/112
+      VIP range for pools          198.18.{64s+32}.0/19    fd00:18:0:{s}::a:0/112
     pods of node i                 198.19.{64s+i}.0/24     fd00:19:{s}:{i}::/64
     Service cluster IPs (virtual)  198.19.{64s+32}.0/19    fd00:1a:0:{s}::/108
 """
@@ -89,7 +89,7 @@ class AddressPlan:
 
     @property
     def vip_range_v4(self) -> ipaddress.IPv4Network:
-        return ipaddress.IPv4Network(f"198.18.{64 * self.slot + 32}.0/20")
+        return ipaddress.IPv4Network(f"198.18.{64 * self.slot + 32}.0/19")
 
     @property
     def vip_range_v6(self) -> ipaddress.IPv6Network:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import time
 from collections.abc import Mapping
@@ -36,6 +37,8 @@ from .settings import FIELD_MANAGER, FINALIZER, SERVICE_CONDITION, OperatorSetti
 from .workqueue import WorkQueue
 
 log = logging.getLogger("portico.operator")
+# One JSON line per reconcile with where the time went (enabled by --trace-timings).
+timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
@@ -72,7 +75,7 @@ class Controller:
         self.synced = asyncio.Event()  # set once kopf's first full listing is indexed
         self.leading = False
         self.failures: dict[str, int] = {}
-        self.timings: dict[str, float] = {}  # for the benchmark: last reconcile breakdown
+        self.received: dict[str, float] = {}  # key -> wall time its last event arrived
 
     # =========================================================================================
     # observation (cheap, synchronous, called for every watch event)
@@ -99,6 +102,7 @@ class Controller:
         key = f"{namespace}/{name}"
         self.services.pop(key, None)
         self.slices.pop(key, None)
+        self.received.pop(key, None)
         self.queue.add(key)
 
     def observe_namespace(self, obj: Mapping[str, Any]) -> bool:
@@ -228,6 +232,7 @@ class Controller:
     # reconciling one Service
     # =========================================================================================
     async def reconcile_service(self, key: str) -> None:
+        t_start = time.time()
         view = self.services.get(key)
         cls = self.settings.load_balancer_class
         if view is None:
@@ -256,12 +261,13 @@ class Controller:
         if result.warnings:
             message += "; " + "; ".join(w.message for w in result.warnings)
         desired = service_status(view, vips, mode, True, "Allocated", message, now())
-        t0 = time.perf_counter()
-        if status_differs(view, desired):
+        t_patch = time.time()
+        patched = status_differs(view, desired)
+        if patched:
             updated = await self._patch_service_status(view, desired)
             view = parse_service(updated)
             self.services[key] = view
-        self.timings["status_patch"] = time.perf_counter() - t0
+        t_patched = time.time()
         if set(vips) != old:
             self.dirty_pools = True
             for ip in set(vips) - old:
@@ -274,6 +280,21 @@ class Controller:
         )
         if mode == "NAT":
             await self._check_node_ports(view)
+        if timing_log.isEnabledFor(logging.INFO):
+            timing_log.info(
+                "%s",
+                json.dumps(
+                    {
+                        "key": key,
+                        "received": self.received.get(key),
+                        "start": t_start,
+                        "patch": t_patch,
+                        "patched": t_patched if patched else None,
+                        "end": time.time(),
+                        "services": len(self.services),
+                    }
+                ),
+            )
 
     async def _fail(self, view: ServiceView, mode: str, reason: str, message: str) -> None:
         key = view.key

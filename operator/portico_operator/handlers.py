@@ -8,6 +8,7 @@ so kopf keeps no annotations or finalizers of its own on users' objects.
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import kopf
@@ -44,7 +45,9 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
         if event.get("type") == "DELETED":
             ctl.forget_service(meta.get("namespace"), meta.get("name"))
         elif ctl.leading:
-            ctl.queue.add(f"{meta.get('namespace')}/{meta.get('name')}")
+            key = f"{meta.get('namespace')}/{meta.get('name')}"
+            ctl.received[key] = time.time()
+            ctl.queue.add(key)
 
     # -- what a Service's allocation depends on ---------------------------------------------------
     @kopf.index("", "v1", "namespaces", registry=r)

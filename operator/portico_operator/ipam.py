@@ -90,6 +90,7 @@ class _Cursor:
         self.size = sum(r.size for r in self.ranges)
         self.next = 0  # every offset below it is in use or in ``holes``
         self.holes: list[int] = []
+        self.queued: set[int] = set()  # the offsets in ``holes``, so none is pushed twice
 
     def at(self, offset: int) -> IP:
         for r in self.ranges:
@@ -327,8 +328,10 @@ class Allocator:
                 NO_POOL_MATCHES, f"no auto-assigning IPPool with IPv{family} admits this Service"
             )
         if claim.sharing_key is not None:
-            for ip in sorted(self._by_key.get(claim.sharing_key, ())):  # type: ignore[type-var]
-                if ip.version != family or claim.service in self.holdings[ip].services:
+            # One family only: IPv4 and IPv6 addresses do not compare (sorted() would raise).
+            held = [ip for ip in self._by_key.get(claim.sharing_key, ()) if ip.version == family]
+            for ip in sorted(held):  # type: ignore[type-var]
+                if claim.service in self.holdings[ip].services:
                     continue
                 pool = next((p for p in usable if p.usable(ip)), None)
                 if pool is not None and self._compatible(ip, claim):
@@ -355,7 +358,7 @@ class Allocator:
             ip = c.at(c.holes[0])
             if ip not in self.holdings and pool.usable(ip):
                 return ip
-            heapq.heappop(c.holes)  # taken again since it was freed
+            c.queued.discard(heapq.heappop(c.holes))  # taken again since it was freed
         while c.next < c.size:
             ip = c.at(c.next)
             if ip not in self.holdings and pool.usable(ip):
@@ -406,5 +409,6 @@ class Allocator:
     def _return(self, ip: IP) -> None:
         for c in self._cursors.values():
             off = c.offset_of(ip)
-            if off is not None and off < c.next:
+            if off is not None and off < c.next and off not in c.queued:
                 heapq.heappush(c.holes, off)
+                c.queued.add(off)

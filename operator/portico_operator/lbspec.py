@@ -198,7 +198,8 @@ def same_conditions(a: Iterable[Mapping[str, Any]], b: Iterable[Mapping[str, Any
                 c.get("status"),
                 c.get("reason"),
                 c.get("message"),
-                c.get("observedGeneration"),
+                # Services have no metadata.generation: a 0 written is read back as absent.
+                c.get("observedGeneration") or 0,
             )
             for c in cs
         )

@@ -70,6 +70,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--retry-seconds", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=8)
     ap.add_argument("--log-level", default="info")
+    ap.add_argument(
+        "--trace-timings",
+        action="store_true",
+        help="log one JSON line per Service reconcile with its timings (benchmarks)",
+    )
     return ap.parse_args(argv)
 
 
@@ -139,6 +144,9 @@ def main(argv: list[str] | None = None) -> int:
     # kopf logs every handler call at INFO: at thousands of Services that is most of the CPU.
     logging.getLogger("kopf").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
+    logging.getLogger("portico.timing").setLevel(
+        logging.INFO if args.trace_timings else logging.WARNING
+    )
     asyncio.run(run(args))
     return 0
 

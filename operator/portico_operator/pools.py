@@ -52,7 +52,8 @@ def parse_range(text: str) -> IPRange:
             raise ValueError(f"{text!r}: first address is after the last")
         return IPRange(first, last)
     net = ipaddress.ip_network(text, strict=False)
-    if str(net) != text and str(net.network_address) != text.split("/")[0]:
+    # Compare addresses, not text: IPv6 may be written in any case or with zeros spelled out.
+    if ipaddress.ip_address(text.split("/")[0]) != net.network_address:
         raise ValueError(f"{text!r} has host bits set (did you mean {net}?)")
     return IPRange(net.network_address, net.broadcast_address)
 

@@ -43,13 +43,25 @@ class Selector:
 def parse_selector(raw: Mapping[str, Any] | None) -> Selector:
     if not raw:
         return Selector()
+    # The wrong shapes are errors too (not AttributeError, nor a string taken as its characters).
+    if not isinstance(raw, Mapping):
+        raise SelectorError("a selector must be an object")
+    labels = raw.get("matchLabels") or {}
+    exprs = raw.get("matchExpressions") or []
+    if not isinstance(labels, Mapping):
+        raise SelectorError("matchLabels must be an object")
+    if not isinstance(exprs, list) or not all(isinstance(e, Mapping) for e in exprs):
+        raise SelectorError("matchExpressions must be a list of objects")
     reqs: list[Requirement] = []
-    for key, value in (raw.get("matchLabels") or {}).items():
+    for key, value in labels.items():
         reqs.append(Requirement(str(key), "In", frozenset([str(value)])))
-    for expr in raw.get("matchExpressions") or []:
+    for expr in exprs:
         op = expr.get("operator")
         key = expr.get("key")
-        values = frozenset(str(v) for v in expr.get("values") or [])
+        raw_values = expr.get("values") or []
+        if not isinstance(raw_values, list):
+            raise SelectorError(f"values of {key!r} must be a list")
+        values = frozenset(str(v) for v in raw_values)
         if op not in _OPS:
             raise SelectorError(f"matchExpressions operator {op!r} is not one of {sorted(_OPS)}")
         if not key:

@@ -1,0 +1,235 @@
+"""Rendering the Service status and the LoadBalancer CR: pure functions of their inputs."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import Any
+
+import pytest
+from portico_operator.lbspec import (
+    condition,
+    parse_endpoint_slice,
+    parse_node,
+    render_spec,
+    same_conditions,
+    service_status,
+    status_differs,
+)
+from portico_operator.service import BadServiceInput, parse_service
+
+
+def svc(**spec: Any) -> dict[str, Any]:
+    ann = spec.pop("annotations", {})
+    status = spec.pop("status", {})
+    return {
+        "metadata": {
+            "name": "web",
+            "namespace": "shop",
+            "uid": "u1",
+            "resourceVersion": "7",
+            "generation": 3,
+            "annotations": ann,
+        },
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "web"},
+            "ipFamilies": ["IPv4"],
+            "ipFamilyPolicy": "SingleStack",
+            "ports": [
+                {
+                    "name": "http",
+                    "protocol": "TCP",
+                    "port": 80,
+                    "nodePort": 31000,
+                    "targetPort": 8080,
+                }
+            ],
+            **spec,
+        },
+        "status": status,
+    }
+
+
+def node(name: str, zone: str, ready: bool = True, **labels: str) -> dict[str, Any]:
+    return {
+        "metadata": {"name": name, "labels": {"topology.kubernetes.io/zone": zone, **labels}},
+        "status": {
+            "addresses": [
+                {"type": "InternalIP", "address": f"198.18.0.{len(name)}"},
+                {"type": "Hostname", "address": name},
+            ],
+            "conditions": [{"type": "Ready", "status": "True" if ready else "False"}],
+        },
+    }
+
+
+SLICE = {
+    "metadata": {
+        "name": "web-abc",
+        "namespace": "shop",
+        "labels": {"kubernetes.io/service-name": "web"},
+    },
+    "endpoints": [
+        {
+            "addresses": ["198.19.1.2"],
+            "nodeName": "n1",
+            "zone": "a",
+            "conditions": {"ready": True, "serving": True, "terminating": False},
+            "hints": {"forZones": [{"name": "a"}]},
+        },
+        {
+            "addresses": ["198.19.1.3"],
+            "nodeName": "n1",
+            "zone": "a",
+            "conditions": {"ready": False, "serving": True, "terminating": True},
+        },
+        {"addresses": ["198.19.2.2"], "nodeName": "n2", "zone": "b", "conditions": {}},
+    ],
+}
+
+
+def test_served_by_class() -> None:
+    assert parse_service(svc()).served_by("portico.dev/lb")
+    assert parse_service(svc(loadBalancerClass="portico.dev/lb")).served_by("portico.dev/lb")
+    assert not parse_service(svc(loadBalancerClass="other/lb")).served_by("portico.dev/lb")
+    assert not parse_service(svc(type="ClusterIP")).served_by("portico.dev/lb")
+
+
+def test_claim_from_annotations_and_fields() -> None:
+    view = parse_service(
+        svc(
+            annotations={
+                "portico.dev/load-balancer-ips": "198.18.32.5, fd00:18::a:5",
+                "portico.dev/address-pool": "lan",
+                "portico.dev/allow-shared-ip": "k",
+            },
+            ipFamilies=["IPv4", "IPv6"],
+            ipFamilyPolicy="RequireDualStack",
+        )
+    )
+    claim = view.claim({"team": "a"})
+    assert claim.requested == (
+        ipaddress.ip_address("198.18.32.5"),
+        ipaddress.ip_address("fd00:18::a:5"),
+    )
+    assert claim.pool == "lan" and claim.sharing_key == "k"
+    assert claim.families == (4, 6) and claim.family_policy == "RequireDualStack"
+    assert claim.ports == frozenset({("TCP", 80)})
+    assert claim.namespace_labels == {"team": "a"}
+    # spec.loadBalancerIP is honoured when the annotation is absent.
+    assert parse_service(svc(loadBalancerIP="198.18.32.9")).claim({}).requested == (
+        ipaddress.ip_address("198.18.32.9"),
+    )
+
+
+def test_bad_annotations_are_reported_not_raised_out() -> None:
+    with pytest.raises(BadServiceInput, match="not an IP"):
+        parse_service(svc(annotations={"portico.dev/load-balancer-ips": "x"})).claim({})
+    with pytest.raises(BadServiceInput, match="dsr or nat"):
+        parse_service(svc(annotations={"portico.dev/forwarding-mode": "x"})).forwarding_mode()
+
+
+def test_source_ranges_legacy_annotation() -> None:
+    view = parse_service(
+        svc(
+            annotations={
+                "service.beta.kubernetes.io/load-balancer-source-ranges": "10.0.0.0/8, 192.0.2.0/24"
+            }
+        )
+    )
+    assert view.source_ranges == ("10.0.0.0/8", "192.0.2.0/24")
+    view = parse_service(svc(loadBalancerSourceRanges=["198.18.0.0/15"]))
+    assert view.source_ranges == ("198.18.0.0/15",)
+
+
+def test_render_spec_backends_exclusions_and_hints() -> None:
+    view = parse_service(
+        svc(
+            externalTrafficPolicy="Local",
+            healthCheckNodePort=32000,
+            sessionAffinity="ClientIP",
+            sessionAffinityConfig={"clientIP": {"timeoutSeconds": 60}},
+            trafficDistribution="PreferClose",
+        )
+    )
+    nodes = [
+        parse_node(node("n1", "a")),
+        parse_node(node("n2", "b")),
+        parse_node(node("n3", "a", ready=False)),
+        parse_node(
+            node("n4", "b", **{"node.kubernetes.io/exclude-from-external-load-balancers": ""})
+        ),
+    ]
+    spec = render_spec(
+        view,
+        [ipaddress.ip_address("198.18.32.1")],
+        "lan",
+        "DSR",
+        nodes,
+        parse_endpoint_slice(SLICE),
+    )
+    assert spec["vips"] == ["198.18.32.1"] and spec["healthCheckNodePort"] == 32000
+    assert spec["sessionAffinityTimeoutSeconds"] == 60
+    assert spec["trafficDistribution"] == "PreferClose"
+    b = {x["node"]: x for x in spec["backends"]}
+    assert set(b) == {"n1", "n2"}
+    assert (b["n1"]["ready"], b["n1"]["serving"], b["n1"]["terminating"]) == (1, 2, 1)
+    assert b["n1"]["endpoints"][0]["forZones"] == ["a"]
+    assert (b["n2"]["ready"], b["n2"]["serving"]) == (1, 1)  # unset conditions mean ready
+    assert {x["node"]: x["reason"] for x in spec["excludedNodes"]} == {
+        "n3": "NotReady",
+        "n4": "Excluded",
+    }
+    # Deterministic: the same inputs render the same spec (writes are skipped on equality).
+    assert spec == render_spec(
+        view,
+        [ipaddress.ip_address("198.18.32.1")],
+        "lan",
+        "DSR",
+        list(reversed(nodes)),
+        parse_endpoint_slice(SLICE),
+    )
+
+
+def test_status_keeps_other_conditions_and_transition_time() -> None:
+    other = {
+        "type": "example.com/Thing",
+        "status": "True",
+        "reason": "X",
+        "message": "",
+        "lastTransitionTime": "2026-01-01T00:00:00Z",
+    }
+    view = parse_service(svc(status={"conditions": [other]}))
+    st = service_status(
+        view,
+        [ipaddress.ip_address("198.18.32.1")],
+        "DSR",
+        True,
+        "Allocated",
+        "m",
+        "2026-11-23T00:00:00Z",
+    )
+    assert st["loadBalancer"]["ingress"] == [{"ip": "198.18.32.1", "ipMode": "VIP"}]
+    assert st["conditions"][0] == other
+    assert status_differs(view, st)
+    written = parse_service(svc(status=st))
+    again = service_status(
+        written,
+        [ipaddress.ip_address("198.18.32.1")],
+        "DSR",
+        True,
+        "Allocated",
+        "m",
+        "2026-11-24T00:00:00Z",
+    )
+    assert not status_differs(written, again)  # nothing to write on a restart
+    assert again["conditions"][1]["lastTransitionTime"] == "2026-11-23T00:00:00Z"
+    nat = service_status(view, [ipaddress.ip_address("198.18.32.1")], "NAT", True, "A", "m", "t")
+    assert nat["loadBalancer"]["ingress"][0]["ipMode"] == "Proxy"
+
+
+def test_condition_transition_time_moves_only_with_status() -> None:
+    a = condition("Allocated", True, "R", "m", 1, "t1")
+    assert condition("Allocated", True, "R2", "m2", 2, "t2", [a])["lastTransitionTime"] == "t1"
+    assert condition("Allocated", False, "R", "m", 2, "t2", [a])["lastTransitionTime"] == "t2"
+    assert same_conditions([a], [dict(a, lastTransitionTime="other")])

@@ -1,0 +1,590 @@
+"""The CRDs and the Helm chart, checked without an API server: schemas are structural, printer
+columns point at fields that exist, and the chart renders (with the pinned helm) what it should.
+
+helm comes from the pinned control-plane cache; if it is missing these tests fail, never skip."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from portico_lab.binaries import bin_dir
+
+REPO = Path(__file__).resolve().parents[2]
+CRDS = REPO / "crds"
+CHART = REPO / "charts" / "portico"
+GROUP = "portico.dev"
+VERSION = "v1alpha1"
+
+CRD_FILES = {
+    "IPPool": CRDS / "portico.dev_ippools.yaml",
+    "LoadBalancer": CRDS / "portico.dev_loadbalancers.yaml",
+}
+
+# Fields of ObjectMeta a printer column may name (metadata has no schema of its own in a CRD).
+OBJECT_META = {"name", "namespace", "creationTimestamp", "labels", "annotations", "generation"}
+
+
+def load(path: Path) -> Any:
+    with path.open() as f:
+        return yaml.safe_load(f)
+
+
+def version_of(crd: dict[str, Any]) -> dict[str, Any]:
+    (version,) = crd["spec"]["versions"]
+    return version
+
+
+def schema_of(crd: dict[str, Any]) -> dict[str, Any]:
+    return version_of(crd)["schema"]["openAPIV3Schema"]
+
+
+def walk(schema: dict[str, Any], path: str = "") -> list[tuple[str, dict[str, Any]]]:
+    """Every schema node with its path, the root included."""
+    out = [(path or ".", schema)]
+    for name, sub in (schema.get("properties") or {}).items():
+        out += walk(sub, f"{path}.{name}")
+    if isinstance(schema.get("items"), dict):
+        out += walk(schema["items"], f"{path}[]")
+    if isinstance(schema.get("additionalProperties"), dict):
+        out += walk(schema["additionalProperties"], f"{path}{{}}")
+    return out
+
+
+_SEGMENT = re.compile(r"([A-Za-z0-9_-]+)((?:\[[^\]]*\])*)")
+_FILTER = re.compile(r"^\?\(@\.([A-Za-z0-9_]+)\s*==\s*\"[^\"]*\"\)$")
+
+
+def resolve(schema: dict[str, Any], json_path: str) -> dict[str, Any]:
+    """The schema node a printer column's simple JSONPath points at; AssertionError if none.
+
+    Understands `.a.b`, `.a[*]`, `.a[0]` and `.a[?(@.key=="value")]` (the key must exist)."""
+    assert json_path.startswith("."), json_path
+    parts = json_path[1:].split(".")
+    # Re-join pieces split inside a filter's brackets, e.g. [?(@.type=="Valid")].
+    segments: list[str] = []
+    for part in parts:
+        if segments and segments[-1].count("[") > segments[-1].count("]"):
+            segments[-1] += "." + part
+        else:
+            segments.append(part)
+    if segments[0] == "metadata":
+        assert len(segments) == 2 and segments[1] in OBJECT_META, json_path
+        return {"type": "string"}
+    node = schema
+    for seg in segments:
+        m = _SEGMENT.fullmatch(seg)
+        assert m, f"{json_path}: cannot parse {seg!r}"
+        props = node.get("properties") or {}
+        assert m.group(1) in props, f"{json_path}: no field {m.group(1)!r}"
+        node = props[m.group(1)]
+        for index in re.findall(r"\[([^\]]*)\]", m.group(2)):
+            assert node.get("type") == "array", f"{json_path}: {m.group(1)} is not an array"
+            node = node["items"]
+            f = _FILTER.match(index)
+            if f:
+                assert f.group(1) in (node.get("properties") or {}), f"{json_path}: no {f[1]}"
+            else:
+                assert index == "*" or index.isdigit(), f"{json_path}: index {index!r}"
+    return node
+
+
+# --- CRDs ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module", params=sorted(CRD_FILES))
+def crd(request: pytest.FixtureRequest) -> dict[str, Any]:
+    return load(CRD_FILES[request.param])
+
+
+def test_crd_files_are_the_only_yaml_at_top_level():
+    # `kubectl apply -f crds/` does not recurse, so crds/examples/ is never applied with them.
+    assert sorted(p.name for p in CRDS.glob("*.y*ml")) == sorted(p.name for p in CRD_FILES.values())
+    for path in CRD_FILES.values():
+        docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+        assert len(docs) == 1, path
+
+
+def test_crd_identity(crd):
+    assert crd["apiVersion"] == "apiextensions.k8s.io/v1"
+    assert crd["kind"] == "CustomResourceDefinition"
+    spec = crd["spec"]
+    assert spec["group"] == GROUP
+    assert crd["metadata"]["name"] == f"{spec['names']['plural']}.{GROUP}"
+    version = version_of(crd)
+    assert version["name"] == VERSION
+    assert version["served"] is True
+    assert version["storage"] is True
+    assert version["subresources"] == {"status": {}}
+
+
+def test_ippool_names_and_scope():
+    crd = load(CRD_FILES["IPPool"])
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "IPPool",
+        "ippools",
+        ["ippool"],
+    )
+    assert crd["spec"]["scope"] == "Cluster"
+
+
+def test_loadbalancer_names_and_scope():
+    crd = load(CRD_FILES["LoadBalancer"])
+    names = crd["spec"]["names"]
+    assert (names["kind"], names["plural"], names["shortNames"]) == (
+        "LoadBalancer",
+        "loadbalancers",
+        ["plb"],
+    )
+    assert crd["spec"]["scope"] == "Namespaced"
+
+
+def test_schema_is_structural(crd):
+    """Every node has a type (int-or-string aside), and nothing keeps unknown fields."""
+    for path, node in walk(schema_of(crd)):
+        assert "x-kubernetes-preserve-unknown-fields" not in node, path
+        if node.get("x-kubernetes-int-or-string"):
+            assert "type" not in node, path
+            continue
+        assert node.get("type") in {"object", "array", "string", "integer", "boolean"}, path
+        if node["type"] == "array":
+            assert isinstance(node.get("items"), dict), path
+        if node["type"] == "object" and path != ".metadata":
+            assert node.get("properties") or node.get("additionalProperties"), path
+        for key in ("anyOf", "oneOf", "allOf", "not"):
+            assert key not in node, f"{path}: {key} needs care to stay structural"
+
+
+def test_list_map_keys_are_required(crd):
+    for path, node in walk(schema_of(crd)):
+        if node.get("x-kubernetes-list-type") == "map":
+            keys = node["x-kubernetes-list-map-keys"]
+            assert set(keys) <= set(node["items"].get("required", [])), path
+
+
+def test_conditions_are_metav1_conditions(crd):
+    conditions = resolve(schema_of(crd), ".status.conditions")
+    assert conditions["x-kubernetes-list-type"] == "map"
+    assert conditions["x-kubernetes-list-map-keys"] == ["type"]
+    item = conditions["items"]
+    props = item["properties"]
+    assert set(props) == {
+        "type",
+        "status",
+        "reason",
+        "message",
+        "lastTransitionTime",
+        "observedGeneration",
+    }
+    assert props["status"]["enum"] == ["True", "False", "Unknown"]
+    assert props["lastTransitionTime"]["format"] == "date-time"
+    assert props["observedGeneration"]["format"] == "int64"
+    for name in ("Valid", "Conflicting", "Allocated", "Programmed", "Announced", "Healthy"):
+        assert re.fullmatch(props["type"]["pattern"], name)
+    for reason in ("NoPoolMatches", "PoolExhausted", "NoOverlap", "Overlaps", "Invalid"):
+        assert re.fullmatch(props["reason"]["pattern"], reason)
+
+
+def test_ippool_spec():
+    schema = schema_of(load(CRD_FILES["IPPool"]))
+    spec = schema["properties"]["spec"]
+    assert spec["required"] == ["addresses"]
+    assert spec["properties"]["addresses"]["minItems"] == 1
+    assert spec["properties"]["addresses"]["items"]["type"] == "string"
+    assert spec["properties"]["autoAssign"]["default"] is True
+    assert spec["properties"]["avoidBuggyIPs"]["default"] is False
+    assert spec["properties"]["priority"]["type"] == "integer"
+    for sel in ("serviceSelector", "namespaceSelector"):
+        expr = resolve(schema, f".spec.{sel}.matchExpressions[*]")
+        assert expr["properties"]["operator"]["enum"] == ["In", "NotIn", "Exists", "DoesNotExist"]
+        assert resolve(schema, f".spec.{sel}.matchLabels")["additionalProperties"] == {
+            "type": "string"
+        }
+    for family in ("ipv4", "ipv6"):
+        for field in ("capacity", "used", "free"):
+            assert resolve(schema, f".status.{family}.{field}")["format"] == "int64"
+
+
+def test_loadbalancer_spec():
+    schema = schema_of(load(CRD_FILES["LoadBalancer"]))
+    assert resolve(schema, ".spec.ports[*].protocol")["enum"] == ["TCP", "UDP", "SCTP"]
+    assert resolve(schema, ".spec.ports[*].targetPort") == {"x-kubernetes-int-or-string": True}
+    assert resolve(schema, ".spec.externalTrafficPolicy")["enum"] == ["Cluster", "Local"]
+    assert resolve(schema, ".spec.sessionAffinity")["enum"] == ["None", "ClientIP"]
+    assert resolve(schema, ".spec.forwardingMode")["enum"] == ["DSR", "NAT"]
+    endpoint = resolve(schema, ".spec.backends[*].endpoints[*]")
+    assert set(endpoint["properties"]) == {"address", "ready", "serving", "terminating", "forZones"}
+    for field in ("node", "reason", "message"):
+        assert resolve(schema, f".spec.excludedNodes[*].{field}")["type"] == "string"
+    assert resolve(schema, ".status.nodes[*].lastProbeTime")["format"] == "date-time"
+    assert resolve(schema, ".status.nodes[*].healthy")["type"] == "boolean"
+
+
+EXPECTED_COLUMNS = {
+    "IPPool": ["Addresses", "Auto", "V4-Used", "V4-Free", "V6-Used", "Valid", "Conflicting", "Age"],
+    "LoadBalancer": ["VIPs", "Ports", "Healthy", "Gateway", "Allocated", "Age"],
+}
+
+
+def test_printer_columns_point_at_schema_fields(crd):
+    schema = schema_of(crd)
+    columns = version_of(crd)["additionalPrinterColumns"]
+    default = [c["name"] for c in columns if not c.get("priority")]
+    assert default == EXPECTED_COLUMNS[crd["spec"]["names"]["kind"]]
+    for col in columns:
+        node = resolve(schema, col["jsonPath"])
+        if col["type"] == "date":
+            assert col["jsonPath"] == ".metadata.creationTimestamp"
+        elif col["type"] in ("integer", "boolean"):
+            assert node.get("type") == col["type"], col
+        else:
+            assert col["type"] == "string", col
+
+
+def test_resolve_rejects_missing_fields():
+    schema = schema_of(load(CRD_FILES["IPPool"]))
+    for bad in (".spec.nope", ".status.ipv4.nope", '.status.conditions[?(@.nope=="x")].status'):
+        with pytest.raises(AssertionError):
+            resolve(schema, bad)
+
+
+def conforms(value: Any, schema: dict[str, Any], path: str = "") -> None:
+    """A small check of an object against a structural schema: known fields, types, enums."""
+    if schema.get("x-kubernetes-int-or-string"):
+        assert isinstance(value, int | str), path
+        return
+    kind = schema["type"]
+    types = {"object": dict, "array": list, "string": str, "integer": int, "boolean": bool}
+    assert isinstance(value, types[kind]), f"{path}: {value!r} is not {kind}"
+    if "enum" in schema:
+        assert value in schema["enum"], path
+    if kind == "object" and "properties" in schema:
+        for key in schema.get("required", []):
+            assert key in value, f"{path}.{key} is required"
+        for key, sub in value.items():
+            assert key in schema["properties"], f"{path}.{key} is not in the schema"
+            conforms(sub, schema["properties"][key], f"{path}.{key}")
+    elif kind == "object" and isinstance(schema.get("additionalProperties"), dict):
+        for key, sub in value.items():
+            conforms(sub, schema["additionalProperties"], f"{path}.{key}")
+    elif kind == "array":
+        assert len(value) >= schema.get("minItems", 0), path
+        for i, sub in enumerate(value):
+            conforms(sub, schema["items"], f"{path}[{i}]")
+
+
+def test_examples():
+    pool = load(CRDS / "examples" / "ippool.yaml")
+    assert (pool["apiVersion"], pool["kind"]) == (f"{GROUP}/{VERSION}", "IPPool")
+    conforms(pool["spec"], schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"], ".spec")
+    svc = load(CRDS / "examples" / "service.yaml")
+    assert svc["kind"] == "Service"
+    assert svc["metadata"]["annotations"]["portico.dev/address-pool"] == pool["metadata"]["name"]
+    spec = svc["spec"]
+    assert (spec["type"], spec["externalTrafficPolicy"]) == ("LoadBalancer", "Local")
+    assert spec["selector"] == {"app": "echo"}
+    assert [(p["port"], p["targetPort"]) for p in spec["ports"]] == [(80, 8080)]
+
+
+def test_a_full_loadbalancer_conforms():
+    """What the operator and gateways write fits the schema."""
+    obj = {
+        "spec": {
+            "service": {"name": "echo", "uid": "0b7f"},
+            "vips": ["198.18.32.1", "fd00:18::a:1"],
+            "pool": "lan",
+            "ports": [
+                {
+                    "name": "http",
+                    "protocol": "TCP",
+                    "port": 80,
+                    "nodePort": 30080,
+                    "targetPort": 8080,
+                },
+                {"name": "dns", "protocol": "UDP", "port": 53, "targetPort": "dns"},
+            ],
+            "portsSummary": "80/TCP,53/UDP",
+            "externalTrafficPolicy": "Local",
+            "healthCheckNodePort": 31000,
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityTimeoutSeconds": 10800,
+            "sourceRanges": ["198.18.0.0/15"],
+            "forwardingMode": "DSR",
+            "trafficDistribution": "PreferClose",
+            "backends": [
+                {
+                    "node": "node-1",
+                    "internalIPs": ["198.18.1.1"],
+                    "zone": "zone-a",
+                    "ready": 1,
+                    "serving": 1,
+                    "terminating": 0,
+                    "endpoints": [
+                        {
+                            "address": "10.0.1.5",
+                            "ready": True,
+                            "serving": True,
+                            "terminating": False,
+                            "forZones": ["zone-a"],
+                        }
+                    ],
+                }
+            ],
+            "excludedNodes": [{"node": "node-2", "reason": "NotReady", "message": "node is down"}],
+        },
+        "status": {
+            "observedGeneration": 3,
+            "ownerGateway": "gw-1",
+            "healthyNodes": 1,
+            "nodes": [
+                {
+                    "node": "node-1",
+                    "healthy": True,
+                    "message": "200",
+                    "lastProbeTime": "2026-11-23T20:00:00Z",
+                }
+            ],
+            "conditions": [
+                {
+                    "type": "Allocated",
+                    "status": "True",
+                    "reason": "Allocated",
+                    "message": "198.18.32.1",
+                    "lastTransitionTime": "2026-11-23T20:00:00Z",
+                    "observedGeneration": 3,
+                }
+            ],
+        },
+    }
+    schema = schema_of(load(CRD_FILES["LoadBalancer"]))
+    conforms(obj, {"type": "object", "properties": schema["properties"]})
+
+
+# --- Helm chart ----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def helm() -> Path:
+    path = bin_dir() / "helm"
+    assert path.is_file(), f"{path} is missing: run hack/build-controlplane.sh"
+    return path
+
+
+def render(helm: Path, *args: str) -> list[dict[str, Any]]:
+    argv = [str(helm), "template", "portico", str(CHART), "--namespace", "portico-system"]
+    proc = subprocess.run(
+        [*argv, "--include-crds", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind]
+    return doc
+
+
+def test_chart_crds_are_the_top_level_ones():
+    link = CHART / "crds"
+    assert link.is_symlink(), "charts/portico/crds must link to the top-level crds/"
+    assert link.resolve() == CRDS.resolve()
+    assert "crds/examples/" in (CHART / ".helmignore").read_text().split()
+    chart = load(CHART / "Chart.yaml")
+    assert (chart["apiVersion"], chart["name"], chart["version"]) == ("v2", "portico", "0.1.0")
+    assert str(chart["appVersion"]) == "0.1.0"
+
+
+def test_helm_lint(helm):
+    proc = subprocess.run(
+        [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "0 chart(s) failed" in proc.stdout
+
+
+def test_render_defaults(helm):
+    docs = render(helm)
+    assert Counter(d["kind"] for d in docs) == Counter(
+        {
+            "CustomResourceDefinition": 2,
+            "ServiceAccount": 1,
+            "ClusterRole": 1,
+            "ClusterRoleBinding": 1,
+            "Deployment": 1,
+            "Service": 1,
+        }
+    )
+    crds = {d["spec"]["names"]["kind"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    assert crds == {kind: load(path) for kind, path in CRD_FILES.items()}
+
+    deploy = one(docs, "Deployment")
+    assert deploy["metadata"]["name"] == "portico-operator"
+    assert deploy["metadata"]["namespace"] == "portico-system"
+    assert deploy["spec"]["replicas"] == 2
+    pod = deploy["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["image"] == "ghcr.io/portico-lb/portico:0.1.0"
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    cmd = container["command"]
+    assert cmd[:5] == [
+        "portico-operator",
+        "--namespace",
+        "$(POD_NAMESPACE)",
+        "--metrics-port",
+        "9464",
+    ]
+    assert cmd[cmd.index("--load-balancer-class") + 1] == "portico.dev/lb"
+    assert cmd[cmd.index("--liveness") + 1] == "http://0.0.0.0:8080/healthz"
+    env = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"]}
+    assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
+    assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    assert container["resources"] == {
+        "requests": {"cpu": "100m", "memory": "128Mi"},
+        "limits": {"memory": "256Mi"},
+    }
+    sc = container["securityContext"]
+    assert sc["runAsNonRoot"] is True
+    assert sc["runAsUser"] == 65532
+    assert sc["readOnlyRootFilesystem"] is True
+    assert sc["allowPrivilegeEscalation"] is False
+    (term,) = pod["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    selector = deploy["spec"]["selector"]["matchLabels"]
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
+    assert selector.items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
+
+    sa = one(docs, "ServiceAccount")
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["metadata"]["namespace"] == "portico-system"
+    binding = one(docs, "ClusterRoleBinding")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "portico-system"}
+    ]
+
+    svc = one(docs, "Service")
+    assert svc["spec"]["selector"] == selector
+    assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("metrics", 9464)]
+
+
+def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
+    return any(
+        group in r["apiGroups"]
+        and resource in r["resources"]
+        and (verb in r["verbs"] or "*" in r["verbs"])
+        for r in rules
+    )
+
+
+@pytest.mark.parametrize(
+    ("group", "resources", "verbs"),
+    [
+        ("", ["services"], ["get", "list", "watch", "patch", "update"]),
+        ("", ["services/status"], ["get", "patch", "update"]),
+        ("discovery.k8s.io", ["endpointslices"], ["get", "list", "watch"]),
+        ("", ["nodes", "namespaces"], ["get", "list", "watch"]),
+        ("", ["events"], ["create", "patch"]),
+        ("events.k8s.io", ["events"], ["create", "patch"]),
+        ("coordination.k8s.io", ["leases"], ["get", "list", "watch", "create", "update", "patch"]),
+        (
+            GROUP,
+            ["ippools", "ippools/status", "loadbalancers", "loadbalancers/status"],
+            ["get", "list", "watch", "create", "update", "patch", "delete"],
+        ),
+        ("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"]),
+    ],
+)
+def test_cluster_role(helm, group, resources, verbs):
+    rules = one(render(helm), "ClusterRole")["rules"]
+    for resource in resources:
+        for verb in verbs:
+            assert allowed(rules, group, resource, verb), (group, resource, verb)
+    # Nothing beyond what the operator needs: no secrets, no pods.
+    assert not allowed(rules, "", "secrets", "get")
+    assert not allowed(rules, "", "pods", "list")
+
+
+def test_render_with_pool_and_replicas(helm):
+    docs = render(
+        helm,
+        "--set",
+        "operator.replicas=3",
+        "--set",
+        "pools[0].name=lan",
+        "--set",
+        "pools[0].addresses[0]=198.18.32.0/24",
+    )
+    assert one(docs, "Deployment")["spec"]["replicas"] == 3
+    pool = one(docs, "IPPool")
+    assert pool["apiVersion"] == f"{GROUP}/{VERSION}"
+    assert pool["metadata"]["name"] == "lan"
+    assert "namespace" not in pool["metadata"]  # cluster-scoped
+    assert pool["spec"] == {"addresses": ["198.18.32.0/24"]}
+    spec_schema = schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"]
+    conforms(pool["spec"], spec_schema, ".spec")
+
+
+def test_render_pool_with_every_field(helm, tmp_path):
+    pools = {
+        "pools": [
+            {
+                "name": "lan",
+                "addresses": ["198.18.32.0/24", "198.18.33.10-198.18.33.20", "fd00:18::a:0/112"],
+                "autoAssign": False,
+                "avoidBuggyIPs": True,
+                "priority": 10,
+                "serviceSelector": {"matchLabels": {"tier": "edge"}},
+                "namespaceSelector": {
+                    "matchExpressions": [{"key": "env", "operator": "In", "values": ["prod"]}]
+                },
+            },
+            {"name": "spare", "addresses": ["198.18.34.0/28"]},
+        ]
+    }
+    values = tmp_path / "values.yaml"
+    values.write_text(yaml.safe_dump(pools))
+    docs = render(helm, "-f", str(values))
+    rendered = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "IPPool"}
+    assert rendered == {
+        p["name"]: {k: v for k, v in p.items() if k != "name"} for p in pools["pools"]
+    }
+    spec_schema = schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"]
+    for spec in rendered.values():
+        conforms(spec, spec_schema, ".spec")
+
+
+def test_render_custom_class_and_image(helm):
+    docs = render(
+        helm,
+        "--set",
+        "loadBalancerClass=example.com/lb",
+        "--set",
+        "image.tag=dev",
+        "--set",
+        "image.repository=registry.local/portico",
+    )
+    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    assert cmd[cmd.index("--load-balancer-class") + 1] == "example.com/lb"
+    assert container["image"] == "registry.local/portico:dev"
+
+
+def test_render_rejects_a_pool_without_addresses(helm):
+    proc = subprocess.run(
+        [str(helm), "template", "portico", str(CHART), "--set", "pools[0].name=lan"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode != 0
+    assert "pools[0].addresses" in proc.stderr
