@@ -12,8 +12,8 @@ import datetime as dt
 import json
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, NamedTuple
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
@@ -56,13 +56,29 @@ def pool_path(name: str | None = None) -> str:
     return group_path(API_GROUP, API_VERSION, "ippools", None, name)
 
 
+class Outcome(NamedTuple):
+    """The last allocation result of a Service, for stage two (the CR)."""
+
+    vips: tuple[Any, ...]
+    pool: str | None
+    mode: str
+    allocated: bool
+    reason: str
+    message: str
+
+
 class Controller:
     def __init__(self, settings: OperatorSettings, kube: KubeClient, metrics: Metrics) -> None:
         self.settings = settings
         self.kube = kube
         self.metrics = metrics
         self.alloc = ipam.Allocator()
+        # Two stages: ``queue`` allocates and writes the Service status (what a user's
+        # `kubectl apply` waits for); ``publish`` adds the finalizer and writes the LoadBalancer
+        # CR. Splitting them keeps CR writes from delaying the next Service's address.
         self.queue = WorkQueue()
+        self.publish = WorkQueue()
+        self.outcomes: dict[str, Outcome] = {}
         self.services: dict[str, ServiceView] = {}
         self.namespaces: dict[str, dict[str, str]] = {}
         self.nodes: dict[str, NodeView] = {}
@@ -83,9 +99,11 @@ class Controller:
     def observe_service(self, obj: Mapping[str, Any]) -> None:
         view = parse_service(obj)
         self.services[view.key] = view
-        # A standby (or the leader before its first pass) takes the cluster's word for who holds
-        # what. The leader does not: its own allocations are ahead of the status it has written.
-        if not self.leading and view.served_by(self.settings.load_balancer_class):
+        # A standby, and any replica before the first full listing is indexed, takes the
+        # cluster's word for who holds what. A synced leader does not: its own allocations are
+        # ahead of the status it has written. (The Lease may be won before the listing ends.)
+        restoring = not (self.leading and self.synced.is_set())
+        if restoring and view.served_by(self.settings.load_balancer_class):
             self._restore(view)
 
     def _restore(self, view: ServiceView) -> None:
@@ -170,6 +188,10 @@ class Controller:
         for key in self.served_keys():
             self.queue.add(key)
 
+    def publish_all(self) -> None:
+        for key in self.served_keys():
+            self.publish.add(key)
+
     def enqueue_namespace(self, namespace: str) -> None:
         for key, view in self.services.items():
             if view.namespace == namespace:
@@ -196,43 +218,56 @@ class Controller:
     # the workers
     # =========================================================================================
     async def run(self) -> None:
-        workers = [asyncio.create_task(self._worker()) for _ in range(self.settings.workers)]
-        flusher = asyncio.create_task(self._pool_flusher())
+        n = self.settings.workers
+        tasks = [
+            *(
+                asyncio.create_task(self._worker(self.queue, self.reconcile_service, "service"))
+                for _ in range(n)
+            ),
+            *(
+                asyncio.create_task(self._worker(self.publish, self.publish_service, "publish"))
+                for _ in range(max(1, n // 2))
+            ),
+            asyncio.create_task(self._pool_flusher()),
+        ]
         try:
-            await asyncio.gather(*workers, flusher)
+            await asyncio.gather(*tasks)
         finally:
-            for t in [*workers, flusher]:
+            for t in tasks:
                 t.cancel()
 
-    async def _worker(self) -> None:
+    async def _worker(
+        self, queue: WorkQueue, fn: Callable[[str], Awaitable[None]], kind: str
+    ) -> None:
         while True:
-            key = await self.queue.get()
+            key = await queue.get()
+            fkey = f"{kind}:{key}"
             try:
                 if self.leading and self.synced.is_set():
                     t0 = time.perf_counter()
-                    await self.reconcile_service(key)
-                    self.metrics.reconcile_seconds.labels("service").observe(
-                        time.perf_counter() - t0
-                    )
-                self.failures.pop(key, None)
+                    await fn(key)
+                    self.metrics.reconcile_seconds.labels(kind).observe(time.perf_counter() - t0)
+                self.failures.pop(fkey, None)
             except ApiError as e:
-                n = self.failures[key] = self.failures.get(key, 0) + 1
+                n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
                 delay = RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1]
                 if e.status != 409:
-                    log.warning("reconcile %s: %s (retry in %ss)", key, e, delay)
-                self.queue.add_after(key, 0 if e.status == 409 and n < 3 else delay)
+                    log.warning("%s %s: %s (retry in %ss)", kind, key, e, delay)
+                # A conflict means our view was stale: the watch brings the new one at once.
+                queue.add_after(key, 0.05 if e.status == 409 and n < 3 else delay)
             except Exception:
-                n = self.failures[key] = self.failures.get(key, 0) + 1
-                log.exception("reconcile %s failed", key)
-                self.queue.add_after(key, RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1])
+                n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
+                log.exception("%s %s failed", kind, key)
+                queue.add_after(key, RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1])
             finally:
-                self.queue.done(key)
+                queue.done(key)
 
     # =========================================================================================
     # reconciling one Service
     # =========================================================================================
     async def reconcile_service(self, key: str) -> None:
         t_start = time.time()
+        t_received = self.received.get(key)  # the event that queued this reconcile
         view = self.services.get(key)
         cls = self.settings.load_balancer_class
         if view is None:
@@ -273,20 +308,17 @@ class Controller:
             for ip in set(vips) - old:
                 self.metrics.allocations.labels(f"ipv{ip.version}").inc()
             self._event(view, "Normal", "Allocated", f"Allocated {message}")
-        if not view.has_finalizer:
-            await self._add_finalizer(view)
-        await self._apply_lb(
-            view, vips, pools[0] if pools else None, mode, True, "Allocated", message
+        self.outcomes[key] = Outcome(
+            vips, pools[0] if pools else None, mode, True, "Allocated", message
         )
-        if mode == "NAT":
-            await self._check_node_ports(view)
+        self.publish.add(key)
         if timing_log.isEnabledFor(logging.INFO):
             timing_log.info(
                 "%s",
                 json.dumps(
                     {
                         "key": key,
-                        "received": self.received.get(key),
+                        "received": t_received,
                         "start": t_start,
                         "patch": t_patch,
                         "patched": t_patched if patched else None,
@@ -309,11 +341,30 @@ class Controller:
         if self.last_reason.get(key) != f"{reason}:{message}":
             self.last_reason[key] = f"{reason}:{message}"
             self._event(view, "Warning", reason, message)
+        self.outcomes[key] = Outcome((), None, mode, False, reason, message)
+        self.publish.add(key)
+
+    async def publish_service(self, key: str) -> None:
+        """Stage two: the finalizer and the LoadBalancer CR, from the last allocation outcome."""
+        view = self.services.get(key)
+        outcome = self.outcomes.get(key)
+        if view is None or outcome is None or view.deleting:
+            return
+        if not view.served_by(self.settings.load_balancer_class):
+            return
         if not view.has_finalizer:
             await self._add_finalizer(view)
-        await self._apply_lb(view, (), None, mode, False, reason, message)
+            view = self.services[key]
+        await self._apply_lb(view, *outcome)
+        if key not in self.outcomes:
+            # Withdrawn (stage one) while this wrote: do not leave a CR behind.
+            await self._delete_lb(view)
+            return
+        if outcome.mode == "NAT":
+            await self._check_node_ports(view)
 
     def _release(self, key: str, view: ServiceView | None) -> None:
+        self.outcomes.pop(key, None)
         freed = self.alloc.release(key)
         if freed:
             self.dirty_pools = True
@@ -342,14 +393,18 @@ class Controller:
                 },
             )
         if view.key in self.lbs:
-            try:
-                await self.kube.delete(lb_path(view.namespace, view.name))
-                self.metrics.api_writes.labels("loadbalancer_delete").inc()
-            except ApiError as e:
-                if e.status != 404:
-                    raise
+            await self._delete_lb(view)
         if view.has_finalizer:
             await self._remove_finalizer(view)
+
+    async def _delete_lb(self, view: ServiceView) -> None:
+        try:
+            await self.kube.delete(lb_path(view.namespace, view.name))
+            self.metrics.api_writes.labels("loadbalancer_delete").inc()
+        except ApiError as e:
+            if e.status != 404:
+                raise
+        self.lbs.pop(view.key, None)
 
     # -- writes ----------------------------------------------------------------------------------
     async def _patch_service_status(

@@ -35,11 +35,11 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
 
     # -- Services ------------------------------------------------------------------------------
     @kopf.index("", "v1", "services", registry=r)
-    def index_services(body: kopf.Body, **_: Any) -> None:
+    async def index_services(body: kopf.Body, **_: Any) -> None:
         ctl.observe_service(body)
 
     @kopf.on.event("", "v1", "services", registry=r)
-    def on_service(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_service(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         meta = body.get("metadata", {})
         if event.get("type") == "DELETED":
@@ -51,20 +51,20 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
 
     # -- what a Service's allocation depends on ---------------------------------------------------
     @kopf.index("", "v1", "namespaces", registry=r)
-    def index_namespaces(body: kopf.Body, **_: Any) -> None:
+    async def index_namespaces(body: kopf.Body, **_: Any) -> None:
         if ctl.observe_namespace(body) and ctl.synced.is_set() and ctl.leading:
             ctl.enqueue_namespace(body["metadata"]["name"])
 
     @kopf.on.event("", "v1", "namespaces", registry=r)
-    def on_namespace(**_: Any) -> None:
+    async def on_namespace(**_: Any) -> None:
         ctl.mark_synced()
 
     @kopf.index(API_GROUP, "v1alpha1", "ippools", registry=r)
-    def index_pools(body: kopf.Body, **_: Any) -> None:
+    async def index_pools(body: kopf.Body, **_: Any) -> None:
         ctl.observe_pool(body)
 
     @kopf.on.event(API_GROUP, "v1alpha1", "ippools", registry=r)
-    def on_pool(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_pool(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             ctl.forget_pool(body["metadata"]["name"])
@@ -73,44 +73,44 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
 
     # -- what the LoadBalancer CR reports -------------------------------------------------------
     @kopf.index("", "v1", "nodes", registry=r)
-    def index_nodes(body: kopf.Body, **_: Any) -> None:
+    async def index_nodes(body: kopf.Body, **_: Any) -> None:
         if ctl.observe_node(body) and ctl.synced.is_set() and ctl.leading:
-            ctl.enqueue_all()
+            ctl.publish_all()  # backends changed: the CRs, not the allocations
 
     @kopf.on.event("", "v1", "nodes", registry=r)
-    def on_node(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_node(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             ctl.forget_node(body["metadata"]["name"])
             if ctl.leading:
-                ctl.enqueue_all()
+                ctl.publish_all()
 
     @kopf.index("discovery.k8s.io", "v1", "endpointslices", registry=r)
-    def index_slices(body: kopf.Body, **_: Any) -> None:
+    async def index_slices(body: kopf.Body, **_: Any) -> None:
         key = ctl.observe_slice(body)
         if key and ctl.synced.is_set() and ctl.leading and key in ctl.services:
-            ctl.queue.add(key)
+            ctl.publish.add(key)
 
     @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=r)
-    def on_slice(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_slice(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             key = ctl.forget_slice(body)
             if key and ctl.leading and key in ctl.services:
-                ctl.queue.add(key)
+                ctl.publish.add(key)
 
     @kopf.index(API_GROUP, "v1alpha1", "loadbalancers", registry=r)
-    def index_lbs(body: kopf.Body, **_: Any) -> None:
+    async def index_lbs(body: kopf.Body, **_: Any) -> None:
         ctl.observe_lb(body)
 
     @kopf.on.event(API_GROUP, "v1alpha1", "loadbalancers", registry=r)
-    def on_lb(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_lb(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             meta = body["metadata"]
             ctl.forget_lb(meta["namespace"], meta["name"])
             key = f"{meta['namespace']}/{meta['name']}"
             if ctl.leading and key in ctl.services:
-                ctl.queue.add(key)  # someone deleted our CR: put it back
+                ctl.publish.add(key)  # someone deleted our CR: put it back
 
     return r

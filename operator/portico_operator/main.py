@@ -13,7 +13,6 @@ import asyncio
 import json
 import logging
 import os
-import signal
 import socket
 import sys
 from typing import Any
@@ -111,28 +110,23 @@ async def run(args: argparse.Namespace) -> None:
     kopf_settings.watching.server_timeout = 300
     kopf_settings.queueing.idle_timeout = 60.0
 
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    operator = asyncio.create_task(
-        kopf.operator(
+    # kopf installs the SIGTERM/SIGINT handlers itself and returns when one arrives; then the
+    # Lease is handed over (so a standby takes over at once) and the workers stop.
+    workers = asyncio.create_task(ctl.run())
+    leading = asyncio.create_task(elector.run())
+    try:
+        await kopf.operator(
             registry=registry,
             settings=kopf_settings,
             standalone=True,
             clusterwide=True,
             liveness_endpoint=args.liveness,
-            stop_flag=stop,
         )
-    )
-    workers = asyncio.create_task(ctl.run())
-    leading = asyncio.create_task(elector.run())
-    await stop.wait()
-    leading.cancel()
-    await asyncio.gather(leading, return_exceptions=True)  # hands the Lease over
-    workers.cancel()
-    await asyncio.gather(operator, workers, return_exceptions=True)
+    finally:
+        leading.cancel()
+        await asyncio.gather(leading, return_exceptions=True)
+        workers.cancel()
+        await asyncio.gather(workers, return_exceptions=True)
     await kube.close()
 
 

@@ -91,7 +91,15 @@ def test_service_gets_an_address_status_and_cr(
     assert in_net(ip, pool)
     svc = api.service("web")
     assert svc.status.load_balancer.ingress[0].ip_mode == "VIP"
-    assert "portico.dev/load-balancer" in svc.metadata.finalizers
+    # The finalizer follows the status write (which is on the latency path).
+    svc = wait_for(
+        lambda: (
+            (s := api.service("web"))
+            and "portico.dev/load-balancer" in (s.metadata.finalizers or [])
+            and s
+        ),
+        "finalizer",
+    )
     # kopf's own bookkeeping does not pile up on users' Services.
     assert not [a for a in (svc.metadata.annotations or {}) if "kopf" in a]
     cond = api.wait_condition("web", "True", "Allocated")
