@@ -1,9 +1,9 @@
-"""A thin asyncio Kubernetes REST client on httpx, and the credentials both it and kopf use.
+"""A thin asyncio Kubernetes REST client on aiohttp, and the credentials both it and kopf use.
 
 kopf watches; this client writes. It is kept thin on purpose: Portico's write path (a status
-PATCH per Service) sits on a user's `kubectl apply` latency, and a raw request with a kept-alive
-HTTP/1.1 connection costs a few milliseconds, where the official client's model (de)serialization
-costs more than the apiserver's own work for small objects.
+PATCH per Service) sits on a user's `kubectl apply` latency. It uses aiohttp, which kopf already
+brings: profiling the operator under load showed httpx's async stack (anyio, per-request
+library sniffing) costing ~2.4 ms of CPU per request, more than a third of the operator's CPU.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-import httpx
+import aiohttp
 import yaml
 
 SA_DIR = Path("/var/run/secrets/kubernetes.io/serviceaccount")
@@ -111,19 +111,27 @@ PATCH_TYPES = {
 class KubeClient:
     def __init__(self, creds: Credentials, *, timeout: float = 10.0) -> None:
         self.creds = creds
-        headers = {"Accept": "application/json"}
+        self._headers = {"Accept": "application/json"}
         if creds.token:
-            headers["Authorization"] = f"Bearer {creds.token}"
-        self._http = httpx.AsyncClient(
-            base_url=creds.server,
-            verify=creds.ssl_context(),
-            headers=headers,
-            timeout=timeout,
-            limits=httpx.Limits(max_connections=32, max_keepalive_connections=32),
-        )
+            self._headers["Authorization"] = f"Bearer {creds.token}"
+        self._timeout = aiohttp.ClientTimeout(total=timeout)
+        self._session: aiohttp.ClientSession | None = None
+
+    def _http(self) -> aiohttp.ClientSession:
+        # Created lazily: a session belongs to the event loop that first uses it.
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                base_url=self.creds.server,
+                headers=self._headers,
+                timeout=self._timeout,
+                connector=aiohttp.TCPConnector(ssl=self.creds.ssl_context(), limit=32),
+            )
+        return self._session
 
     async def close(self) -> None:
-        await self._http.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def request(
         self,
@@ -134,12 +142,15 @@ class KubeClient:
         params: dict[str, str] | None = None,
         content_type: str = "application/json",
     ) -> dict[str, Any]:
-        content = None if body is None else json.dumps(body).encode()
-        headers = {"Content-Type": content_type} if content is not None else None
-        r = await self._http.request(method, path, content=content, params=params, headers=headers)
-        if r.status_code >= 400:
-            raise ApiError(r.status_code, r.text, method, path)
-        return r.json() if r.content else {}
+        data = None if body is None else json.dumps(body).encode()
+        headers = {"Content-Type": content_type} if data is not None else None
+        async with self._http().request(
+            method, path, data=data, params=params, headers=headers
+        ) as r:
+            text = await r.text()
+            if r.status >= 400:
+                raise ApiError(r.status, text, method, path)
+            return json.loads(text) if text else {}
 
     async def get(self, path: str, **params: str) -> dict[str, Any]:
         return await self.request("GET", path, params=params or None)

@@ -239,8 +239,11 @@ class Controller:
     async def _worker(
         self, queue: WorkQueue, fn: Callable[[str], Awaitable[None]], kind: str
     ) -> None:
+        depth = self.metrics.queue_depth.labels(kind)
         while True:
+            depth.set(len(queue))
             key = await queue.get()
+            depth.set(len(queue))
             fkey = f"{kind}:{key}"
             try:
                 if self.leading and self.synced.is_set():

@@ -14,6 +14,7 @@ import logging
 import time
 from collections.abc import Callable
 
+import aiohttp
 from portico_common.kube import ApiError, KubeClient, group_path
 
 log = logging.getLogger("portico.leader")
@@ -62,7 +63,7 @@ class LeaderElector:
             while True:
                 try:
                     ok = await self._try_acquire_or_renew()
-                except (TimeoutError, ApiError, OSError) as e:
+                except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as e:
                     log.warning("lease: %s", e)
                     ok = False
                 now = time.monotonic()
@@ -129,5 +130,5 @@ class LeaderElector:
             if (lease.get("spec") or {}).get("holderIdentity") == self.identity:
                 lease["spec"]["holderIdentity"] = ""
                 await self.kube.replace(self.path, lease)
-        except (ApiError, OSError) as e:
+        except (ApiError, OSError, aiohttp.ClientError) as e:
             log.warning("lease release: %s", e)

@@ -40,6 +40,9 @@ class Metrics:
         self.is_leader = Gauge(
             "portico_leader", "1 when this replica is the allocating leader", registry=r
         )
+        self.queue_depth = Gauge(
+            "portico_work_queue_depth", "Keys waiting in a work queue", ["queue"], registry=r
+        )
         self.services = Gauge(
             "portico_services", "LoadBalancer Services served by Portico", registry=r
         )
