@@ -56,6 +56,17 @@ def pool_path(name: str | None = None) -> str:
     return group_path(API_GROUP, API_VERSION, "ippools", None, name)
 
 
+def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
+    """What the operator needs of its own CRs: a full object with managedFields is ~10x larger,
+    and there is one per Service."""
+    meta = obj.get("metadata") or {}
+    return {
+        "metadata": {"generation": meta.get("generation")},
+        "spec": obj.get("spec"),
+        "status": obj.get("status"),
+    }
+
+
 class Outcome(NamedTuple):
     """The last allocation result of a Service, for stage two (the CR)."""
 
@@ -159,14 +170,21 @@ class Controller:
 
     def observe_lb(self, obj: Mapping[str, Any]) -> None:
         meta = obj.get("metadata") or {}
-        self.lbs[f"{meta.get('namespace')}/{meta.get('name')}"] = dict(obj)
+        self.lbs[f"{meta.get('namespace')}/{meta.get('name')}"] = slim(obj)
 
     def forget_lb(self, namespace: str, name: str) -> None:
         self.lbs.pop(f"{namespace}/{name}", None)
 
-    def observe_pool(self, obj: Mapping[str, Any]) -> None:
-        self.pool_objs[obj["metadata"]["name"]] = dict(obj)
+    def observe_pool(self, obj: Mapping[str, Any]) -> bool:
+        """Records the pool; True when its spec changed (not for our own status writes, which
+        happen every second while addresses change and must not re-examine every Service)."""
+        name = obj["metadata"]["name"]
+        old = self.pool_objs.get(name)
+        self.pool_objs[name] = dict(obj)
+        if old is not None and old.get("spec") == obj.get("spec"):
+            return False
         self._set_pools()
+        return True
 
     def forget_pool(self, name: str) -> None:
         self.pool_objs.pop(name, None)
@@ -487,8 +505,7 @@ class Controller:
                 field_manager=FIELD_MANAGER,
                 force=True,
             )
-            self.lbs[view.key] = applied
-            current = applied
+            current = self.lbs[view.key] = slim(applied)
             generation = applied["metadata"].get("generation")
         previous = (current.get("status") or {}).get("conditions") or []
         cond = condition("Allocated", allocated, reason, message, generation or 0, now(), previous)
@@ -510,7 +527,7 @@ class Controller:
             field_manager=FIELD_MANAGER,
             force=True,
         )
-        self.lbs[view.key] = applied
+        self.lbs[view.key] = slim(applied)
 
     async def _check_node_ports(self, view: ServiceView) -> None:
         missing = [p for p in view.ports if not p.node_port]

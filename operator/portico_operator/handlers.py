@@ -61,15 +61,16 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
 
     @kopf.index(API_GROUP, "v1alpha1", "ippools", registry=r)
     async def index_pools(body: kopf.Body, **_: Any) -> None:
-        ctl.observe_pool(body)
+        if ctl.observe_pool(body) and ctl.synced.is_set() and ctl.leading:
+            ctl.enqueue_all()
 
     @kopf.on.event(API_GROUP, "v1alpha1", "ippools", registry=r)
     async def on_pool(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             ctl.forget_pool(body["metadata"]["name"])
-        if ctl.leading:
-            ctl.enqueue_all()
+            if ctl.leading:
+                ctl.enqueue_all()
 
     # -- what the LoadBalancer CR reports -------------------------------------------------------
     @kopf.index("", "v1", "nodes", registry=r)
