@@ -46,6 +46,11 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--gateways", type=int, default=1, help="gateway hosts (default 1)")
     up.add_argument("--clients", type=int, default=2, help="client hosts (default 2)")
     up.add_argument("--detach", action="store_true", help="run in the background and return")
+    up.add_argument(
+        "--no-portico",
+        action="store_true",
+        help="only the lab: no CRDs, IPPool, operator or demo Service",
+    )
 
     down = sub.add_parser("down", help="tear a lab down (also one whose owner crashed)")
     down.add_argument("--all", action="store_true", help="every slot")
@@ -127,6 +132,19 @@ def _cmd_up(args: argparse.Namespace) -> int:
     lab = Lab.up(cfg)
     try:
         _print_ready(lab)
+        if not args.no_portico:
+            from . import portico
+
+            t0 = time.monotonic()
+            portico.install(lab)
+            ip = portico.demo_service(lab)
+            print(f"Portico is running (operator log: {lab.workdir}/logs/operator.log).")
+            print(
+                f"The demo Service default/echo-lb got {ip} in "
+                f"{time.monotonic() - t0:.1f}s (CRDs, pool and operator start included):"
+            )
+            print(lab.kubectl("get", "ippools,loadbalancers", "-A").stdout)
+            print("  portico-lab kubectl describe loadbalancer echo-lb")
         print("Ctrl-C (or `portico-lab down`) tears the lab down.", flush=True)
         while True:
             time.sleep(3600)
@@ -151,6 +169,7 @@ def _detach(args: argparse.Namespace) -> int:
         f"--zones={args.zones}",
         f"--gateways={args.gateways}",
         f"--clients={args.clients}",
+        *(["--no-portico"] if args.no_portico else []),
     ]
     log = Path("/tmp") / f"portico-lab-up-{os.getpid()}.log"
     with log.open("wb") as out:

@@ -89,6 +89,7 @@ class Lab:
         self.net = Network(plan)
         self.control_plane: ControlPlane | None = None
         self.heartbeat: Heartbeat | None = None
+        self.procs: list[Proc] = []  # processes run against the lab (the operator): stopped first
         self._api: client.ApiClient | None = None
         self._cluster: Cluster | None = None
         self.state = LabState(
@@ -363,6 +364,8 @@ class Lab:
     # teardown
     # ======================================================================================
     def down(self) -> None:
+        for proc in reversed(self.procs):
+            proc.stop(timeout=15)
         if self.heartbeat is not None:
             self.heartbeat.stop()
         if self._api is not None:

@@ -1,0 +1,99 @@
+"""Runs Portico itself in a lab: its CRDs, an IPPool on the lab's VIP range, the operator as a
+process of the lab, and a demo LoadBalancer Service, for `portico-lab up` to show it working."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from pathlib import Path
+
+from .binaries import REPO_ROOT
+from .lab import Lab, LabError
+from .procs import Proc
+
+CRDS = REPO_ROOT / "crds"
+SYSTEM_NAMESPACE = "portico-system"
+
+
+def install(lab: Lab) -> Proc:
+    """CRDs, the `lab` IPPool (the lab's VIP ranges) and a running operator."""
+    lab.kubectl(
+        "apply",
+        "-f",
+        str(CRDS / "portico.dev_ippools.yaml"),
+        "-f",
+        str(CRDS / "portico.dev_loadbalancers.yaml"),
+    )
+    lab.kubectl(
+        "wait",
+        "--for=condition=Established",
+        "crd/ippools.portico.dev",
+        "crd/loadbalancers.portico.dev",
+        "--timeout=30s",
+    )
+    lab.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+    pool = {
+        "apiVersion": "portico.dev/v1alpha1",
+        "kind": "IPPool",
+        "metadata": {"name": "lab"},
+        "spec": {
+            "addresses": [str(lab.plan.vip_range_v4), str(lab.plan.vip_range_v6)],
+            "avoidBuggyIPs": True,
+        },
+    }
+    _apply(lab, pool)
+    proc = Proc(
+        "portico-operator",
+        [
+            sys.executable,
+            "-m",
+            "portico_operator",
+            "--kubeconfig",
+            str(lab.kubeconfig),
+            "--namespace",
+            SYSTEM_NAMESPACE,
+            "--identity",
+            "lab-operator",
+        ],
+        lab.workdir / "logs" / "operator.log",
+    ).start()
+    lab.procs.append(proc)
+    return proc
+
+
+def demo_service(lab: Lab, name: str = "echo-lb", timeout: float = 30) -> str:
+    """A LoadBalancer Service with externalTrafficPolicy Local over the echo pods; returns its
+    address once the operator has written it."""
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": "default"},
+        "spec": {
+            "type": "LoadBalancer",
+            "externalTrafficPolicy": "Local",
+            "selector": {"app": "echo"},
+            "ports": [{"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"}],
+        },
+    }
+    _apply(lab, svc)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = lab.kubectl(
+            "get",
+            "service",
+            name,
+            "-o",
+            "jsonpath={.status.loadBalancer.ingress[0].ip}",
+            check=False,
+        ).stdout
+        if out.strip():
+            return out.strip()
+        time.sleep(0.1)
+    raise LabError(f"{name} got no address in {timeout:.0f}s; see {lab.workdir}/logs/operator.log")
+
+
+def _apply(lab: Lab, obj: dict) -> None:
+    path = lab.workdir / f"{obj['kind'].lower()}-{obj['metadata']['name']}.json"
+    Path(path).write_text(json.dumps(obj))
+    lab.kubectl("apply", "-f", str(path))
