@@ -31,6 +31,8 @@ from .binaries import bin_dir
 from .lab import Lab, LabConfig, LabError, read_state, state_dir, stop_lab
 from .plan import MAX_SLOTS, AddressPlan
 
+READY_LINE = "Ctrl-C (or `portico-lab down`) tears the lab down."
+
 
 def _parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(
@@ -99,7 +101,7 @@ def _print_ready(lab: Lab) -> None:
         f"portico lab {p.slot} is up in {t.get('endpointslices', 0):.1f}s "
         f"(apiserver ready at {t.get('readyz', 0):.1f}s)"
     )
-    print(f"  apiserver   {lab.control_plane.server if lab.control_plane else ''}")
+    print(f"  apiserver   https://{p.host.ipv4}:{p.apiserver_port}")
     print(f"  kubeconfig  {lab.kubeconfig}")
     print(f"  LAN         {p.lan_v4} {p.lan_v6}   VIP range for pools: {p.vip_range_v4}")
     for n in lab.node_names():
@@ -107,7 +109,10 @@ def _print_ready(lab: Lab) -> None:
         print(f"  {n:<10}  {p.node(i).ipv4}  pods {p.pod_cidr_v4(i)}")
     print("Try:")
     print('  eval "$(portico-lab env)"; kubectl get nodes,pods,endpointslices -o wide')
-    print(f"  portico-lab exec client-1 -- curl -s http://{p.pod(1, 1).ipv4}:8080/")
+    print(
+        "  portico-lab exec client-1 -- python3 -c 'import urllib.request as u; "
+        f'print(u.urlopen("http://{p.pod(1, 1).ipv4}:8080/").read().decode())\''
+    )
     sys.stdout.flush()
 
 
@@ -145,7 +150,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             )
             print(lab.kubectl("get", "ippools,loadbalancers", "-A").stdout)
             print("  portico-lab kubectl describe loadbalancer echo-lb")
-        print("Ctrl-C (or `portico-lab down`) tears the lab down.", flush=True)
+        print(READY_LINE, flush=True)
         while True:
             time.sleep(3600)
     except KeyboardInterrupt:
@@ -185,16 +190,14 @@ def _detach(args: argparse.Namespace) -> int:
         if proc.poll() is not None:
             sys.stderr.write(log.read_text(errors="replace"))
             return 1
-        for s in range(MAX_SLOTS):
-            st = read_state(s)
-            if st and st.owner_pid == proc.pid and st.phase == "ready":
-                lab = Lab.attach(s)
-                _print_ready(lab)
-                print(
-                    f"running in the background (pid {proc.pid}, log {log}); "
-                    "`portico-lab down` tears it down."
-                )
-                return 0
+        text = log.read_text(errors="replace")
+        if READY_LINE in text:
+            print(text.split(READY_LINE)[0].rstrip())
+            print(
+                f"running in the background (pid {proc.pid}, log {log}); "
+                "`portico-lab down` tears it down."
+            )
+            return 0
         time.sleep(0.2)
     proc.terminate()
     print(f"the lab did not come up; see {log}", file=sys.stderr)
