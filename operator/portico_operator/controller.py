@@ -23,6 +23,7 @@ from .lbspec import (
     EndpointView,
     NodeView,
     condition,
+    node_ports_condition,
     parse_endpoint_slice,
     parse_node,
     render_spec,
@@ -41,6 +42,7 @@ log = logging.getLogger("portico.operator")
 timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
+OPERATOR_CONDITIONS = ("Allocated", "NodePorts")  # the LoadBalancer conditions written here
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
 
 
@@ -396,6 +398,7 @@ class Controller:
             self.retry_pending()
         self.pending.discard(key)
         self.last_reason.pop(key, None)
+        self.last_reason.pop(f"NodePortsMissing:{key}", None)
 
     async def _withdraw(self, view: ServiceView) -> None:
         """The Service is going away, or is no longer ours: free, clean up, let it go."""
@@ -508,16 +511,22 @@ class Controller:
             current = self.lbs[view.key] = slim(applied)
             generation = applied["metadata"].get("generation")
         previous = (current.get("status") or {}).get("conditions") or []
-        cond = condition("Allocated", allocated, reason, message, generation or 0, now(), previous)
-        mine = [c for c in previous if c.get("type") == "Allocated"]
+        t = now()
+        conds = [condition("Allocated", allocated, reason, message, generation or 0, t, previous)]
+        ports = node_ports_condition(view, mode, generation or 0, t, previous)
+        if ports is not None:
+            conds.append(ports)
+        mine = [c for c in previous if c.get("type") in OPERATOR_CONDITIONS]
         observed = (current.get("status") or {}).get("observedGeneration")
-        if same_conditions(mine, [cond]) and observed == generation:
+        if same_conditions(mine, conds) and observed == generation:
             return
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
             "kind": "LoadBalancer",
             "metadata": {"name": view.name, "namespace": view.namespace},
-            "status": {"observedGeneration": generation, "conditions": [cond]},
+            # Server-side apply: conditions this manager no longer sends (NodePorts after a
+            # switch back to DSR) are removed; other writers' conditions are left alone.
+            "status": {"observedGeneration": generation, "conditions": conds},
         }
         self.metrics.api_writes.labels("loadbalancer_status").inc()
         applied = await self.kube.patch(

@@ -39,7 +39,7 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
         ctl.observe_service(body)
 
     @kopf.on.event("", "v1", "services", registry=r)
-    async def on_service(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_service(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         meta = body.get("metadata", {})
         if event.get("type") == "DELETED":
@@ -65,7 +65,7 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
             ctl.enqueue_all()
 
     @kopf.on.event(API_GROUP, "v1alpha1", "ippools", registry=r)
-    async def on_pool(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_pool(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             ctl.forget_pool(body["metadata"]["name"])
@@ -79,7 +79,7 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
             ctl.publish_all()  # backends changed: the CRs, not the allocations
 
     @kopf.on.event("", "v1", "nodes", registry=r)
-    async def on_node(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_node(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             ctl.forget_node(body["metadata"]["name"])
@@ -93,7 +93,7 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
             ctl.publish.add(key)
 
     @kopf.on.event("discovery.k8s.io", "v1", "endpointslices", registry=r)
-    async def on_slice(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_slice(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             key = ctl.forget_slice(body)
@@ -105,7 +105,7 @@ def build_registry(ctl: Controller, creds: Credentials) -> kopf.OperatorRegistry
         ctl.observe_lb(body)
 
     @kopf.on.event(API_GROUP, "v1alpha1", "loadbalancers", registry=r)
-    async def on_lb(event: dict[str, Any], body: kopf.Body, **_: Any) -> None:
+    async def on_lb(event: kopf.RawEvent, body: kopf.Body, **_: Any) -> None:
         ctl.mark_synced()
         if event.get("type") == "DELETED":
             meta = body["metadata"]

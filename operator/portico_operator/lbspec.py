@@ -233,3 +233,42 @@ def status_differs(svc: ServiceView, desired: Mapping[str, Any]) -> bool:
     want = desired["loadBalancer"]["ingress"]
     strip = [{k: v for k, v in e.items() if k in ("ip", "ipMode")} for e in ingress]
     return strip != want or not same_conditions(svc.conditions, desired["conditions"])
+
+
+def node_ports_condition(
+    svc: ServiceView,
+    forwarding_mode: str,
+    generation: int,
+    now: str,
+    previous: Iterable[Mapping[str, Any]] = (),
+) -> dict[str, Any] | None:
+    """NAT mode forwards to nodeIP:nodePort, so every port needs a nodePort. Portico does not
+    rewrite the user's spec to get them; it says what is missing. None in DSR mode."""
+    if forwarding_mode != "NAT":
+        return None
+    missing = [p for p in svc.ports if not p.node_port]
+    if not missing:
+        return condition(
+            "NodePorts",
+            True,
+            "NodePortsAllocated",
+            "every port has a nodePort",
+            generation,
+            now,
+            previous,
+        )
+    ports = ", ".join(f"{p.port}/{p.protocol}" for p in missing)
+    why = (
+        "allocateLoadBalancerNodePorts is false: set it to true, or give these ports a nodePort"
+        if not svc.allocate_node_ports
+        else "the apiserver has not allocated them"
+    )
+    return condition(
+        "NodePorts",
+        False,
+        "NodePortsMissing",
+        f"forwarding mode NAT sends traffic to nodePorts; ports {ports} have none: {why}",
+        generation,
+        now,
+        previous,
+    )

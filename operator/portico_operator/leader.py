@@ -13,6 +13,7 @@ import datetime as dt
 import logging
 import time
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from portico_common.kube import ApiError, KubeClient, group_path
@@ -79,7 +80,7 @@ class LeaderElector:
                 self._set(False)
 
     async def _try_acquire_or_renew(self) -> bool:
-        body = {
+        body: dict[str, Any] = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": self.name, "namespace": self.namespace},

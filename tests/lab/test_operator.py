@@ -260,6 +260,36 @@ def test_bad_input_gets_a_condition_and_an_event(
     assert allocated["status"] == "False" and allocated["reason"] == reason
 
 
+def test_nat_mode_without_node_ports_is_explained(
+    api: Api, operator: OperatorProcess, svc_names: list[str]
+) -> None:
+    svc_names.append("nat")
+    api.create_service(
+        "nat",
+        annotations={"portico.dev/forwarding-mode": "nat"},
+        allocateLoadBalancerNodePorts=False,
+    )
+    api.wait_ips("nat")
+    assert api.service("nat").status.load_balancer.ingress[0].ip_mode == "Proxy"
+
+    def node_ports() -> dict | None:
+        conds = (api.lb("nat").get("status") or {}).get("conditions") or []
+        return next((c for c in conds if c["type"] == "NodePorts"), None)
+
+    cond = wait_for(node_ports, "NodePorts condition")
+    assert cond["status"] == "False" and cond["reason"] == "NodePortsMissing"
+    assert "allocateLoadBalancerNodePorts" in cond["message"]
+    wait_for(lambda: any(e.reason == "NodePortsMissing" for e in api.events("nat")), "Event")
+    # Given the nodePorts, the condition turns True.
+    api.core.patch_namespaced_service("nat", NS, {"spec": {"allocateLoadBalancerNodePorts": True}})
+    api.core.patch_namespaced_service(
+        "nat",
+        NS,
+        [{"op": "replace", "path": "/spec/ports/0/nodePort", "value": 30050}],
+    )
+    wait_for(lambda: (c := node_ports()) and c["status"] == "True", "NodePorts True")
+
+
 def test_requested_address_in_use_is_met_once_freed(
     api: Api, operator: OperatorProcess, svc_names: list[str]
 ) -> None:

@@ -233,3 +233,21 @@ def test_condition_transition_time_moves_only_with_status() -> None:
     assert condition("Allocated", True, "R2", "m2", 2, "t2", [a])["lastTransitionTime"] == "t1"
     assert condition("Allocated", False, "R", "m", 2, "t2", [a])["lastTransitionTime"] == "t2"
     assert same_conditions([a], [dict(a, lastTransitionTime="other")])
+
+
+def test_node_ports_condition_only_in_nat_mode() -> None:
+    from portico_operator.lbspec import node_ports_condition
+
+    with_ports = parse_service(svc())
+    assert node_ports_condition(with_ports, "DSR", 1, "t") is None
+    ok = node_ports_condition(with_ports, "NAT", 1, "t")
+    assert ok is not None and ok["status"] == "True"
+    no_ports = parse_service(
+        svc(
+            allocateLoadBalancerNodePorts=False,
+            ports=[{"name": "http", "protocol": "TCP", "port": 80, "targetPort": 8080}],
+        )
+    )
+    bad = node_ports_condition(no_ports, "NAT", 1, "t")
+    assert bad is not None and bad["status"] == "False" and bad["reason"] == "NodePortsMissing"
+    assert "80/TCP" in bad["message"] and "allocateLoadBalancerNodePorts" in bad["message"]
