@@ -18,7 +18,6 @@ import json
 import os
 import statistics
 import subprocess
-import sys
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -28,6 +27,7 @@ from typing import Any
 import httpx
 from kubernetes import client
 from portico_lab.lab import Lab, LabConfig
+from portico_lab.portico import operator_argv
 from portico_lab.procs import rss_kib
 
 REPO = Path(__file__).resolve().parents[1]
@@ -217,18 +217,7 @@ def main() -> None:
         log = lab.workdir / "logs" / "operator-bench.log"
         env = dict(os.environ, KUBECONFIG=str(lab.kubeconfig))
         op = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "portico_operator",
-                "--namespace",
-                "portico-system",
-                "--identity",
-                "bench",
-                "--trace-timings",
-                "--metrics-port",
-                str(METRICS_PORT),
-            ],
+            operator_argv(lab, "bench", "--trace-timings", "--metrics-port", str(METRICS_PORT)),
             stdout=log.open("w"),
             stderr=subprocess.STDOUT,
             env=env,

@@ -16,6 +16,22 @@ CRDS = REPO_ROOT / "crds"
 SYSTEM_NAMESPACE = "portico-system"
 
 
+def operator_argv(lab: Lab, identity: str, *extra: str) -> list[str]:
+    """The command line of a portico-operator replica run against this lab."""
+    return [
+        sys.executable,
+        "-m",
+        "portico_operator",
+        "--kubeconfig",
+        str(lab.kubeconfig),
+        "--namespace",
+        SYSTEM_NAMESPACE,
+        "--identity",
+        identity,
+        *extra,
+    ]
+
+
 def install(lab: Lab) -> Proc:
     """CRDs, the `lab` IPPool (the lab's VIP ranges) and a running operator."""
     lab.kubectl(

@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -14,6 +13,7 @@ from typing import Any
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
+from portico_lab.portico import operator_argv
 
 REPO = Path(__file__).resolve().parents[2]
 CRDS = REPO / "crds"
@@ -34,13 +34,8 @@ class OperatorProcess:
         self.log.parent.mkdir(parents=True, exist_ok=True)
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "portico_operator",
-                    "--namespace",
-                    "portico-system",
-                    "--identity",
+                operator_argv(
+                    self.lab,
                     self.identity,
                     "--lease-seconds",
                     "4",
@@ -49,7 +44,7 @@ class OperatorProcess:
                     "--retry-seconds",
                     "0.5",
                     *self.extra,
-                ],
+                ),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 env=env,
