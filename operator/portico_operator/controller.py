@@ -353,9 +353,9 @@ class Controller:
 
     async def _fail(self, view: ServiceView, mode: str, reason: str, message: str) -> None:
         key = view.key
-        self.pending.add(key)
         if self.alloc.holds(key):
             self._release(key, view)
+        self.pending.add(key)  # after the release, which clears it: met as soon as possible
         self.metrics.failures.labels(reason).inc()
         desired = service_status(view, (), mode, False, reason, message, now())
         if status_differs(view, desired):
