@@ -64,7 +64,7 @@ class IngressWatch(threading.Thread):
         cp = lab.control_plane
         assert cp is not None and cp.files is not None
         self.http = httpx.Client(
-            base_url=cp.server, verify=cp._ssl_context(), timeout=httpx.Timeout(10, read=None)
+            base_url=cp.server, verify=cp.ssl_context(), timeout=httpx.Timeout(10, read=None)
         )
         self.seen: dict[str, float] = {}
         self.added: dict[str, float] = {}

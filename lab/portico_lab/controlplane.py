@@ -161,14 +161,14 @@ class ControlPlane:
             self.logs / "kube-controller-manager.log",
         ).start()
 
-    def _ssl_context(self) -> ssl.SSLContext:
+    def ssl_context(self) -> ssl.SSLContext:
         assert self.files is not None
         ctx = ssl.create_default_context(cafile=str(self.files.ca))
         ctx.load_cert_chain(str(self.files.admin.cert), str(self.files.admin.key))
         return ctx
 
     def get(self, path: str, timeout: float = 2.0) -> tuple[int, str]:
-        ctx = self._ssl_context()
+        ctx = self.ssl_context()
         try:
             with urllib.request.urlopen(self.server + path, context=ctx, timeout=timeout) as r:
                 return r.status, r.read().decode()

@@ -28,7 +28,18 @@ from .binaries import bin_dir
 from .cluster import LAB_LABEL, Cluster, Heartbeat, retry
 from .controlplane import ControlPlane
 from .netlab import NetError, Network, link_exists, list_netns
-from .plan import MAX_SLOTS, AddressPlan, Host, Pod, node_index, zone_of
+from .plan import (
+    MAX_CLIENTS,
+    MAX_GATEWAYS,
+    MAX_NODES,
+    MAX_PODS_PER_NODE,
+    MAX_SLOTS,
+    AddressPlan,
+    Host,
+    Pod,
+    node_index,
+    zone_of,
+)
 from .procs import Proc, netns_argv, pid_alive, terminate_pids
 
 STATE_ROOT = Path(os.environ.get("PORTICO_LAB_STATE", "/run/portico"))
@@ -449,16 +460,16 @@ class Lab:
 # slots
 # ==========================================================================================
 def _check_config(cfg: LabConfig) -> None:
-    if not 1 <= cfg.nodes <= 31:
-        raise LabError("nodes must be in 1..31")
-    if not 0 <= cfg.pods_per_node <= 250:
-        raise LabError("pods per node must be in 0..250")
-    if not 1 <= cfg.zones <= 26:
-        raise LabError("zones must be in 1..26")
-    if not 0 <= cfg.gateways <= 8:
-        raise LabError("gateways must be in 0..8")
-    if not 0 <= cfg.clients <= 250:
-        raise LabError("clients must be in 0..250")
+    # The address plan's limits, so the two never disagree.
+    for what, value, low, high in (
+        ("nodes", cfg.nodes, 1, MAX_NODES),
+        ("pods per node", cfg.pods_per_node, 0, MAX_PODS_PER_NODE),
+        ("zones", cfg.zones, 1, 26),
+        ("gateways", cfg.gateways, 0, MAX_GATEWAYS),
+        ("clients", cfg.clients, 0, MAX_CLIENTS),
+    ):
+        if not low <= value <= high:
+            raise LabError(f"{what} must be in {low}..{high}")
 
 
 def _check_privileges() -> None:

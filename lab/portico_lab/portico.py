@@ -61,17 +61,7 @@ def install(lab: Lab) -> Proc:
     _apply(lab, pool)
     proc = Proc(
         "portico-operator",
-        [
-            sys.executable,
-            "-m",
-            "portico_operator",
-            "--kubeconfig",
-            str(lab.kubeconfig),
-            "--namespace",
-            SYSTEM_NAMESPACE,
-            "--identity",
-            "lab-operator",
-        ],
+        operator_argv(lab, "lab-operator"),
         lab.workdir / "logs" / "operator.log",
     ).start()
     lab.procs.append(proc)

@@ -58,6 +58,13 @@ def pool_path(name: str | None = None) -> str:
     return group_path(API_GROUP, API_VERSION, "ippools", None, name)
 
 
+def _slice_service_key(obj: Mapping[str, Any]) -> str | None:
+    """'namespace/service' of the Service an EndpointSlice belongs to, or None."""
+    meta = obj.get("metadata") or {}
+    svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    return f"{meta.get('namespace')}/{svc}" if svc else None
+
+
 def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
     """What the operator needs of its own CRs: a full object with managedFields is ~10x larger,
     and there is one per Service."""
@@ -153,21 +160,16 @@ class Controller:
         self.nodes.pop(name, None)
 
     def observe_slice(self, obj: Mapping[str, Any]) -> str | None:
-        meta = obj.get("metadata") or {}
-        svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-        if not svc:
-            return None
-        key = f"{meta.get('namespace')}/{svc}"
-        self.slices.setdefault(key, {})[meta.get("name", "")] = parse_endpoint_slice(obj)
+        key = _slice_service_key(obj)
+        if key is not None:
+            name = (obj.get("metadata") or {}).get("name", "")
+            self.slices.setdefault(key, {})[name] = parse_endpoint_slice(obj)
         return key
 
     def forget_slice(self, obj: Mapping[str, Any]) -> str | None:
-        meta = obj.get("metadata") or {}
-        svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-        if not svc:
-            return None
-        key = f"{meta.get('namespace')}/{svc}"
-        self.slices.get(key, {}).pop(meta.get("name", ""), None)
+        key = _slice_service_key(obj)
+        if key is not None:
+            self.slices.get(key, {}).pop((obj.get("metadata") or {}).get("name", ""), None)
         return key
 
     def observe_lb(self, obj: Mapping[str, Any]) -> None:

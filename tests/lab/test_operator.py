@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import ipaddress
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -74,12 +74,16 @@ def svc_names(api: Api) -> Iterator[list[str]]:
         wait_for(lambda n=n: _gone(api, n), f"{n} deleted", timeout=30)
 
 
-def _gone(api: Api, name: str) -> bool:
+def _absent(read: Callable[[], object]) -> bool:
     try:
-        api.service(name)
+        read()
         return False
     except ApiException as e:
         return e.status == 404
+
+
+def _gone(api: Api, name: str) -> bool:
+    return _absent(lambda: api.service(name))
 
 
 def test_service_gets_an_address_status_and_cr(
@@ -178,11 +182,7 @@ def test_type_change_releases_and_comes_back(
 
 
 def _lb_gone(api: Api, name: str) -> bool:
-    try:
-        api.lb(name)
-        return False
-    except ApiException as e:
-        return e.status == 404
+    return _absent(lambda: api.lb(name))
 
 
 def test_delete_waits_for_release_and_frees_the_address(
