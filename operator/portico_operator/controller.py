@@ -1,8 +1,11 @@
-"""The operator's brain: its view of the cluster, and the reconcilers that act on it.
+"""The operator's I/O shell: its view of the cluster, leadership, and the reconcilers' writes.
 
-kopf feeds ``observe_*`` (from indexers, so the whole first listing is seen before any handler
-runs) and ``forget_*``; the leader's workers run ``reconcile_*`` from a keyed queue. Everything
-that decides is pure (ipam, service, lbspec); this module does the bookkeeping and the writes.
+kopf feeds ``observe_*`` and ``forget_*`` from its watches (every replica keeps a warm view);
+a periodic fresh listing (``resync``) makes that view converge even across watch gaps. Only a
+leader allocates: when it takes the lead it lists everything afresh and rebuilds its allocator
+from the cluster's state (``restore.build_allocator``) before any worker runs, and when it loses
+the lead its workers are cancelled and the allocator is dropped. Every write is gated on the
+Lease still being valid. What to decide is pure (ipam, restore, resync, service, lbspec).
 """
 
 from __future__ import annotations
@@ -30,11 +33,14 @@ from .lbspec import (
     same_conditions,
     service_status,
     status_differs,
+    valid_condition,
 )
 from .metrics import Metrics
 from .pools import INT64_MAX, Pool, parse_pool
-from .service import BadServiceInput, ServiceView, parse_service
-from .settings import FIELD_MANAGER, FINALIZER, SERVICE_CONDITION, OperatorSettings
+from .restore import build_allocator
+from .resync import plan_resync, rv_newer
+from .service import ServiceView, parse_service
+from .settings import FIELD_MANAGER, FINALIZER, OUR_SERVICE_CONDITIONS, OperatorSettings
 from .workqueue import WorkQueue
 
 log = logging.getLogger("portico.operator")
@@ -42,8 +48,15 @@ log = logging.getLogger("portico.operator")
 timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
-OPERATOR_CONDITIONS = ("Allocated", "NodePorts")  # the LoadBalancer conditions written here
+OPERATOR_CONDITIONS = (
+    "Allocated",
+    "NodePorts",
+    "Valid",
+)  # the LoadBalancer conditions written here
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
+# Allocation errors that are the user's typo, not the cluster's state: an addressed Service
+# keeps its address through them.
+BAD_INPUT_REASONS = (ipam.INVALID_REQUEST, ipam.WRONG_FAMILY)
 
 
 def now() -> str:
@@ -85,14 +98,69 @@ class Outcome(NamedTuple):
     allocated: bool
     reason: str
     message: str
+    input_error: str | None = None
+
+
+class NotLeading(Exception):
+    """A write was about to happen after this replica's Lease deadline passed."""
+
+
+WRITE_METHODS = ("create", "replace", "patch", "delete")
+
+
+class GatedKube:
+    """The client the reconcilers write through: every write first checks that this replica
+    still leads (its renew deadline has not passed), so a leader that was frozen or cut off
+    never writes over its successor."""
+
+    def __init__(self, kube: KubeClient, may_write: Callable[[], bool]) -> None:
+        self._kube = kube
+        self.may_write = may_write
+
+    def __getattr__(self, name: str) -> Any:
+        attr = getattr(self._kube, name)
+        if name not in WRITE_METHODS:
+            return attr
+
+        async def gated(*args: Any, **kwargs: Any) -> Any:
+            if not self.may_write():
+                raise NotLeading(name)
+            return await attr(*args, **kwargs)
+
+        return gated
+
+
+# The kinds the operator caches, with where a fresh listing comes from.
+LISTINGS = {
+    "services": core_path("services"),
+    "namespaces": core_path("namespaces"),
+    "nodes": core_path("nodes"),
+    "slices": group_path("discovery.k8s.io", "v1", "endpointslices"),
+    "pools": group_path(API_GROUP, API_VERSION, "ippools"),
+    "lbs": group_path(API_GROUP, API_VERSION, "loadbalancers"),
+}
+
+
+def object_key(obj: Mapping[str, Any]) -> str:
+    meta = obj.get("metadata") or {}
+    ns = meta.get("namespace")
+    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
 
 
 class Controller:
-    def __init__(self, settings: OperatorSettings, kube: KubeClient, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: OperatorSettings,
+        kube: KubeClient,
+        metrics: Metrics,
+        *,
+        may_write: Callable[[], bool] = lambda: True,
+    ) -> None:
         self.settings = settings
-        self.kube = kube
+        self.reader = kube
+        self.kube = GatedKube(kube, may_write)
         self.metrics = metrics
-        self.alloc = ipam.Allocator()
+        self.alloc = ipam.Allocator()  # the leader's only: rebuilt at every take-over
         # Two stages: ``queue`` allocates and writes the Service status (what a user's
         # `kubectl apply` waits for); ``publish`` adds the finalizer and writes the LoadBalancer
         # CR. Splitting them keeps CR writes from delaying the next Service's address.
@@ -100,89 +168,128 @@ class Controller:
         self.publish = WorkQueue()
         self.outcomes: dict[str, Outcome] = {}
         self.services: dict[str, ServiceView] = {}
+        self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
         self.nodes: dict[str, NodeView] = {}
         self.slices: dict[str, dict[str, tuple[EndpointView, ...]]] = {}  # service -> slices
+        self.slice_owner: dict[str, str] = {}  # "ns/slice" -> "ns/service"
         self.lbs: dict[str, dict[str, Any]] = {}  # our LoadBalancer CRs, as last seen
         self.pool_objs: dict[str, dict[str, Any]] = {}
         self.pending: set[str] = set()  # Services waiting for an address
         self.last_reason: dict[str, str] = {}  # last failure reported, to not repeat Events
         self.dirty_pools = True
         self.synced = asyncio.Event()  # set once kopf's first full listing is indexed
-        self.leading = False
+        self.leading = False  # True only while this replica leads *and* has rebuilt its view
         self.failures: dict[str, int] = {}
         self.received: dict[str, float] = {}  # key -> wall time its last event arrived
+        # For resync: per kind, each key's resourceVersion and last watch stamp (tombstones too).
+        self.stamp = 0
+        self.versions: dict[str, dict[str, str]] = {k: {} for k in LISTINGS}
+        self.stamps: dict[str, dict[str, int]] = {k: {} for k in LISTINGS}
+        self._lead_task: asyncio.Task[None] | None = None
+        self._want_lead = False
 
     # =========================================================================================
     # observation (cheap, synchronous, called for every watch event)
     # =========================================================================================
-    def observe_service(self, obj: Mapping[str, Any]) -> None:
-        view = parse_service(obj)
-        self.services[view.key] = view
-        # A standby, and any replica before the first full listing is indexed, takes the
-        # cluster's word for who holds what. A synced leader does not: its own allocations are
-        # ahead of the status it has written. (The Lease may be won before the listing ends.)
-        restoring = not (self.leading and self.synced.is_set())
-        if restoring and view.served_by(self.settings.load_balancer_class):
-            self._restore(view)
+    def _touch(self, kind: str, key: str, rv: str | None) -> bool:
+        """Stamps a watch event; False for an event older than what is cached (a listing may
+        have brought a newer version before a lagging watch delivers an older one)."""
+        cached = self.versions[kind].get(key)
+        if rv is not None and cached is not None and rv != cached and not rv_newer(rv, cached):
+            return False
+        self.stamp += 1
+        self.stamps[kind][key] = self.stamp
+        if rv is None:
+            self.versions[kind].pop(key, None)
+        else:
+            self.versions[kind][key] = rv
+        return True
 
-    def _restore(self, view: ServiceView) -> None:
-        ips = view.ingress_ips()
-        if ips and set(self.alloc.holds(view.key)) != set(ips):
-            try:
-                claim = view.claim(self.namespaces.get(view.namespace, {}))
-            except BadServiceInput:
-                claim = ipam.Claim(service=view.key)
-            self.alloc.restore(claim, ips)
-            self.dirty_pools = True
+    @staticmethod
+    def _rv(obj: Mapping[str, Any]) -> str:
+        return str((obj.get("metadata") or {}).get("resourceVersion") or "")
+
+    def observe_service(self, obj: Mapping[str, Any]) -> bool:
+        view = parse_service(obj)
+        if not self._touch("services", view.key, view.resource_version):
+            return False
+        self.services[view.key] = view
+        return True
 
     def forget_service(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
+        self._touch("services", key, None)
         self.services.pop(key, None)
-        self.slices.pop(key, None)
         self.received.pop(key, None)
-        self.queue.add(key)
+        if self.leading:
+            self.queue.add(key)
 
     def observe_namespace(self, obj: Mapping[str, Any]) -> bool:
         meta = obj.get("metadata") or {}
+        name = meta.get("name", "")
+        if not self._touch("namespaces", name, self._rv(obj)):
+            return False
         labels = dict(meta.get("labels") or {})
-        changed = self.namespaces.get(meta.get("name", "")) != labels
-        self.namespaces[meta.get("name", "")] = labels
+        changed = self.namespaces.get(name) != labels
+        self.namespaces[name] = labels
         return changed
+
+    def forget_namespace(self, name: str) -> None:
+        self._touch("namespaces", name, None)
+        self.namespaces.pop(name, None)
 
     def observe_node(self, obj: Mapping[str, Any]) -> bool:
         view = parse_node(obj)
+        if not self._touch("nodes", view.name, self._rv(obj)):
+            return False
         changed = self.nodes.get(view.name) != view
         self.nodes[view.name] = view
         return changed
 
     def forget_node(self, name: str) -> None:
+        self._touch("nodes", name, None)
         self.nodes.pop(name, None)
 
     def observe_slice(self, obj: Mapping[str, Any]) -> str | None:
         key = _slice_service_key(obj)
-        if key is not None:
-            name = (obj.get("metadata") or {}).get("name", "")
-            self.slices.setdefault(key, {})[name] = parse_endpoint_slice(obj)
+        skey = object_key(obj)
+        if key is None or not self._touch("slices", skey, self._rv(obj)):
+            return None
+        name = (obj.get("metadata") or {}).get("name", "")
+        self.slices.setdefault(key, {})[name] = parse_endpoint_slice(obj)
+        self.slice_owner[skey] = key
         return key
 
     def forget_slice(self, obj: Mapping[str, Any]) -> str | None:
-        key = _slice_service_key(obj)
+        skey = object_key(obj)
+        key = self.slice_owner.pop(skey, None) or _slice_service_key(obj)
+        self._touch("slices", skey, None)
         if key is not None:
             self.slices.get(key, {}).pop((obj.get("metadata") or {}).get("name", ""), None)
+            if not self.slices.get(key):
+                self.slices.pop(key, None)
         return key
 
     def observe_lb(self, obj: Mapping[str, Any]) -> None:
-        meta = obj.get("metadata") or {}
-        self.lbs[f"{meta.get('namespace')}/{meta.get('name')}"] = slim(obj)
+        key = object_key(obj)
+        if self._touch("lbs", key, self._rv(obj)):
+            self.lbs[key] = slim(obj)
 
     def forget_lb(self, namespace: str, name: str) -> None:
-        self.lbs.pop(f"{namespace}/{name}", None)
+        key = f"{namespace}/{name}"
+        self._touch("lbs", key, None)
+        self.lbs.pop(key, None)
+        if self.leading:
+            # Nothing announces what the CR carried any more.
+            self._finish_withdrawal(key, ())
 
     def observe_pool(self, obj: Mapping[str, Any]) -> bool:
         """Records the pool; True when its spec changed (not for our own status writes, which
         happen every second while addresses change and must not re-examine every Service)."""
         name = obj["metadata"]["name"]
+        if not self._touch("pools", name, self._rv(obj)):
+            return False
         old = self.pool_objs.get(name)
         self.pool_objs[name] = dict(obj)
         if old is not None and old.get("spec") == obj.get("spec"):
@@ -191,13 +298,92 @@ class Controller:
         return True
 
     def forget_pool(self, name: str) -> None:
+        self._touch("pools", name, None)
         self.pool_objs.pop(name, None)
         self._set_pools()
 
+    def parsed_pools(self) -> list[Pool]:
+        return [parse_pool(n, o.get("spec")) for n, o in self.pool_objs.items()]
+
     def _set_pools(self) -> None:
-        pools = [parse_pool(n, o.get("spec")) for n, o in self.pool_objs.items()]
-        self.alloc.set_pools(pools)
+        self.alloc.set_pools(self.parsed_pools())
         self.dirty_pools = True
+
+    # =========================================================================================
+    # converging to a fresh listing
+    # =========================================================================================
+    async def list_everything(self) -> dict[str, list[dict[str, Any]]]:
+        paths = list(LISTINGS.items())
+        replies = await asyncio.gather(*(self.reader.get(path) for _, path in paths))
+        return {
+            kind: list(r.get("items") or []) for (kind, _), r in zip(paths, replies, strict=True)
+        }
+
+    async def resync(self) -> list[tuple[str, str]]:
+        """Lists everything afresh and makes the caches agree: takes what the watch missed,
+        forgets what vanished unseen. Returns the (kind, key) pairs that changed."""
+        since = self.stamp
+        listing = await self.list_everything()
+        changed: list[tuple[str, str]] = []
+        for kind, items in listing.items():
+            by_key = {object_key(o): o for o in items}
+            if kind == "slices":
+                by_key = {k: o for k, o in by_key.items() if _slice_service_key(o)}
+            take, drop = plan_resync(
+                self.stamps[kind],
+                self.versions[kind],
+                {k: self._rv(o) for k, o in by_key.items()},
+                since,
+            )
+            for key in take:
+                self._observe_kind(kind, by_key[key])
+            for key in drop:
+                self._forget_kind(kind, key)
+            changed += [(kind, k) for k in (*take, *drop)]
+            stamps = self.stamps[kind]
+            for key in [
+                k for k, t in stamps.items() if t <= since and k not in self.versions[kind]
+            ]:
+                del stamps[key]  # tombstones older than this listing are no longer needed
+        return changed
+
+    def _observe_kind(self, kind: str, obj: dict[str, Any]) -> None:
+        {
+            "services": self.observe_service,
+            "namespaces": self.observe_namespace,
+            "nodes": self.observe_node,
+            "slices": self.observe_slice,
+            "pools": self.observe_pool,
+            "lbs": self.observe_lb,
+        }[kind](obj)
+
+    def _forget_kind(self, kind: str, key: str) -> None:
+        ns, _, name = key.rpartition("/")
+        if kind == "services":
+            self.forget_service(ns, name)
+        elif kind == "namespaces":
+            self.forget_namespace(key)
+        elif kind == "nodes":
+            self.forget_node(key)
+        elif kind == "slices":
+            self.forget_slice({"metadata": {"namespace": ns, "name": name}})
+        elif kind == "pools":
+            self.forget_pool(key)
+        elif kind == "lbs":
+            self.forget_lb(ns, name)
+
+    async def _resync_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.resync_seconds)
+            try:
+                changed = await self.resync()
+            except (ApiError, OSError, TimeoutError) as e:
+                log.warning("resync: %s", e)
+                continue
+            if changed:
+                log.info("resync: %d objects the watches had missed", len(changed))
+                if self.leading:
+                    self.enqueue_all()  # cheap: reconciles that change nothing write nothing
 
     # =========================================================================================
     # triggers
@@ -209,6 +395,10 @@ class Controller:
     def enqueue_all(self) -> None:
         for key in self.served_keys():
             self.queue.add(key)
+        # Services that vanished while nobody led still hold addresses or CRs: let them go.
+        for key in set(self.alloc.by_service) | set(self.lbs):
+            if not key.startswith(ipam.WITHDRAWING) and key not in self.services:
+                self.queue.add(key)
 
     def publish_all(self) -> None:
         for key in self.served_keys():
@@ -223,23 +413,89 @@ class Controller:
         for key in list(self.pending):
             self.queue.add(key)
 
-    def set_leading(self, leading: bool) -> None:
-        self.leading = leading
-        self.metrics.is_leader.set(1 if leading else 0)
-        if leading and self.synced.is_set():
-            self.enqueue_all()
-
     def mark_synced(self) -> None:
         if not self.synced.is_set():
             self.synced.set()
             log.info("first full listing indexed: %d Services", len(self.services))
-            if self.leading:
-                self.enqueue_all()
+
+    # =========================================================================================
+    # leadership
+    # =========================================================================================
+    def set_leading(self, leading: bool) -> None:
+        """The elector's callback. Taking the lead starts ``_lead`` (rebuild, then workers);
+        losing it cancels every worker, in-flight reconciles included, at once."""
+        self.metrics.is_leader.set(1 if leading else 0)
+        if leading == self._want_lead:
+            return
+        self._want_lead = leading
+        if leading:
+            # A previous term may still be unwinding: the new one waits for it to end.
+            self._lead_task = asyncio.create_task(self._lead(self._lead_task), name="lead")
+        else:
+            self.leading = False
+            if self._lead_task is not None:
+                self._lead_task.cancel()
+
+    async def stop_leading(self) -> None:
+        """Stops acting as leader and waits until every worker has stopped."""
+        self.set_leading(False)
+        if self._lead_task is not None:
+            await asyncio.gather(self._lead_task, return_exceptions=True)
+            self._lead_task = None
+
+    async def take_over(self) -> None:
+        """Rebuilds the allocator from a fresh, complete listing: what the previous leader
+        wrote just before it went may not have reached this replica's watch yet."""
+        t0 = time.perf_counter()
+        await self.resync()
+        self.alloc = build_allocator(
+            self.parsed_pools(),
+            self.services.values(),
+            self.lbs,
+            self.namespaces,
+            self.settings.load_balancer_class,
+        )
+        self.outcomes.clear()
+        self.pending.clear()
+        self.last_reason.clear()
+        self.failures.clear()
+        self.queue = WorkQueue()
+        self.publish = WorkQueue()
+        self.dirty_pools = True
+        log.info(
+            "took the lead: %d Services, %d addresses restored in %.0f ms",
+            len(self.services),
+            len(self.alloc.holdings),
+            (time.perf_counter() - t0) * 1000,
+        )
+
+    async def _lead(self, previous: asyncio.Task[None] | None) -> None:
+        if previous is not None:
+            await asyncio.gather(previous, return_exceptions=True)
+        try:
+            while True:
+                try:
+                    await self.take_over()
+                    break
+                except (ApiError, OSError, TimeoutError) as e:
+                    log.warning("take-over listing: %s", e)
+                    await asyncio.sleep(1)
+            self.leading = True
+            self.enqueue_all()
+            await self._run_workers()
+        finally:
+            self.leading = False
+            self.alloc = ipam.Allocator()  # a standby trusts nothing it computed as leader
+            self.alloc.set_pools(self.parsed_pools())
 
     # =========================================================================================
     # the workers
     # =========================================================================================
     async def run(self) -> None:
+        """What every replica runs: the periodic resync that keeps the caches converged."""
+        await self._resync_loop()
+
+    async def _run_workers(self) -> None:
         n = self.settings.workers
         tasks = [
             *(
@@ -257,6 +513,7 @@ class Controller:
         finally:
             for t in tasks:
                 t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _worker(
         self, queue: WorkQueue, fn: Callable[[str], Awaitable[None]], kind: str
@@ -268,11 +525,15 @@ class Controller:
             depth.set(len(queue))
             fkey = f"{kind}:{key}"
             try:
-                if self.leading and self.synced.is_set():
+                if self.leading:
                     t0 = time.perf_counter()
                     await fn(key)
                     self.metrics.reconcile_seconds.labels(kind).observe(time.perf_counter() - t0)
                 self.failures.pop(fkey, None)
+            except NotLeading:
+                # The elector steps down (cancelling this worker) or renews: retry shortly.
+                log.info("%s %s: the Lease deadline passed; not writing", kind, key)
+                queue.add_after(key, 0.5)
             except ApiError as e:
                 n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
                 delay = RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1]
@@ -296,22 +557,29 @@ class Controller:
         view = self.services.get(key)
         cls = self.settings.load_balancer_class
         if view is None:
-            self._release(key, None)
+            await self._forget_gone(key)
             return
         if not view.served_by(cls) or view.deleting:
             await self._withdraw(view)
             return
-        self.metrics.services.set(len(self.alloc.by_service))
+        self.metrics.services.set(
+            sum(1 for k in self.alloc.by_service if not k.startswith(ipam.WITHDRAWING))
+        )
 
-        mode = "DSR"
-        try:
-            mode = view.forwarding_mode()
-            claim = view.claim(self.namespaces.get(view.namespace, {}))
-            result = self.alloc.assign(claim)
-        except (BadServiceInput, ipam.AllocationError) as e:
-            reason = getattr(e, "reason", ipam.INVALID_REQUEST)
-            await self._fail(view, mode, reason, str(e))
+        input_error = view.input_error()
+        if input_error is not None:
+            await self._bad_input(view, input_error)
             return
+        mode = view.forwarding_mode()
+        try:
+            result = self.alloc.assign(view.claim(self.namespaces.get(view.namespace, {})))
+        except ipam.AllocationError as e:
+            if e.reason in BAD_INPUT_REASONS:
+                await self._bad_input(view, str(e), e.reason)
+            else:
+                await self._fail(view, mode, e.reason, str(e))
+            return
+        self.good[key] = view
         self.pending.discard(key)
         self.last_reason.pop(key, None)
         old = set(view.ingress_ips())
@@ -325,8 +593,7 @@ class Controller:
         patched = status_differs(view, desired)
         if patched:
             updated = await self._patch_service_status(view, desired)
-            view = parse_service(updated)
-            self.services[key] = view
+            view = self._observed(updated)
         t_patched = time.time()
         if set(vips) != old:
             self.dirty_pools = True
@@ -353,20 +620,74 @@ class Controller:
                 ),
             )
 
-    async def _fail(self, view: ServiceView, mode: str, reason: str, message: str) -> None:
+    def _observed(self, obj: Mapping[str, Any]) -> ServiceView:
+        """Takes our own write's answer as the newest view (the watch brings it again)."""
+        self.observe_service(obj)
+        return self.services.get(object_key(obj)) or parse_service(obj)
+
+    async def _bad_input(
+        self, view: ServiceView, error: str, reason: str = ipam.INVALID_REQUEST
+    ) -> None:
+        """An annotation or field that cannot be used. A Service that has addresses keeps them
+        and its last valid configuration; one that has none waits, as for any unmet request."""
+        key = view.key
+        held = self.alloc.holds(key)
+        if not held:
+            await self._fail(view, self._announced_mode(view), reason, error, input_error=error)
+            return
+        last = self.outcomes.get(key)
+        mode = last.mode if last is not None else self._announced_mode(view)
+        vips = tuple(ip for ip in view.ingress_ips() if ip in held) or held
+        message = (
+            last.message
+            if last is not None and last.allocated
+            else (f"{', '.join(map(str, vips))} kept")
+        )
+        desired = service_status(view, vips, mode, True, "Allocated", message, now(), error)
+        if status_differs(view, desired):
+            view = self._observed(await self._patch_service_status(view, desired))
+        if self.last_reason.get(key) != f"{reason}:{error}":
+            self.last_reason[key] = f"{reason}:{error}"
+            self._event(
+                view,
+                "Warning",
+                reason,
+                f"{error}; the Service keeps {', '.join(map(str, vips))} and its last valid "
+                "configuration until this is fixed",
+            )
+        pool = last.pool if last is not None else self.alloc.pool_of(vips[0])
+        self.outcomes[key] = Outcome(vips, pool, mode, True, "Allocated", message, error)
+        self.publish.add(key)
+
+    def _announced_mode(self, view: ServiceView) -> str:
+        """The forwarding mode in force: the CR's, or else what the ingress says."""
+        mode = ((self.lbs.get(view.key) or {}).get("spec") or {}).get("forwardingMode")
+        if mode in ("DSR", "NAT"):
+            return str(mode)
+        modes = {e.get("ipMode") for e in view.ingress}
+        return "NAT" if modes == {"Proxy"} else "DSR"
+
+    async def _fail(
+        self,
+        view: ServiceView,
+        mode: str,
+        reason: str,
+        message: str,
+        input_error: str | None = None,
+    ) -> None:
         key = view.key
         if self.alloc.holds(key):
-            self._release(key, view)
-        self.pending.add(key)  # after the release, which clears it: met as soon as possible
+            # The address stays out of the pool until the CR no longer carries it (publish).
+            self.alloc.begin_withdrawal(key)
+        self.pending.add(key)  # met as soon as possible: any release or pool change retries it
         self.metrics.failures.labels(reason).inc()
-        desired = service_status(view, (), mode, False, reason, message, now())
+        desired = service_status(view, (), mode, False, reason, message, now(), input_error)
         if status_differs(view, desired):
-            view = parse_service(await self._patch_service_status(view, desired))
-            self.services[key] = view
+            view = self._observed(await self._patch_service_status(view, desired))
         if self.last_reason.get(key) != f"{reason}:{message}":
             self.last_reason[key] = f"{reason}:{message}"
             self._event(view, "Warning", reason, message)
-        self.outcomes[key] = Outcome((), None, mode, False, reason, message)
+        self.outcomes[key] = Outcome((), None, mode, False, reason, message, input_error)
         self.publish.add(key)
 
     async def publish_service(self, key: str) -> None:
@@ -380,33 +701,58 @@ class Controller:
         if not view.has_finalizer:
             await self._add_finalizer(view)
             view = self.services[key]
-        await self._apply_lb(view, *outcome)
+        basis = self.good.get(key, view) if outcome.input_error else view
+        await self._apply_lb(view, basis, outcome)
         if key not in self.outcomes:
             # Withdrawn (stage one) while this wrote: do not leave a CR behind.
-            await self._delete_lb(view)
+            await self._delete_lb(view.namespace, view.name)
+            self._finish_withdrawal(key, (), view)
             return
+        # The CR carries exactly these now: whatever else the Service gave up is free.
+        self._finish_withdrawal(key, outcome.vips, view)
         if outcome.mode == "NAT":
             await self._check_node_ports(view)
 
-    def _release(self, key: str, view: ServiceView | None) -> None:
+    def _finish_withdrawal(
+        self, key: str, announced: tuple[Any, ...], view: ServiceView | None = None
+    ) -> None:
+        gone = set(self.alloc.withdrawing(key)) - set(announced)
+        if not gone:
+            return
+        freed = self.alloc.finish_withdrawal(key, announced)
+        self.dirty_pools = True
+        for ip in freed:
+            self.metrics.releases.labels(f"ipv{ip.version}").inc()
+        if view is not None and freed:
+            self._event(view, "Normal", "Released", f"Released {', '.join(map(str, freed))}")
+        # Even when a sharer still holds the address, the ports or the sharing constraint that
+        # kept a pending Service out may be gone with this one.
+        self.retry_pending()
+
+    def _forget_state(self, key: str) -> None:
         self.outcomes.pop(key, None)
-        freed = self.alloc.release(key)
-        if freed:
-            self.dirty_pools = True
-            for ip in freed:
-                self.metrics.releases.labels(f"ipv{ip.version}").inc()
-            if view is not None:
-                self._event(view, "Normal", "Released", f"Released {', '.join(map(str, freed))}")
-            self.retry_pending()
+        self.good.pop(key, None)
         self.pending.discard(key)
+        self.failures.pop(f"service:{key}", None)
         self.last_reason.pop(key, None)
         self.last_reason.pop(f"NodePortsMissing:{key}", None)
 
+    async def _forget_gone(self, key: str) -> None:
+        """The Service no longer exists (deleted without our finalizer, or while nobody led)."""
+        self._forget_state(key)
+        self.alloc.begin_withdrawal(key)
+        if key in self.lbs or self.alloc.withdrawing(key):
+            ns, _, name = key.partition("/")
+            await self._delete_lb(ns, name)  # its owner reference would have it collected too
+        self._finish_withdrawal(key, ())
+
     async def _withdraw(self, view: ServiceView) -> None:
-        """The Service is going away, or is no longer ours: free, clean up, let it go."""
-        had = bool(self.alloc.holds(view.key))
-        self._release(view.key, view)
-        ours = [c for c in view.conditions if c.get("type") == SERVICE_CONDITION]
+        """The Service is going away, or is no longer ours: withdraw, clean up, let it go. The
+        address returns to the pool only once the CR that announced it is gone."""
+        key = view.key
+        self._forget_state(key)
+        had = self.alloc.begin_withdrawal(key)
+        ours = [c for c in view.conditions if c.get("type") in OUR_SERVICE_CONDITIONS]
         if (had or ours) and not view.deleting:
             # Clear only what we wrote: another implementation's status is not ours to touch.
             await self._patch_service_status(
@@ -414,23 +760,24 @@ class Controller:
                 {
                     "loadBalancer": {"ingress": []},
                     "conditions": [
-                        c for c in view.conditions if c.get("type") != SERVICE_CONDITION
+                        c for c in view.conditions if c.get("type") not in OUR_SERVICE_CONDITIONS
                     ],
                 },
             )
-        if view.key in self.lbs:
-            await self._delete_lb(view)
+        if key in self.lbs or self.alloc.withdrawing(key):
+            await self._delete_lb(view.namespace, view.name)
+        self._finish_withdrawal(key, (), view)
         if view.has_finalizer:
             await self._remove_finalizer(view)
 
-    async def _delete_lb(self, view: ServiceView) -> None:
+    async def _delete_lb(self, namespace: str, name: str) -> None:
         try:
-            await self.kube.delete(lb_path(view.namespace, view.name))
+            await self.kube.delete(lb_path(namespace, name))
             self.metrics.api_writes.labels("loadbalancer_delete").inc()
         except ApiError as e:
             if e.status != 404:
                 raise
-        self.lbs.pop(view.key, None)
+        self.lbs.pop(f"{namespace}/{name}", None)
 
     # -- writes ----------------------------------------------------------------------------------
     async def _patch_service_status(
@@ -451,7 +798,7 @@ class Controller:
         }
         self.metrics.api_writes.labels("service_finalizer").inc()
         updated = await self.kube.patch(core_path("services", view.namespace, view.name), body)
-        self.services[view.key] = parse_service(updated)
+        self._observed(updated)
 
     async def _remove_finalizer(self, view: ServiceView) -> None:
         body = {
@@ -467,18 +814,12 @@ class Controller:
             if e.status != 404:
                 raise
 
-    async def _apply_lb(
-        self,
-        view: ServiceView,
-        vips: tuple[Any, ...],
-        pool: str | None,
-        mode: str,
-        allocated: bool,
-        reason: str,
-        message: str,
-    ) -> None:
+    async def _apply_lb(self, view: ServiceView, basis: ServiceView, outcome: Outcome) -> None:
+        """The CR: identity from ``view``, configuration from ``basis`` (the last valid one)."""
+        vips, pool, mode = outcome.vips, outcome.pool, outcome.mode
+        allocated, reason, message = outcome.allocated, outcome.reason, outcome.message
         endpoints = [ep for eps in self.slices.get(view.key, {}).values() for ep in eps]
-        spec = render_spec(view, vips, pool, mode, self.nodes.values(), endpoints)
+        spec = render_spec(basis, vips, pool, mode, self.nodes.values(), endpoints)
         current = self.lbs.get(view.key) or {}
         generation = (current.get("metadata") or {}).get("generation")
         if current.get("spec") != spec:
@@ -514,8 +855,11 @@ class Controller:
             generation = applied["metadata"].get("generation")
         previous = (current.get("status") or {}).get("conditions") or []
         t = now()
-        conds = [condition("Allocated", allocated, reason, message, generation or 0, t, previous)]
-        ports = node_ports_condition(view, mode, generation or 0, t, previous)
+        conds = [
+            condition("Allocated", allocated, reason, message, generation or 0, t, previous),
+            valid_condition(outcome.input_error, generation or 0, t, previous),
+        ]
+        ports = node_ports_condition(basis, mode, generation or 0, t, previous)
         if ports is not None:
             conds.append(ports)
         mine = [c for c in previous if c.get("type") in OPERATOR_CONDITIONS]

@@ -2,9 +2,14 @@
 
 One ``Allocator`` holds every address that is in use (by which Services, for sharing) and the
 pools to allocate from. ``assign`` gives a Service its addresses (keeping those it already has
-when they still fit), ``release`` frees them, ``restore`` records what the cluster already says at
-start-up. Finding a free address is amortised O(1) per pool (a cursor plus a heap of released
-addresses), so the cost of one allocation does not grow with the number of Services.
+when they still fit), ``release`` frees them, ``restore`` records what the cluster already says
+when a leader takes over. Finding a free address is amortised O(1) per pool (a cursor plus a
+heap of released addresses), so the cost of one allocation does not grow with the number of
+Services.
+
+An address a Service gives up is not free at once: it stays held under the Service's
+*withdrawal key* until the LoadBalancer CR that announced it no longer carries it
+(``finish_withdrawal``), so that no two CRs ever carry one address (gateways announce from CRs).
 """
 
 from __future__ import annotations
@@ -27,9 +32,16 @@ WRONG_FAMILY = "WrongFamily"
 SHARING_CONFLICT = "SharingConflict"
 INVALID_REQUEST = "InvalidRequest"
 
+WITHDRAWING = "withdrawing:"
+
 SINGLE_STACK = "SingleStack"
 PREFER_DUAL_STACK = "PreferDualStack"
 REQUIRE_DUAL_STACK = "RequireDualStack"
+
+
+def withdrawal_key(service: str) -> str:
+    """The pseudo-holder of the addresses ``service`` gave up but may still announce."""
+    return f"{WITHDRAWING}{service}"
 
 
 @dataclass(frozen=True)
@@ -197,7 +209,9 @@ class Allocator:
                     INVALID_REQUEST, f"more than one IPv{ip.version} address requested"
                 )
             requested[ip.version] = ip
-        if requested:
+        if requested and claim.family_policy != REQUIRE_DUAL_STACK:
+            # A request names the families it wants; RequireDualStack still gets both (the
+            # families without a requested address come from a pool), or nothing.
             wanted = tuple(f for f in claim.families if f in requested)
         if claim.pool is not None and claim.pool not in self.pools:
             raise AllocationError(POOL_NOT_FOUND, f"IPPool {claim.pool!r} does not exist")
@@ -218,7 +232,11 @@ class Allocator:
                 errors.append(e)
         if errors and (claim.family_policy != PREFER_DUAL_STACK or not picks or requested):
             raise errors[0]
+        before = self.holds(claim.service)
+        shares = self._shares(claim.service)
         self._set(claim, tuple(ip for ip, _ in picks))
+        now = self.holds(claim.service)
+        self._hold_withdrawn(claim.service, [ip for ip in before if ip not in now], shares)
         return Result(
             ips=tuple(ip for ip, _ in picks),
             pools=tuple(p for _, p in picks),
@@ -237,7 +255,81 @@ class Allocator:
                 freed.append(ip)
         return tuple(freed)
 
+    def begin_withdrawal(self, service: str) -> tuple[IP, ...]:
+        """The Service gives up its addresses; they stay out of the pool (held under its
+        withdrawal key) until ``finish_withdrawal``. Returns the addresses."""
+        ips = self.by_service.pop(service, ())
+        shares = {}
+        for ip in ips:
+            h = self.holdings[ip]
+            shares[ip] = h.services.pop(service)
+        self._hold_withdrawn(service, list(ips), shares)
+        return ips
+
+    def withdrawing(self, service: str) -> tuple[IP, ...]:
+        return self.holds(withdrawal_key(service))
+
+    def finish_withdrawal(self, service: str, announced: Iterable[IP] = ()) -> tuple[IP, ...]:
+        """The LoadBalancer CR now carries ``announced``: every other address the Service gave
+        up returns to its pool (unless another Service holds it). Returns those now free."""
+        key = withdrawal_key(service)
+        keep = set(announced)
+        held = self.by_service.get(key, ())
+        go = [ip for ip in held if ip not in keep]
+        if not go:
+            return ()
+        freed = []
+        for ip in go:
+            h = self.holdings.get(ip)
+            if h is not None:
+                self._unhold(h, key)
+                if ip not in self.holdings:
+                    freed.append(ip)
+        rest = tuple(ip for ip in held if ip in keep)
+        if rest:
+            self.by_service[key] = rest
+        else:
+            del self.by_service[key]
+        return tuple(freed)
+
+    def restore_withdrawal(self, claim: Claim, ips: Iterable[IP]) -> tuple[IP, ...]:
+        """At take-over: addresses a LoadBalancer CR still carries but its Service no longer
+        holds stay held until that CR is rewritten or deleted."""
+        wkey = withdrawal_key(claim.service)
+        mine = set(self.holds(claim.service))
+        wanted = [ip for ip in ips if ip not in mine and ip not in self.holds(wkey)]
+        kept = tuple(
+            ip
+            for ip in wanted
+            if any(p.contains(ip) for p in self.pools.values()) and self._compatible(ip, claim)
+        )
+        shares = {ip: self._share_of(claim) for ip in kept}
+        self._hold_withdrawn(claim.service, list(kept), shares)
+        return kept
+
     # -- internals -----------------------------------------------------------------------------
+    def _shares(self, service: str) -> dict[IP, _Share]:
+        return {ip: self.holdings[ip].services[service] for ip in self.holds(service)}
+
+    def _hold_withdrawn(self, service: str, ips: list[IP], shares: Mapping[IP, _Share]) -> None:
+        if not ips:
+            return
+        key = withdrawal_key(service)
+        have = list(self.by_service.get(key, ()))
+        for ip in ips:
+            h = self.holdings.get(ip)
+            if h is None:
+                h = self.holdings[ip] = Holding(ip)
+                self._count(ip, +1)
+                self._advance(ip)
+            share = shares[ip]
+            h.services[key] = share
+            if share.sharing_key is not None:
+                self._by_key.setdefault(share.sharing_key, set()).add(ip)
+            if ip not in have:
+                have.append(ip)
+        self.by_service[key] = tuple(have)
+
     def _eligible(self, pool: Pool, claim: Claim, *, explicit: bool) -> bool:
         if claim.pool is not None and pool.name != claim.pool:
             return False
@@ -249,13 +341,15 @@ class Allocator:
         return _Share(claim.ports, claim.sharing_key, claim.traffic_policy, claim.selector_key)
 
     def _compatible(self, ip: IP, claim: Claim) -> bool:
-        """Whether ``claim`` may hold ``ip`` next to its other holders."""
+        """Whether ``claim`` may hold ``ip`` next to its other holders (the Service's own
+        withdrawal hold is no obstacle: the address is still its own)."""
         h = self.holdings.get(ip)
         if h is None:
             return True
         mine = self._share_of(claim)
+        skip = {claim.service, withdrawal_key(claim.service)}
         for svc, other in h.services.items():
-            if svc == claim.service:
+            if svc in skip:
                 continue
             if mine.sharing_key is None or other.sharing_key != mine.sharing_key:
                 return False

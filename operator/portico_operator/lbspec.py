@@ -9,7 +9,13 @@ from typing import Any
 
 from .pools import IP
 from .service import ServiceView
-from .settings import EXCLUDE_LABEL, SERVICE_CONDITION, ZONE_LABEL
+from .settings import (
+    EXCLUDE_LABEL,
+    OUR_SERVICE_CONDITIONS,
+    SERVICE_CONDITION,
+    VALID_CONDITION,
+    ZONE_LABEL,
+)
 
 
 @dataclass(frozen=True)
@@ -215,17 +221,42 @@ def service_status(
     reason: str,
     message: str,
     now: str,
+    input_error: str | None = None,
 ) -> dict[str, Any]:
-    """The Service's status: ingress and Portico's condition, other conditions kept as they are."""
+    """The Service's status: ingress and Portico's conditions, other conditions kept as they
+    are."""
     ip_mode = "VIP" if forwarding_mode == "DSR" else "Proxy"
     ours = condition(
         SERVICE_CONDITION, allocated, reason, message, svc.generation, now, svc.conditions
     )
-    others = [c for c in svc.conditions if c.get("type") != SERVICE_CONDITION]
+    valid = valid_condition(input_error, svc.generation, now, svc.conditions, VALID_CONDITION)
+    others = [c for c in svc.conditions if c.get("type") not in OUR_SERVICE_CONDITIONS]
     return {
         "loadBalancer": {"ingress": [{"ip": str(ip), "ipMode": ip_mode} for ip in vips]},
-        "conditions": [*others, ours],
+        "conditions": [*others, ours, valid],
     }
+
+
+def valid_condition(
+    input_error: str | None,
+    generation: int,
+    now: str,
+    previous: Iterable[Mapping[str, Any]] = (),
+    kind: str = "Valid",
+) -> dict[str, Any]:
+    if input_error is None:
+        return condition(
+            kind, True, "Valid", "the Service's settings are valid", generation, now, previous
+        )
+    return condition(
+        kind,
+        False,
+        "InvalidRequest",
+        f"{input_error}; the last valid configuration stays in force",
+        generation,
+        now,
+        previous,
+    )
 
 
 def status_differs(svc: ServiceView, desired: Mapping[str, Any]) -> bool:

@@ -13,8 +13,10 @@ import asyncio
 import json
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Callable
 from typing import Any
 
 import kopf
@@ -68,6 +70,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap.add_argument("--renew-deadline", type=float, default=10.0)
     ap.add_argument("--retry-seconds", type=float, default=2.0)
     ap.add_argument("--workers", type=int, default=8)
+    ap.add_argument(
+        "--resync-seconds",
+        type=float,
+        default=300.0,
+        help="full relist that prunes what a watch gap hid (default 300)",
+    )
     ap.add_argument("--log-level", default="info")
     ap.add_argument(
         "--trace-timings",
@@ -87,15 +95,21 @@ async def run(args: argparse.Namespace) -> None:
         retry_seconds=args.retry_seconds,
         workers=args.workers,
         metrics_port=args.metrics_port,
+        resync_seconds=args.resync_seconds,
     )
     creds = load_credentials(args.kubeconfig)
     kube = KubeClient(creds)
+    # The Lease has a connection pool of its own: a renewal never waits behind bulk writes.
+    lease_kube = KubeClient(creds, timeout=settings.renew_deadline_seconds)
     metrics = Metrics()
     metrics.serve(settings.metrics_port)
-    ctl = Controller(settings, kube, metrics)
+    elector: LeaderElector | None = None
+    ctl = Controller(
+        settings, kube, metrics, may_write=lambda: elector is not None and elector.valid()
+    )
     registry = build_registry(ctl, creds)
     elector = LeaderElector(
-        kube,
+        lease_kube,
         settings.namespace,
         settings.lease_name,
         settings.identity,
@@ -110,10 +124,19 @@ async def run(args: argparse.Namespace) -> None:
     kopf_settings.watching.server_timeout = 300
     kopf_settings.queueing.idle_timeout = 60.0
 
-    # kopf installs the SIGTERM/SIGINT handlers itself and returns when one arrives; then the
-    # Lease is handed over (so a standby takes over at once) and the workers stop.
-    workers = asyncio.create_task(ctl.run())
-    leading = asyncio.create_task(elector.run())
+    stop_kopf = asyncio.Event()
+    background = [asyncio.create_task(ctl.run()), asyncio.create_task(elector.run())]
+
+    async def hand_over() -> None:
+        """On SIGTERM/SIGINT: stop renewing, stop every worker, then release the Lease, so a
+        standby takes over within a retry of its watch; only then does kopf wind down."""
+        background[1].cancel()
+        await asyncio.gather(background[1], return_exceptions=True)
+        await ctl.stop_leading()
+        await elector.release()
+        stop_kopf.set()
+
+    signals = asyncio.create_task(_own_signals(lambda: asyncio.ensure_future(hand_over())))
     try:
         await kopf.operator(
             registry=registry,
@@ -121,13 +144,30 @@ async def run(args: argparse.Namespace) -> None:
             standalone=True,
             clusterwide=True,
             liveness_endpoint=args.liveness,
+            stop_flag=stop_kopf,
         )
     finally:
-        leading.cancel()
-        await asyncio.gather(leading, return_exceptions=True)
-        workers.cancel()
-        await asyncio.gather(workers, return_exceptions=True)
-    await kube.close()
+        signals.cancel()
+        if not stop_kopf.is_set():
+            await hand_over()
+        for t in background:
+            t.cancel()
+        await asyncio.gather(*background, return_exceptions=True)
+        await kube.close()
+        await lease_kube.close()
+
+
+async def _own_signals(on_signal: Callable[[], object]) -> None:
+    """kopf installs SIGTERM/SIGINT handlers that start its own (seconds long) shutdown; ours
+    must run first, to hand the Lease over at once. Wait for kopf's, then take them over."""
+    loop = asyncio.get_running_loop()
+    installed = getattr(loop, "_signal_handlers", None)
+    for _ in range(1500):
+        if installed is None or signal.SIGTERM in installed:
+            break
+        await asyncio.sleep(0.02)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, on_signal)
 
 
 def main(argv: list[str] | None = None) -> int:

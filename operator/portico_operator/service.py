@@ -60,6 +60,7 @@ class ServiceView:
     load_balancer_ip: str | None
     ingress: tuple[dict[str, Any], ...]
     conditions: tuple[dict[str, Any], ...] = field(default=())
+    created: str = ""  # metadata.creationTimestamp: the older of two claimants wins
 
     @property
     def key(self) -> str:
@@ -106,13 +107,22 @@ class ServiceView:
                 raise BadServiceInput(f"{where}: {t!r} is not an IP address") from None
         return tuple(out)
 
-    def claim(self, namespace_labels: Mapping[str, str]) -> Claim:
+    def input_error(self) -> str | None:
+        """What the operator cannot use in the Service, or None."""
+        try:
+            self.forwarding_mode()
+            self.requested_ips()
+        except BadServiceInput as e:
+            return str(e)
+        return None
+
+    def claim(self, namespace_labels: Mapping[str, str], *, with_requests: bool = True) -> Claim:
         """Raises BadServiceInput for annotations that cannot be used."""
         return Claim(
             service=self.key,
             families=self.ip_families or (4,),
             family_policy=self.ip_family_policy,
-            requested=self.requested_ips(),
+            requested=self.requested_ips() if with_requests else (),
             pool=self.annotations.get(ANN_POOL) or None,
             sharing_key=self.annotations.get(ANN_SHARING) or None,
             ports=frozenset((p.protocol, p.port) for p in self.ports),
@@ -174,4 +184,5 @@ def parse_service(obj: Mapping[str, Any]) -> ServiceView:
         load_balancer_ip=spec.get("loadBalancerIP") or None,
         ingress=tuple((status.get("loadBalancer") or {}).get("ingress") or ()),
         conditions=tuple(status.get("conditions") or ()),
+        created=meta.get("creationTimestamp") or "",
     )

@@ -21,6 +21,10 @@ EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"
 ZONE_LABEL = "topology.kubernetes.io/zone"
 
 SERVICE_CONDITION = f"{API_GROUP}/Allocated"
+# False while an annotation or field cannot be used; the Service keeps its address and the last
+# configuration that was valid meanwhile.
+VALID_CONDITION = f"{API_GROUP}/Valid"
+OUR_SERVICE_CONDITIONS = (SERVICE_CONDITION, VALID_CONDITION)
 
 
 @dataclass(frozen=True)
@@ -34,3 +38,4 @@ class OperatorSettings:
     retry_seconds: float = 2.0
     workers: int = 8
     metrics_port: int = 0  # 0: no metrics server
+    resync_seconds: float = 300.0  # full relist that prunes what a watch gap hid

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, initialize, invariant, precondition, rule
 from portico_operator import ipam
-from portico_operator.ipam import AllocationError, Allocator, Claim
+from portico_operator.ipam import AllocationError, Allocator, Claim, withdrawal_key
 from portico_operator.pools import IP, Pool, is_buggy, parse_pool
 
 ip = ipaddress.ip_address
@@ -98,9 +98,11 @@ def check_invariants(a: Allocator) -> None:
             assert x in a.by_service.get(svc, ()), (svc, x)
     # every held address has compatible holders
     for x, h in a.holdings.items():
-        shares = list(h.services.values())
-        for i, s in enumerate(shares):
-            for t in shares[i + 1 :]:
+        holders = list(h.services.items())
+        for i, (svc, s) in enumerate(holders):
+            for other, t in holders[i + 1 :]:
+                if withdrawal_key(svc) == other or withdrawal_key(other) == svc:
+                    continue  # the Service's own address, not yet withdrawn from its CR
                 assert shares_ok(s, t), (x, h.services)
     # used(pool, family) is a brute-force count
     for p in a.pools.values():
@@ -197,6 +199,10 @@ def test_moves_when_its_pool_goes_away():
     assert a.holds("ns/s") == (ip("10.0.0.0"),)  # set_pools drops nobody
     check_invariants(a)
     assert got(a.assign(C("ns/s"))) == ["10.0.1.0"]
+    # the old address stays out of the pool until the CR no longer announces it
+    assert a.holders(ip("10.0.0.0")) == ["withdrawing:ns/s"]
+    check_invariants(a)
+    assert a.finish_withdrawal("ns/s", announced=[ip("10.0.1.0")]) == (ip("10.0.0.0"),)
     assert a.holders(ip("10.0.0.0")) == []
     check_invariants(a)
 
@@ -335,6 +341,8 @@ def test_sharer_whose_ports_change_to_overlap_moves():
     assert a.assign(C("ns/b", **b)).ips == (x,)
     moved = a.assign(C("ns/b", **{**b, "ports": {("TCP", 80)}}))
     assert moved.ips != (x,)
+    assert a.holders(x) == ["ns/a", "withdrawing:ns/b"]
+    assert a.finish_withdrawal("ns/b", announced=moved.ips) == ()  # ns/a still holds it
     assert a.holders(x) == ["ns/a"]
     check_invariants(a)
 
@@ -616,8 +624,9 @@ def test_requested_address_and_fresh_allocations_avoid_each_other():
     assert got(a.assign(C("ns/b"))) == ["10.0.0.2"]
     # the requested address changes: it moves, the old one is free again
     assert got(a.assign(C("ns/r", requested=["10.0.0.6"]))) == ["10.0.0.6"]
-    assert got(a.assign(C("ns/c"))) == ["10.0.0.1"]
-    assert got(a.assign(C("ns/d"))) == ["10.0.0.3"]
+    assert got(a.assign(C("ns/c"))) == ["10.0.0.3"]  # .1 is withdrawn, not yet free
+    a.finish_withdrawal("ns/r", announced=[ip("10.0.0.6")])
+    assert got(a.assign(C("ns/d"))) == ["10.0.0.1"]
     check_invariants(a)
 
 
@@ -803,6 +812,8 @@ def test_restored_address_that_no_longer_fits_is_replaced():
     assert a.restore(C("ns/s"), [x]) == (x,)  # in a pool: recorded
     r = a.assign(C("ns/s"))
     assert got(r) == ["10.0.0.1"]
+    assert a.withdrawing("ns/s") == (x,)
+    a.finish_withdrawal("ns/s", announced=r.ips)
     assert a.holders(x) == []
     check_invariants(a)
 
@@ -952,7 +963,11 @@ class AllocatorMachine(RuleBasedStateMachine):
                 assert versions == [f for f in claim.families if f in versions]
                 assert len(versions) + len(r.warnings) == len(claim.families)
         else:
-            assert list(r.ips) == list(claim.requested)
+            assert set(claim.requested) <= set(r.ips)
+            if claim.family_policy == ipam.REQUIRE_DUAL_STACK:
+                assert versions == list(claim.families)  # both or none
+            else:
+                assert list(r.ips) == list(claim.requested)
         for x, pool_name in zip(r.ips, r.pools, strict=True):
             # every address is in a pool that admits the claim and does not exclude it
             assert any(
@@ -984,7 +999,8 @@ class AllocatorMachine(RuleBasedStateMachine):
         if x in a.holds(claim.service):
             self.check_assign(claim)
             return
-        others = list(a.holdings[x].services.values())
+        own = {claim.service, withdrawal_key(claim.service)}
+        others = [s for svc, s in a.holdings[x].services.items() if svc not in own]
         compatible = all(shares_ok(a._share_of(claim), s) for s in others)
         requestable = any(
             p.contains(x)
@@ -1023,11 +1039,22 @@ class AllocatorMachine(RuleBasedStateMachine):
             if x in expected or not any(p.contains(x) for p in a.pools.values()):
                 continue
             h = a.holdings.get(x)
-            others = [s for svc, s in (h.services.items() if h else ()) if svc != claim.service]
+            own = {claim.service, withdrawal_key(claim.service)}
+            others = [s for svc, s in (h.services.items() if h else ()) if svc not in own]
             if all(shares_ok(share, s) for s in others):
                 expected.append(x)
         assert a.restore(claim, ips) == tuple(expected)
         assert a.holds(claim.service) == tuple(expected)
+
+    @rule(service=st.sampled_from(SERVICES), data=st.data())
+    def finish_withdrawal(self, service, data):
+        a = self.a
+        gone = a.withdrawing(service)
+        announced = data.draw(st.lists(st.sampled_from(gone), unique=True)) if gone else []
+        sole = {x for x in gone if x not in announced and a.holders(x) == [withdrawal_key(service)]}
+        freed = a.finish_withdrawal(service, announced)
+        assert set(freed) == sole
+        assert set(a.withdrawing(service)) == set(announced)
 
     @invariant()
     def consistent(self):
