@@ -178,7 +178,7 @@ class Controller:
         self.pending: set[str] = set()  # Services waiting for an address
         self.last_reason: dict[str, str] = {}  # last failure reported, to not repeat Events
         self.dirty_pools = True
-        self.synced = asyncio.Event()  # set once kopf's first full listing is indexed
+        self.synced = asyncio.Event()  # set once the first full listing is in the view
         self.leading = False  # True only while this replica leads *and* has rebuilt its view
         self.failures: dict[str, int] = {}
         self.received: dict[str, float] = {}  # key -> wall time its last event arrived
@@ -336,9 +336,11 @@ class Controller:
                 since,
             )
             for key in take:
-                self._observe_kind(kind, by_key[key])
+                self.apply_event(kind, "MODIFIED", by_key[key])
             for key in drop:
-                self._forget_kind(kind, key)
+                ns, _, name = key.rpartition("/")
+                meta = {"name": name, **({"namespace": ns} if ns else {})}
+                self.apply_event(kind, "DELETED", {"metadata": meta})
             changed += [(kind, k) for k in (*take, *drop)]
             stamps = self.stamps[kind]
             for key in [
@@ -347,30 +349,45 @@ class Controller:
                 del stamps[key]  # tombstones older than this listing are no longer needed
         return changed
 
-    def _observe_kind(self, kind: str, obj: dict[str, Any]) -> None:
-        {
-            "services": self.observe_service,
-            "namespaces": self.observe_namespace,
-            "nodes": self.observe_node,
-            "slices": self.observe_slice,
-            "pools": self.observe_pool,
-            "lbs": self.observe_lb,
-        }[kind](obj)
-
-    def _forget_kind(self, kind: str, key: str) -> None:
-        ns, _, name = key.rpartition("/")
+    def apply_event(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
+        """One watch event (or a listing's correction): update the view and, on the leader,
+        queue what depends on it. kopf's handlers and ``resync`` both come through here."""
+        meta = obj.get("metadata") or {}
+        deleted = event_type == "DELETED"
         if kind == "services":
-            self.forget_service(ns, name)
+            key = object_key(obj)
+            if deleted:
+                self.forget_service(meta.get("namespace", ""), meta.get("name", ""))
+            elif self.observe_service(obj) and self.leading:
+                self.received[key] = time.time()
+                self.queue.add(key)
         elif kind == "namespaces":
-            self.forget_namespace(key)
-        elif kind == "nodes":
-            self.forget_node(key)
-        elif kind == "slices":
-            self.forget_slice({"metadata": {"namespace": ns, "name": name}})
+            if deleted:
+                self.forget_namespace(meta.get("name", ""))
+            elif self.observe_namespace(obj) and self.leading:
+                self.enqueue_namespace(meta.get("name", ""))
         elif kind == "pools":
-            self.forget_pool(key)
+            if deleted:
+                self.forget_pool(meta.get("name", ""))
+            if (deleted or self.observe_pool(obj)) and self.leading:
+                self.enqueue_all()
+        elif kind == "nodes":
+            if deleted:
+                self.forget_node(meta.get("name", ""))
+            if (deleted or self.observe_node(obj)) and self.leading:
+                self.publish_all()  # backends changed: the CRs, not the allocations
+        elif kind == "slices":
+            svc = self.forget_slice(obj) if deleted else self.observe_slice(obj)
+            if svc and self.leading and svc in self.services:
+                self.publish.add(svc)
         elif kind == "lbs":
-            self.forget_lb(ns, name)
+            if not deleted:
+                self.observe_lb(obj)
+                return
+            key = object_key(obj)
+            self.forget_lb(meta.get("namespace", ""), meta.get("name", ""))
+            if self.leading and key in self.services:
+                self.publish.add(key)  # someone deleted our CR: put it back
 
     async def _resync_loop(self) -> None:
         while True:
@@ -413,18 +430,12 @@ class Controller:
         for key in list(self.pending):
             self.queue.add(key)
 
-    def mark_synced(self) -> None:
-        if not self.synced.is_set():
-            self.synced.set()
-            log.info("first full listing indexed: %d Services", len(self.services))
-
     # =========================================================================================
     # leadership
     # =========================================================================================
     def set_leading(self, leading: bool) -> None:
         """The elector's callback. Taking the lead starts ``_lead`` (rebuild, then workers);
         losing it cancels every worker, in-flight reconciles included, at once."""
-        self.metrics.is_leader.set(1 if leading else 0)
         if leading == self._want_lead:
             return
         self._want_lead = leading
@@ -481,10 +492,12 @@ class Controller:
                     log.warning("take-over listing: %s", e)
                     await asyncio.sleep(1)
             self.leading = True
+            self.metrics.is_leader.set(1)
             self.enqueue_all()
             await self._run_workers()
         finally:
             self.leading = False
+            self.metrics.is_leader.set(0)
             self.alloc = ipam.Allocator()  # a standby trusts nothing it computed as leader
             self.alloc.set_pools(self.parsed_pools())
 
@@ -492,7 +505,16 @@ class Controller:
     # the workers
     # =========================================================================================
     async def run(self) -> None:
-        """What every replica runs: the periodic resync that keeps the caches converged."""
+        """What every replica runs: a first full listing (a standby's view is complete before it
+        may take over), then the periodic resync that keeps the view converged."""
+        while not self.synced.is_set():
+            try:
+                await self.resync()
+                self.synced.set()
+                log.info("first full listing indexed: %d Services", len(self.services))
+            except (ApiError, OSError, TimeoutError) as e:
+                log.warning("first listing: %s", e)
+                await asyncio.sleep(1)
         await self._resync_loop()
 
     async def _run_workers(self) -> None:
@@ -942,7 +964,7 @@ class Controller:
         every allocation, and a write per allocation would double the write load."""
         while True:
             await asyncio.sleep(POOL_FLUSH_SECONDS)
-            if not (self.dirty_pools and self.leading and self.synced.is_set()):
+            if not (self.dirty_pools and self.leading):
                 continue
             self.dirty_pools = False
             for name in list(self.pool_objs):
