@@ -54,6 +54,7 @@ OPERATOR_CONDITIONS = (
     "Valid",
 )  # the LoadBalancer conditions written here
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
+CONFLICT_RETRY_SECONDS = 0.05  # a 409: the watch brings the newer object within milliseconds
 # Allocation errors that are the user's typo, not the cluster's state: an addressed Service
 # keeps its address through them.
 BAD_INPUT_REASONS = (ipam.INVALID_REQUEST, ipam.WRONG_FAMILY)
@@ -553,16 +554,17 @@ class Controller:
                     self.metrics.reconcile_seconds.labels(kind).observe(time.perf_counter() - t0)
                 self.failures.pop(fkey, None)
             except NotLeading:
-                # The elector steps down (cancelling this worker) or renews: retry shortly.
+                # This term is over: the elector steps down too, and a next term starts afresh.
                 log.info("%s %s: the Lease deadline passed; not writing", kind, key)
-                queue.add_after(key, 0.5)
+                self.set_leading(False)
             except ApiError as e:
                 n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
                 delay = RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1]
                 if e.status != 409:
                     log.warning("%s %s: %s (retry in %ss)", kind, key, e, delay)
                 # A conflict means our view was stale: the watch brings the new one at once.
-                queue.add_after(key, 0.05 if e.status == 409 and n < 3 else delay)
+                retry = CONFLICT_RETRY_SECONDS if e.status == 409 and n < 3 else delay
+                queue.add_after(key, retry)
             except Exception:
                 n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
                 log.exception("%s %s failed", kind, key)

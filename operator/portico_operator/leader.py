@@ -85,17 +85,21 @@ class LeaderElector:
         watcher = asyncio.create_task(self._watch())
         try:
             while True:
+                if self.is_leader and not self.valid():
+                    # The term is over (a renewal failed or the process was frozen) even if
+                    # the Lease is still ours: whatever comes next is a new term, with a
+                    # fresh view, never a continuation of this one.
+                    self._set(False)
                 started = time.monotonic()
                 budget = self.renew_deadline
                 if self.is_leader:
                     budget = self._renewed_at + self.renew_deadline - started
                 ok = False
-                if budget > 0:
-                    try:
-                        ok = await asyncio.wait_for(self._try_acquire_or_renew(), budget)
-                    except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as e:
-                        log.warning("lease: %s", e or type(e).__name__)
-                if ok:
+                try:
+                    ok = await asyncio.wait_for(self._try_acquire_or_renew(), budget)
+                except (TimeoutError, ApiError, OSError, aiohttp.ClientError) as e:
+                    log.warning("lease: %s", e or type(e).__name__)
+                if ok and (not self.is_leader or time.monotonic() < started + budget):
                     self._renewed_at = started
                     self._set(True)
                 elif self.is_leader and not self.valid():
