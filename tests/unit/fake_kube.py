@@ -154,6 +154,9 @@ class FakeKube:
             raise self._missing("GET", path)
         return copy.deepcopy(obj)
 
+    def watch(self, path: str, params: dict[str, str] | None = None) -> Any:
+        return watch_log(self, parse_path(path)[0], params)
+
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         kind, ns, _name, _ = parse_path(path)
         self.writes += 1
@@ -262,6 +265,8 @@ class FakeClient:
 
     def __getattr__(self, name: str) -> Any:
         method = getattr(self.kube, name)
+        if name == "watch":
+            return method
 
         async def call(*args: Any, **kwargs: Any) -> Any:
             self.inflight += 1
@@ -272,3 +277,21 @@ class FakeClient:
                 self.inflight -= 1
 
         return call
+
+
+async def watch_log(
+    kube: FakeKube, kind: str, params: dict[str, str] | None = None, poll: float = 0.005
+) -> Any:
+    """A watch on one kind, from now on: the events the log gains."""
+    name = None
+    for part in ((params or {}).get("fieldSelector") or "").split(","):
+        if part.startswith("metadata.name="):
+            name = part.split("=", 1)[1]
+    cursor = len(kube.log)
+    while True:
+        while cursor < len(kube.log):
+            k, event, obj = kube.log[cursor]
+            cursor += 1
+            if k == kind and (name is None or obj["metadata"]["name"] == name):
+                yield {"type": event, "object": obj}
+        await asyncio.sleep(poll)
