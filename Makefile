@@ -17,16 +17,17 @@ lab: install        ## bring a lab up in the foreground (Ctrl-C tears it down)
 lab-down:           ## tear down every lab, also ones whose owner crashed
 	$(VENV)/bin/portico-lab down --all
 
-test: install       ## lint, unit tests and lab tests (needs root; lab tests fail, never skip, without it)
+test: install       ## lint, types, unit tests and lab tests (needs root; lab tests fail, never skip, without it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy operator/portico_operator
 	$(PY) -m pytest -v
 
 unit:               ## the fast tests of pure logic only
 	$(PY) -m pytest tests/unit -q
 
 lint:
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy common lab
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy common lab operator/portico_operator
 
 bench-lab: install  ## lab start time and control-plane memory for 3 and 20 nodes
 	$(PY) bench/lab_start.py

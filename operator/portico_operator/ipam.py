@@ -216,7 +216,7 @@ class Allocator:
         if claim.pool is not None and claim.pool not in self.pools:
             raise AllocationError(POOL_NOT_FOUND, f"IPPool {claim.pool!r} does not exist")
 
-        current = {ip.version: ip for ip in self.holds(claim.service)}
+        current: dict[int, IP] = {ip.version: ip for ip in self.holds(claim.service)}
         picks: list[tuple[IP, str]] = []
         errors: list[AllocationError] = []
         for f in wanted:
@@ -431,9 +431,9 @@ class Allocator:
                 if pool is not None and self._compatible(ip, claim):
                     return ip, pool.name
         for pool in usable:
-            ip = self._first_free(pool, family)
-            if ip is not None:
-                return ip, pool.name
+            free = self._first_free(pool, family)
+            if free is not None:
+                return free, pool.name
         raise AllocationError(
             POOL_EXHAUSTED,
             f"no free IPv{family} address in IPPool {', '.join(p.name for p in usable)}",

@@ -30,11 +30,15 @@ class IPRange:
         return (
             isinstance(ip, ipaddress.IPv4Address | ipaddress.IPv6Address)
             and ip.version == self.family
-            and self.first <= ip <= self.last
+            and int(self.first) <= int(ip) <= int(self.last)
         )
 
     def overlaps(self, other: IPRange) -> bool:
-        return self.family == other.family and self.first <= other.last and other.first <= self.last
+        return (
+            self.family == other.family
+            and int(self.first) <= int(other.last)
+            and int(other.first) <= int(self.last)
+        )
 
     def __str__(self) -> str:
         return f"{self.first}-{self.last}"
