@@ -1,0 +1,213 @@
+"""portico-node-agent: programs this node's nftables NAT rules for Portico's LoadBalancer
+Services.
+
+It owns one table, ``inet portico``, and never touches another. Its rules come from a file
+today: either a rendered ruleset (``--rules``, libnftables JSON as
+``portico_common.noderules.render_node_rules`` makes it) or the renderer's input (``--input``:
+this node and its Services, rendered here). The file is re-read when it changes; each change is
+applied in one transaction through one long-lived libnftables handle, as map-element and
+per-Service-chain changes rather than a reload. Every ``--verify-interval`` seconds the table is
+compared with what was applied and restored if someone flushed or edited it. Stopping the agent
+leaves the rules in force (a restart re-applies idempotently: nothing changes if the table is
+right); ``--cleanup`` removes the table, for uninstalling.
+
+Examples:
+  portico-node-agent --input /etc/portico/node.json --status /run/portico/status.json
+  portico-node-agent --rules rules.json --once
+  portico-node-agent --cleanup
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+from portico_common.noderules import NodeRulesError, input_from_json, render_node_rules
+
+from .nft import NftError, NftTable
+
+log = logging.getLogger("portico.nodeagent")
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        out: dict[str, Any] = {
+            "ts": round(record.created, 3),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        if record.exc_info:
+            out["exc"] = self.formatException(record.exc_info)
+        return json.dumps(out)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="portico-node-agent",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    src = p.add_mutually_exclusive_group()
+    src.add_argument("--rules", type=Path, help="a rendered ruleset (libnftables JSON)")
+    src.add_argument("--input", type=Path, help="the renderer's input: this node and its Services")
+    src.add_argument(
+        "--cleanup", action="store_true", help="remove Portico's table and exit (uninstall)"
+    )
+    p.add_argument("--once", action="store_true", help="apply once, then exit")
+    p.add_argument(
+        "--verify-interval",
+        type=float,
+        default=5.0,
+        help="seconds between checks that the table is as applied (default 5)",
+    )
+    p.add_argument(
+        "--poll-interval",
+        type=float,
+        default=0.1,
+        help="seconds between checks of the rules file for changes (default 0.1)",
+    )
+    p.add_argument(
+        "--status",
+        type=Path,
+        help="write a JSON status here after every apply: content hash, time, counts, error",
+    )
+    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    args = p.parse_args(argv)
+    if not args.cleanup and not (args.rules or args.input):
+        p.error("one of --rules, --input or --cleanup is required")
+    return args
+
+
+def load_rules(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+    """The render to apply and the hash of the file it came from."""
+    path: Path = args.rules or args.input
+    raw = path.read_bytes()
+    digest = hashlib.sha256(raw).hexdigest()[:16]
+    obj = json.loads(raw)
+    if args.input:
+        node, services = input_from_json(obj)
+        return render_node_rules(services, node), digest
+    if not isinstance(obj, dict) or not isinstance(obj.get("nftables"), list):
+        raise NodeRulesError(f"{path}: not a libnftables JSON document")
+    return obj, digest
+
+
+def write_status(path: Path | None, status: dict[str, Any]) -> None:
+    if path is None:
+        return
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(status))
+    tmp.replace(path)
+
+
+class Agent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.table = NftTable()
+        self.stop = threading.Event()
+        self.status: dict[str, Any] = {"hash": None, "applied": None, "error": None}
+        self._seen: tuple[float, int, int] | None = None
+
+    def _file_key(self) -> tuple[float, int, int] | None:
+        path: Path = self.args.rules or self.args.input
+        try:
+            st = path.stat()
+        except OSError:
+            return None
+        return (st.st_mtime, st.st_size, st.st_ino)
+
+    def apply_file(self) -> bool:
+        """Applies the file if it changed since last time; True on success or no change."""
+        key = self._file_key()
+        if key is not None and key == self._seen:
+            return True
+        try:
+            doc, digest = load_rules(self.args)
+            result = self.table.apply(doc)
+        except (OSError, ValueError, NftError) as e:
+            # Bad input or a failed transaction: the rules in force stay; say so. Bad input is
+            # retried when the file changes, a failed transaction at the next poll.
+            log.error("cannot apply rules: %s", e)
+            self.status["error"] = str(e)
+            write_status(self.args.status, self.status)
+            if not isinstance(e, NftError):
+                self._seen = key
+            return False
+        self._seen = key
+        self.status = {
+            "hash": digest,
+            "applied": time.time(),
+            "error": None,
+            "mode": result.mode,
+            "commands": result.commands,
+            "seconds": round(result.seconds, 6),
+            "counts": self.table.stats.counts,
+            "restores": self.table.stats.restores,
+        }
+        write_status(self.args.status, self.status)
+        log.info(
+            "applied %s: %s, %d commands in %.2f ms",
+            digest,
+            result.mode,
+            result.commands,
+            result.seconds * 1000,
+        )
+        return True
+
+    def verify(self) -> None:
+        try:
+            if self.table.verify():
+                self.status["restores"] = self.table.stats.restores
+                write_status(self.args.status, self.status)
+        except NftError as e:
+            log.error("verify failed: %s", e)
+
+    def run(self) -> int:
+        ok = self.apply_file()
+        if self.args.once:
+            return 0 if ok else 1
+        next_verify = time.monotonic() + self.args.verify_interval
+        while not self.stop.wait(self.args.poll_interval):
+            self.apply_file()
+            if time.monotonic() >= next_verify:
+                self.verify()
+                next_verify = time.monotonic() + self.args.verify_interval
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    if args.cleanup:
+        try:
+            NftTable().cleanup()
+        except NftError as e:
+            log.error("cleanup failed: %s", e)
+            return 1
+        log.info("removed table inet portico")
+        return 0
+    agent = Agent(args)
+
+    def _stop(signum: int, _frame: Any) -> None:
+        agent.stop.set()
+
+    signal.signal(signal.SIGTERM, _stop)
+    signal.signal(signal.SIGINT, _stop)
+    log.info("portico-node-agent starting (pid %d)", os.getpid())
+    return agent.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,147 @@
+"""Portico's nftables table on this node, through one long-lived libnftables handle.
+
+Every change is one libnftables JSON batch, which the kernel applies as one transaction: a
+packet sees the old rules or the new ones, never a half. Changes are computed by
+``portico_common.noderules.diff_rules``, so an endpoint change adds and deletes map elements and
+rewrites the one Service chain it touches, and the table is never reloaded for it.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from portico_common import nftnames as N
+from portico_common.noderules import (
+    RulesIndex,
+    delete_table,
+    diff_rules,
+    index_rules,
+    replace_table,
+)
+
+log = logging.getLogger("portico.nodeagent.nft")
+
+
+class NftError(RuntimeError):
+    pass
+
+
+@dataclass
+class ApplyResult:
+    commands: int  # commands in the transaction (0: nothing to change)
+    seconds: float
+    mode: str  # "none", "incremental", "replace"
+
+
+@dataclass
+class Stats:
+    applies: int = 0
+    errors: int = 0
+    restores: int = 0
+    last_seconds: float = 0.0
+    last_commands: int = 0
+    last_error: str = ""
+    counts: dict[str, int] = field(default_factory=dict)
+
+
+class NftTable:
+    """Owns ``inet portico`` and nothing else. Not thread-safe by itself: calls are serialised
+    by an internal lock so a verifier thread and an applier can share one handle."""
+
+    def __init__(self) -> None:
+        import nftables  # Debian's python3-nftables, on the venv's path
+
+        self._nft = nftables.Nftables()
+        self._nft.set_json_output(True)
+        self._nft.set_handle_output(False)
+        self._lock = threading.Lock()
+        self._applied: RulesIndex | None = None  # what we last put in the kernel
+        self._doc: Mapping[str, Any] | None = None
+        self.stats = Stats()
+
+    # -- primitives -----------------------------------------------------------------------------
+    def run(self, doc: Mapping[str, Any]) -> None:
+        if not doc.get("nftables"):
+            return
+        rc, _out, err = self._nft.json_cmd(dict(doc))
+        if rc != 0:
+            raise NftError((err or f"libnftables returned {rc}").strip())
+
+    def listing(self) -> dict[str, Any] | None:
+        """The kernel's JSON listing of our table, or None when it does not exist."""
+        rc, out, err = self._nft.cmd(f"list table {N.FAMILY} {N.TABLE}")
+        if rc != 0:
+            if "No such file or directory" in (err or ""):
+                return None
+            raise NftError((err or f"libnftables returned {rc}").strip())
+        return json.loads(out) if isinstance(out, str) else out
+
+    def current(self) -> RulesIndex:
+        listing = self.listing()
+        return index_rules(listing) if listing is not None else RulesIndex()
+
+    # -- the agent's operations -----------------------------------------------------------------
+    def apply(self, doc: Mapping[str, Any]) -> ApplyResult:
+        """Makes the table hold ``doc`` (a render). Incremental against what was last applied;
+        on the first call (a restart) against the kernel's own listing, so a table that is
+        already right is left untouched. Falls back to a one-transaction replace if the
+        incremental change fails."""
+        with self._lock:
+            desired = index_rules(doc)
+            t0 = time.perf_counter()
+            base = self._applied if self._applied is not None else self.current()
+            change = diff_rules(base, desired)
+            mode = "incremental" if change["nftables"] else "none"
+            try:
+                self.run(change)
+            except NftError as e:
+                log.warning("incremental apply failed, replacing the table: %s", e)
+                self.stats.errors += 1
+                self.stats.last_error = str(e)
+                # What we believed may be wrong: diff against the kernel, then replace.
+                try:
+                    change = diff_rules(self.current(), desired)
+                    self.run(change)
+                except NftError:
+                    change = replace_table(doc)
+                    self.run(change)
+                mode = "replace"
+            seconds = time.perf_counter() - t0
+            self._applied = desired
+            self._doc = doc
+            self.stats.applies += 1
+            self.stats.last_seconds = seconds
+            self.stats.last_commands = len(change["nftables"])
+            self.stats.counts = desired.counts()
+            return ApplyResult(len(change["nftables"]), seconds, mode)
+
+    def verify(self) -> bool:
+        """Compares the kernel's table with what was applied; restores it (incrementally, from
+        what is there) if someone flushed or edited it. Returns True when it had to restore."""
+        with self._lock:
+            if self._applied is None or self._doc is None:
+                return False
+            actual = self.current()
+            if actual.same_as(self._applied):
+                return False
+            log.warning("table %s %s differs from what was applied: restoring", N.FAMILY, N.TABLE)
+            try:
+                self.run(diff_rules(actual, self._applied))
+            except NftError as e:
+                log.warning("incremental restore failed (%s): replacing the table", e)
+                self.run(replace_table(self._doc))
+            self.stats.restores += 1
+            return True
+
+    def cleanup(self) -> None:
+        """Removes the table (uninstall); nothing else is touched."""
+        with self._lock:
+            self.run(delete_table())
+            self._applied = None
+            self._doc = None

@@ -1,0 +1,281 @@
+"""Property tests of endpoint selection, of the render's integrity, and of the differ: a diff
+applied (by a strict model of nftables' rules on references) turns one render into the other."""
+
+from __future__ import annotations
+
+import json
+import random
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from portico_common import nftnames as N
+from portico_common.noderules import (
+    Endpoint,
+    EndpointPort,
+    LBService,
+    NodeInfo,
+    RulesIndex,
+    ServicePort,
+    diff_rules,
+    index_rules,
+    render_node_rules,
+    select_endpoints,
+)
+
+NODES = ["node-1", "node-2", "node-3"]
+ZONES = ["zone-a", "zone-b"]
+
+
+@st.composite
+def endpoints(draw: Any, max_size: int = 7, v6: bool = False) -> list[Endpoint]:
+    n = draw(st.integers(0, max_size))
+    out = []
+    for i in range(n):
+        node = draw(st.sampled_from([*NODES, None]))
+        zone = None if node is None else ZONES[NODES.index(node) % 2]
+        ready = draw(st.booleans())
+        terminating = draw(st.booleans()) and not ready
+        serving = ready or draw(st.booleans())
+        fam6 = v6 and draw(st.booleans())
+        addr = f"fd00:19:0:1::{i + 2:x}" if fam6 else f"198.19.{1 + i // 200}.{2 + i % 200}"
+        out.append(
+            Endpoint(
+                addr,
+                node,
+                zone,
+                ready,
+                serving,
+                terminating,
+                tuple(sorted(draw(st.sets(st.sampled_from(ZONES))))),
+                tuple(sorted(draw(st.sets(st.sampled_from(NODES))))),
+                (EndpointPort("p", "TCP", draw(st.sampled_from([8080, 9090]))),),
+            )
+        )
+    return out
+
+
+nodes = st.builds(NodeInfo, st.sampled_from(NODES), st.sampled_from([*ZONES, None]))
+
+
+def addrs(eps: Any) -> set[str]:
+    return {e.address for e in eps}
+
+
+@given(endpoints(), nodes)
+def test_local_selection(eps: list[Endpoint], node: NodeInfo) -> None:
+    sel = select_endpoints(eps, "Local", node)
+    local = [e for e in eps if e.node == node.name]
+    ready = [e for e in local if e.ready]
+    fallback = [e for e in local if e.serving and e.terminating]
+    assert addrs(sel.endpoints) == addrs(ready or fallback)
+    assert sel.terminating == (not ready and bool(fallback))
+    assert sel.has_any == any(e.ready or (e.serving and e.terminating) for e in eps)
+
+
+@given(endpoints(), nodes)
+def test_cluster_selection(eps: list[Endpoint], node: NodeInfo) -> None:
+    sel = select_endpoints(eps, "Cluster", node)
+    ready = [e for e in eps if e.ready]
+    chosen = addrs(sel.endpoints)
+    if ready:
+        assert chosen and chosen <= addrs(ready)
+        assert not sel.terminating
+        if sel.topology == "":
+            assert chosen == addrs(ready)
+        elif sel.topology == "PreferSameNode":
+            assert all(e.for_nodes for e in ready)
+            assert chosen == {e.address for e in ready if node.name in e.for_nodes}
+        else:
+            assert all(e.for_zones for e in ready)
+            assert chosen == {e.address for e in ready if node.zone in e.for_zones}
+        # kube-proxy's rule: hints count only when every ready endpoint has them
+        if any(not e.for_zones for e in ready) and any(not e.for_nodes for e in ready):
+            assert chosen == addrs(ready)
+    else:
+        assert chosen == {e.address for e in eps if e.serving and e.terminating}
+        assert sel.terminating == bool(chosen)
+    assert sel.has_any == bool(chosen)
+
+
+@given(endpoints(), nodes, st.sampled_from(["Local", "Cluster"]), st.randoms())
+def test_selection_ignores_input_order(
+    eps: list[Endpoint], node: NodeInfo, policy: str, rnd: random.Random
+) -> None:
+    shuffled = list(eps)
+    rnd.shuffle(shuffled)
+    assert select_endpoints(shuffled, policy, node) == select_endpoints(eps, policy, node)
+
+
+@st.composite
+def services(draw: Any) -> list[LBService]:
+    out = []
+    for i in range(draw(st.integers(0, 3))):
+        dual = draw(st.booleans())
+        vips = (f"198.18.32.{10 + i}",) + ((f"fd00:18::a:{10 + i:x}",) if dual else ())
+        ports = [ServicePort("p", "TCP", 80, 30000 + i, "p")]
+        if draw(st.booleans()):
+            ports.append(ServicePort("q", draw(st.sampled_from(["UDP", "SCTP"])), 53, None, 53))
+        out.append(
+            LBService(
+                "ns",
+                f"s{i}",
+                vips,
+                tuple(ports),
+                tuple(draw(endpoints(max_size=4, v6=dual))),
+                draw(st.sampled_from(["Local", "Cluster"])),
+                draw(st.sampled_from(["None", "ClientIP"])),
+                draw(st.sampled_from([None, 60])),
+                tuple(
+                    draw(st.sampled_from([(), ("198.18.1.0/24",), ("198.18.1.0/24", "fd00::/8")]))
+                ),
+                None,
+                draw(st.sampled_from(["DSR", "NAT"])),
+            )
+        )
+    return out
+
+
+def _refs(value: Any) -> set[str]:
+    """Chains and sets/maps a JSON expression refers to."""
+    out: set[str] = set()
+    if isinstance(value, dict):
+        for k, v in value.items():
+            if k in ("jump", "goto"):
+                out.add("chain:" + v["target"])
+            else:
+                out |= _refs(v)
+    elif isinstance(value, list):
+        for v in value:
+            out |= _refs(v)
+    elif isinstance(value, str) and value.startswith("@"):
+        out.add("set:" + value[1:])
+    return out
+
+
+class Kernel:
+    """A strict model of the table: refuses what nftables refuses (adding a rule or element
+    that refers to something missing, deleting a chain or set that is referred to or a chain
+    that has rules, adding an element twice, deleting a missing one)."""
+
+    def __init__(self, idx: RulesIndex) -> None:
+        self.table = idx.table
+        self.chains = {c: list(r) for c, r in idx.rules.items()}
+        self.defs = dict(idx.chains)
+        self.maps = {m: dict(e) for m, e in idx.elements.items()}
+        self.sets = set(idx.sets)
+
+    def exists(self, ref: str) -> bool:
+        kind, name = ref.split(":", 1)
+        return name in self.chains if kind == "chain" else name in self.sets or name in self.maps
+
+    def referred(self, ref: str) -> bool:
+        for rules in self.chains.values():
+            for r in rules:
+                if ref in _refs(json.loads(r)):
+                    return True
+        return any(ref in _refs(json.loads(v)) for e in self.maps.values() for v in e.values())
+
+    def run(self, doc: dict[str, Any]) -> None:
+        for cmd in doc["nftables"]:
+            ((verb, body),) = cmd.items()
+            ((kind, o),) = body.items()
+            getattr(self, f"{verb}_{kind}")(o)
+
+    def add_table(self, o: Any) -> None:
+        self.table = True
+
+    def delete_table(self, o: Any) -> None:
+        self.__init__(RulesIndex())  # type: ignore[misc]
+
+    def add_chain(self, o: Any) -> None:
+        self.chains.setdefault(o["name"], [])
+
+    def flush_chain(self, o: Any) -> None:
+        self.chains[o["name"]] = []
+
+    def delete_chain(self, o: Any) -> None:
+        assert not self.chains.pop(o["name"]), f"chain {o['name']} deleted with rules"
+        assert not self.referred("chain:" + o["name"]), f"chain {o['name']} still referred to"
+
+    def add_rule(self, o: Any) -> None:
+        for ref in _refs(o["expr"]):
+            assert self.exists(ref), f"rule refers to missing {ref}"
+        self.chains[o["chain"]].append(json.dumps(o["expr"], sort_keys=True, separators=(",", ":")))
+
+    def add_set(self, o: Any) -> None:
+        self.sets.add(o["name"])
+
+    def delete_set(self, o: Any) -> None:
+        assert not self.referred("set:" + o["name"]), f"set {o['name']} still referred to"
+        self.sets.remove(o["name"])
+
+    def add_map(self, o: Any) -> None:
+        self.maps.setdefault(o["name"], {})
+
+    def delete_map(self, o: Any) -> None:
+        assert not self.referred("set:" + o["name"])
+        del self.maps[o["name"]]
+
+    def add_element(self, o: Any) -> None:
+        for k, v in o["elem"]:
+            key = json.dumps(k, sort_keys=True, separators=(",", ":"))
+            assert key not in self.maps[o["name"]], f"element {key} exists"
+            for ref in _refs(v):
+                assert self.exists(ref), f"element refers to missing {ref}"
+            self.maps[o["name"]][key] = json.dumps(v, sort_keys=True, separators=(",", ":"))
+
+    def delete_element(self, o: Any) -> None:
+        for k in o["elem"]:
+            del self.maps[o["name"]][json.dumps(k, sort_keys=True, separators=(",", ":"))]
+
+    def same_as(self, idx: RulesIndex) -> bool:
+        return (
+            self.chains == idx.rules
+            and self.maps == idx.elements
+            and self.sets == set(idx.sets)
+            and self.table == idx.table
+        )
+
+
+@settings(max_examples=150, deadline=None)
+@given(services(), services(), nodes)
+def test_a_diff_turns_one_render_into_the_other(
+    a: list[LBService], b: list[LBService], node: NodeInfo
+) -> None:
+    ra, rb = render_node_rules(a, node), render_node_rules(b, node)
+    k = Kernel(RulesIndex())
+    k.run(ra)  # a render builds from nothing, in order
+    assert k.same_as(index_rules(ra))
+    k.run(diff_rules(ra, rb))
+    assert k.same_as(index_rules(rb))
+    assert diff_rules(rb, rb) == {"nftables": []}
+
+
+@settings(max_examples=150, deadline=None)
+@given(services(), nodes)
+def test_render_integrity(svcs: list[LBService], node: NodeInfo) -> None:
+    doc = render_node_rules(svcs, node)
+    idx = index_rules(doc)
+    by_key = {s.key: s for s in svcs}
+    for chain, rules in idx.rules.items():
+        if chain.startswith(N.SERVICE_CHAIN_PREFIX):
+            # affinity checks, then "numgen random mod N-i == 0 goto ep-i", then "goto ep-last":
+            # every endpoint once, each with probability 1/N
+            picks = [json.loads(r) for r in rules if "@" not in r]
+            n = len(picks)
+            for i, expr in enumerate(picks[:-1]):
+                assert expr[0]["match"]["left"]["numgen"]["mod"] == n - i
+                assert expr[0]["match"]["right"] == 0
+            targets = [expr[-1]["goto"]["target"] for expr in picks]
+            assert len(set(targets)) == n and all(c in idx.chains for c in targets)
+        if chain.startswith(N.ENDPOINT_CHAIN_PREFIX):
+            # which Service? the readable part is v<fam>/<ns>/<name>/...
+            svc = by_key["/".join(chain.split("-", 2)[2].split("/")[1:3])]
+            dnat = next(s["dnat"] for r in rules for s in json.loads(r) if "dnat" in s)
+            ep = next(e for e in svc.endpoints if e.address == dnat["addr"])
+            masq_always = json.loads(rules[0]) == [{"jump": {"target": N.MARK_MASQ}}]
+            if svc.external_traffic_policy == "Local":
+                assert ep.node == node.name and not masq_always
+            else:
+                assert masq_always == (ep.node != node.name)
