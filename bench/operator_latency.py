@@ -15,112 +15,23 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import statistics
-import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-import httpx
+from _common import IngressWatch, Operator, install_portico, pct, wait_idle, wait_serving
+from _common import service as lb_service
 from kubernetes import client
 from portico_lab.lab import Lab, LabConfig
-from portico_lab.portico import operator_argv
 from portico_lab.procs import rss_kib
 
-REPO = Path(__file__).resolve().parents[1]
 NS = "bench"
-METRICS_PORT = 19464
-
-
-def wait_idle(timeout: float = 900) -> float:
-    """Waits until both of the operator's work queues stay empty for 2 s; returns when."""
-    deadline = time.time() + timeout
-    idle_since = None
-    while time.time() < deadline:
-        text = httpx.get(f"http://127.0.0.1:{METRICS_PORT}/metrics").text
-        depth = sum(
-            float(line.rsplit(" ", 1)[1])
-            for line in text.splitlines()
-            if line.startswith("portico_work_queue_depth{")
-        )
-        if depth == 0:
-            idle_since = idle_since or time.time()
-            if time.time() - idle_since >= 2:
-                return idle_since
-        else:
-            idle_since = None
-        time.sleep(0.2)
-    raise TimeoutError("the operator never went idle")
-
-
-class IngressWatch(threading.Thread):
-    """A raw watch on the namespace's Services: first time each one shows an ingress."""
-
-    def __init__(self, lab: Lab) -> None:
-        super().__init__(daemon=True)
-        cp = lab.control_plane
-        assert cp is not None and cp.files is not None
-        self.http = httpx.Client(
-            base_url=cp.server, verify=cp.ssl_context(), timeout=httpx.Timeout(10, read=None)
-        )
-        self.seen: dict[str, float] = {}
-        self.added: dict[str, float] = {}
-        self.cond = threading.Condition()
-        self.stop = False
-
-    def run(self) -> None:
-        rv = self.http.get(f"/api/v1/namespaces/{NS}/services").json()["metadata"][
-            "resourceVersion"
-        ]
-        while not self.stop:
-            params = {
-                "watch": "1",
-                "resourceVersion": rv,
-                "timeoutSeconds": "300",
-                "allowWatchBookmarks": "true",
-            }
-            with self.http.stream("GET", f"/api/v1/namespaces/{NS}/services", params=params) as r:
-                for line in r.iter_lines():
-                    if not line:
-                        continue
-                    ev = json.loads(line)
-                    obj = ev["object"]
-                    rv = obj["metadata"].get("resourceVersion", rv)
-                    ing = ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress")
-                    name = obj["metadata"].get("name")
-                    self.added.setdefault(name, time.time())
-                    if ing and name not in self.seen:
-                        with self.cond:
-                            self.seen[name] = time.time()
-                            self.cond.notify_all()
-
-    def wait(self, name: str, timeout: float = 30) -> float:
-        deadline = time.time() + timeout
-        with self.cond:
-            while name not in self.seen:
-                left = deadline - time.time()
-                if left <= 0:
-                    raise TimeoutError(f"{name} got no ingress in {timeout}s")
-                self.cond.wait(left)
-            return self.seen[name]
 
 
 def service(name: str) -> dict[str, Any]:
-    return {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "type": "LoadBalancer",
-            # 5,000 Services would exhaust the 2,768 default nodePorts; DSR does not need them.
-            "allocateLoadBalancerNodePorts": False,
-            "selector": {"app": "echo"},
-            "ports": [{"port": 80, "targetPort": 8080, "protocol": "TCP"}],
-        },
-    }
+    return lb_service(name, NS)
 
 
 def read_timings(log: Path) -> dict[str, dict[str, Any]]:
@@ -138,11 +49,6 @@ def read_timings(log: Path) -> dict[str, dict[str, Any]]:
         if name not in out and t.get("patched"):
             out[name] = t
     return out
-
-
-def pct(xs: list[float], p: float) -> float:
-    xs = sorted(xs)
-    return xs[min(len(xs) - 1, round(p / 100 * (len(xs) - 1)))]
 
 
 def one_by_one(core: client.CoreV1Api, watch: IngressWatch, prefix: str, n: int) -> dict[str, Any]:
@@ -193,44 +99,23 @@ def main() -> None:
     args = ap.parse_args()
 
     lab = Lab.up(LabConfig(nodes=3, pods_per_node=1, gateways=0, clients=0))
-    op: subprocess.Popen[bytes] | None = None
+    op: Operator | None = None
+    watch: IngressWatch | None = None
     try:
-        lab.kubectl(
-            "apply",
-            "-f",
-            str(REPO / "crds" / "portico.dev_ippools.yaml"),
-            "-f",
-            str(REPO / "crds" / "portico.dev_loadbalancers.yaml"),
-        )
-        lab.kubectl("create", "namespace", "portico-system")
-        lab.kubectl("create", "namespace", NS)
-        time.sleep(1)
-        pool = {
-            "apiVersion": "portico.dev/v1alpha1",
-            "kind": "IPPool",
-            "metadata": {"name": "bench"},
-            "spec": {"addresses": [str(lab.plan.vip_range_v4)]},
-        }
-        client.CustomObjectsApi(lab.api).create_cluster_custom_object(
-            "portico.dev", "v1alpha1", "ippools", pool
-        )
-        log = lab.workdir / "logs" / "operator-bench.log"
-        env = dict(os.environ, KUBECONFIG=str(lab.kubeconfig))
-        op = subprocess.Popen(
-            operator_argv(lab, "bench", "--trace-timings", "--metrics-port", str(METRICS_PORT)),
-            stdout=log.open("w"),
-            stderr=subprocess.STDOUT,
-            env=env,
-        )
-        while "first full listing" not in log.read_text():
-            if op.poll() is not None:
-                raise RuntimeError(f"the operator exited:\n{log.read_text()[-3000:]}")
-            time.sleep(0.1)
-        time.sleep(1)
+        install_portico(lab, [NS], [str(lab.plan.vip_range_v4)])
         core = client.CoreV1Api(lab.api)
-        watch = IngressWatch(lab)
+        watch = IngressWatch(lab, NS)
         watch.start()
-        time.sleep(0.5)
+        watch.ready.wait(30)
+        op = Operator(lab, "bench", "--trace-timings")
+        log = op.log
+
+        def check() -> None:
+            if op is not None and not op.alive():
+                raise RuntimeError(f"the operator exited:\n{op.log_tail(60)}")
+
+        wait_serving(core, watch, NS, "probe", check=check)
+        time.sleep(1)
         rss_start = rss_kib(op.pid)
 
         # warm-up (first connections, code paths), not counted
@@ -246,7 +131,7 @@ def main() -> None:
             watch.wait(n, timeout=600)
         bulk_all = max(watch.seen[n] for n in names) - t0
         # The LoadBalancer CRs (stage two) trail the addresses; measure C in a settled cluster.
-        settled = wait_idle() - t0
+        settled = wait_idle(op) - t0
         rss_bulk = rss_kib(op.pid)
 
         c = one_by_one(core, watch, "c", args.n)
@@ -260,15 +145,10 @@ def main() -> None:
         }
         r100 = breakdown(first100, timings, watch)
     finally:
-        if "watch" in locals():
-            watch.stop = True
+        if watch is not None:
+            watch.close()
         if op is not None:
-            op.terminate()
-            try:
-                op.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                op.kill()
-                op.wait()
+            op.stop()
         lab.down()
 
     print()
@@ -298,7 +178,7 @@ def main() -> None:
     )
     print(
         f"  operator RSS: {rss_start / 1024:.0f} MB at start, {rss_bulk / 1024:.0f} MB with "
-        f"{args.bulk + 2 * args.n + 10} Services (goal <= 250 MB)"
+        f"{args.bulk + 2 * args.n + 11} Services (goal <= 250 MB)"
     )
     print()
     ratio = rc["handler_only_ms"] / r100["handler_only_ms"] if r100["handler_only_ms"] else 0
