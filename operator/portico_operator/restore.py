@@ -11,6 +11,7 @@ keeps it.
 
 from __future__ import annotations
 
+import ipaddress
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -29,8 +30,7 @@ def claim_for_restore(view: ServiceView, namespace_labels: Mapping[str, str]) ->
 
 
 def lb_vips(lb: Mapping[str, Any]) -> tuple[IP, ...]:
-    import ipaddress
-
+    """The addresses a LoadBalancer CR carries (what gateways announce)."""
     out = []
     for text in (lb.get("spec") or {}).get("vips") or ():
         try:
