@@ -656,12 +656,13 @@ class Controller:
         and its last valid configuration; one that has none waits, as for any unmet request."""
         key = view.key
         held = self.alloc.holds(key)
-        if not held:
+        # Only what the status shows is the Service's: a pick whose write never landed is not.
+        vips = tuple(ip for ip in view.ingress_ips() if ip in held)
+        if not vips:
             await self._fail(view, self._announced_mode(view), reason, error, input_error=error)
             return
         last = self.outcomes.get(key)
         mode = last.mode if last is not None else self._announced_mode(view)
-        vips = tuple(ip for ip in view.ingress_ips() if ip in held) or held
         message = (
             last.message
             if last is not None and last.allocated
@@ -753,6 +754,12 @@ class Controller:
         # kept a pending Service out may be gone with this one.
         self.retry_pending()
 
+    def _finish_unless_publishing(self, key: str, view: ServiceView | None) -> None:
+        """A publish of this key in flight may still write the CR with the old addresses: it
+        sees the outcome gone, deletes the CR and finishes the withdrawal itself."""
+        if not self.publish.active(key):
+            self._finish_withdrawal(key, (), view)
+
     def _forget_state(self, key: str) -> None:
         self.outcomes.pop(key, None)
         self.good.pop(key, None)
@@ -768,7 +775,7 @@ class Controller:
         if key in self.lbs or self.alloc.withdrawing(key):
             ns, _, name = key.partition("/")
             await self._delete_lb(ns, name)  # its owner reference would have it collected too
-        self._finish_withdrawal(key, ())
+        self._finish_unless_publishing(key, None)
 
     async def _withdraw(self, view: ServiceView) -> None:
         """The Service is going away, or is no longer ours: withdraw, clean up, let it go. The
@@ -790,7 +797,7 @@ class Controller:
             )
         if key in self.lbs or self.alloc.withdrawing(key):
             await self._delete_lb(view.namespace, view.name)
-        self._finish_withdrawal(key, (), view)
+        self._finish_unless_publishing(key, view)
         if view.has_finalizer:
             await self._remove_finalizer(view)
 

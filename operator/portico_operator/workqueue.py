@@ -37,5 +37,9 @@ class WorkQueue:
             self._again.discard(key)
             self.add(key)
 
+    def active(self, key: str) -> bool:
+        """A worker is on this key right now."""
+        return key in self._active
+
     def __len__(self) -> int:
         return len(self._queued)
