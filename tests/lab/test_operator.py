@@ -391,6 +391,21 @@ def test_other_load_balancer_class_is_never_touched(
     assert _lb_gone(api, "theirs")
 
 
+def _wait_pool_settled(api: Api, quiet: float = 2.5, timeout: float = 30) -> None:
+    """The pool's status (written at most once a second, also for other tests' releases)
+    stays unchanged for ``quiet`` seconds."""
+    deadline = time.monotonic() + timeout
+    last, since = None, time.monotonic()
+    while time.monotonic() < deadline:
+        rv = api.pool(POOL)["metadata"]["resourceVersion"]
+        if rv != last:
+            last, since = rv, time.monotonic()
+        elif time.monotonic() - since >= quiet:
+            return
+        time.sleep(0.1)
+    raise AssertionError("the pool's status never settled")
+
+
 def test_restarts_change_nothing_and_fix_addresses_outside_pools(
     lab: Lab, api: Api, operator: OperatorProcess, pool: str, svc_names: list[str]
 ) -> None:
@@ -401,7 +416,7 @@ def test_restarts_change_nothing_and_fix_addresses_outside_pools(
     ips = {n: api.wait_ips(n)[0] for n in names}
     for n in names:
         wait_for(lambda n=n: api.lb(n).get("status"), f"{n} CR status")
-    time.sleep(1.5)  # let the pool status flush settle
+    _wait_pool_settled(api)
 
     def versions() -> dict[str, str]:
         out = {n: api.service(n).metadata.resource_version for n in names}

