@@ -21,11 +21,10 @@ import httpx
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import SYSTEM_NAMESPACE, operator_argv
+from portico_lab.portico import SYSTEM_NAMESPACE, install_crds, operator_argv
 from portico_lab.procs import Proc
 
 REPO = Path(__file__).resolve().parents[1]
-CRDS = REPO / "crds"
 GROUP, VERSION = "portico.dev", "v1alpha1"
 LEASE = "portico-operator"
 
@@ -58,21 +57,8 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float, step: float =
 # ---------------------------------------------------------------------------------------------
 def install_portico(lab: Lab, namespaces: list[str], addresses: list[str]) -> None:
     """Portico's CRDs, the namespaces, and an IPPool `bench` on `addresses`."""
-    lab.kubectl(
-        "apply",
-        "-f",
-        str(CRDS / "portico.dev_ippools.yaml"),
-        "-f",
-        str(CRDS / "portico.dev_loadbalancers.yaml"),
-    )
-    lab.kubectl(
-        "wait",
-        "--for=condition=Established",
-        "crd/ippools.portico.dev",
-        "crd/loadbalancers.portico.dev",
-        "--timeout=60s",
-    )
-    for ns in [SYSTEM_NAMESPACE, *namespaces]:
+    install_crds(lab)
+    for ns in namespaces:
         lab.kubectl("create", "namespace", ns, check=False)
     pool = {
         "apiVersion": f"{GROUP}/{VERSION}",

@@ -32,8 +32,8 @@ def operator_argv(lab: Lab, identity: str, *extra: str) -> list[str]:
     ]
 
 
-def install(lab: Lab) -> Proc:
-    """CRDs, the `lab` IPPool (the lab's VIP ranges) and a running operator."""
+def install_crds(lab: Lab, timeout: str = "60s") -> None:
+    """Portico's CRDs, served, and its system namespace (for the operator's Lease)."""
     lab.kubectl(
         "apply",
         "-f",
@@ -46,9 +46,14 @@ def install(lab: Lab) -> Proc:
         "--for=condition=Established",
         "crd/ippools.portico.dev",
         "crd/loadbalancers.portico.dev",
-        "--timeout=30s",
+        f"--timeout={timeout}",
     )
     lab.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)
+
+
+def install(lab: Lab) -> Proc:
+    """CRDs, the `lab` IPPool (the lab's VIP ranges) and a running operator."""
+    install_crds(lab, "30s")
     pool = {
         "apiVersion": "portico.dev/v1alpha1",
         "kind": "IPPool",

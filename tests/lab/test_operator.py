@@ -11,25 +11,16 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
+from portico_lab.portico import install_crds
 
-from .operator_harness import CRDS, NS, Api, OperatorProcess, in_net, wait_for
+from .operator_harness import NS, Api, OperatorProcess, in_net, wait_for
 
 POOL = "lab"
 
 
 @pytest.fixture(scope="module")
 def api(lab: Lab) -> Api:
-    res = lab.kubectl(
-        "apply",
-        "-f",
-        str(CRDS / "portico.dev_ippools.yaml"),
-        "-f",
-        str(CRDS / "portico.dev_loadbalancers.yaml"),
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    wait_for(lambda: lab.kubectl("get", "ippools", check=False).returncode == 0, "CRDs served")
-    lab.kubectl("create", "namespace", "portico-system", check=False)
+    install_crds(lab)
     return Api(lab)
 
 

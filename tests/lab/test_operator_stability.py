@@ -21,9 +21,9 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
+from portico_lab.portico import install_crds
 
 from .operator_harness import (
-    CRDS,
     NS,
     TEST_LABEL,
     Api,
@@ -53,17 +53,7 @@ SETTLE = 1.5
 # =============================================================================================
 @pytest.fixture(scope="module")
 def api(lab: Lab) -> Api:
-    res = lab.kubectl(
-        "apply",
-        "-f",
-        str(CRDS / "portico.dev_ippools.yaml"),
-        "-f",
-        str(CRDS / "portico.dev_loadbalancers.yaml"),
-        check=False,
-    )
-    assert res.returncode == 0, res.stderr
-    wait_for(lambda: lab.kubectl("get", "ippools", check=False).returncode == 0, "CRDs served")
-    lab.kubectl("create", "namespace", "portico-system", check=False)
+    install_crds(lab)
     return Api(lab)
 
 
