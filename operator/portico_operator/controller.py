@@ -168,6 +168,8 @@ class Controller:
         self.queue = WorkQueue()
         self.publish = WorkQueue()
         self.outcomes: dict[str, Outcome] = {}
+        # Withdrawals a publish in flight must finish: it may still write the old addresses.
+        self.deferred_finish: set[str] = set()
         self.services: dict[str, ServiceView] = {}
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
@@ -468,6 +470,7 @@ class Controller:
             self.settings.load_balancer_class,
         )
         self.outcomes.clear()
+        self.deferred_finish.clear()
         self.pending.clear()
         self.last_reason.clear()
         self.failures.clear()
@@ -719,7 +722,16 @@ class Controller:
         """Stage two: the finalizer and the LoadBalancer CR, from the last allocation outcome."""
         view = self.services.get(key)
         outcome = self.outcomes.get(key)
-        if view is None or outcome is None or view.deleting:
+        if outcome is None:
+            if key in self.deferred_finish:
+                # The publish the withdrawal waited for failed before it could finish it (a
+                # conflict, say): this retry does, once the CR is surely gone.
+                ns, _, name = key.partition("/")
+                await self._delete_lb(ns, name)
+                self.deferred_finish.discard(key)
+                self._finish_withdrawal(key, (), view)
+            return
+        if view is None or view.deleting:
             return
         if not view.served_by(self.settings.load_balancer_class):
             return
@@ -731,9 +743,11 @@ class Controller:
         if key not in self.outcomes:
             # Withdrawn (stage one) while this wrote: do not leave a CR behind.
             await self._delete_lb(view.namespace, view.name)
+            self.deferred_finish.discard(key)
             self._finish_withdrawal(key, (), view)
             return
         # The CR carries exactly these now: whatever else the Service gave up is free.
+        self.deferred_finish.discard(key)
         self._finish_withdrawal(key, outcome.vips, view)
         if outcome.mode == "NAT":
             await self._check_node_ports(view)
@@ -757,7 +771,9 @@ class Controller:
     def _finish_unless_publishing(self, key: str, view: ServiceView | None) -> None:
         """A publish of this key in flight may still write the CR with the old addresses: it
         sees the outcome gone, deletes the CR and finishes the withdrawal itself."""
-        if not self.publish.active(key):
+        if self.publish.active(key):
+            self.deferred_finish.add(key)
+        else:
             self._finish_withdrawal(key, (), view)
 
     def _forget_state(self, key: str) -> None:

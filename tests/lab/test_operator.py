@@ -121,7 +121,7 @@ def test_service_gets_an_address_status_and_cr(
     allocated = next(c for c in lb["status"]["conditions"] if c["type"] == "Allocated")
     assert allocated["status"] == "True"
     assert lb["status"]["observedGeneration"] == lb["metadata"]["generation"]
-    assert any(e.reason == "Allocated" for e in api.events("web"))
+    wait_for(lambda: any(e.reason == "Allocated" for e in api.events("web")), "Allocated Event")
 
 
 def test_ports_and_traffic_policy_changes_keep_the_address(
@@ -169,7 +169,7 @@ def test_type_change_releases_and_comes_back(
     )
     api.core.patch_namespaced_service("flip", NS, {"spec": {"type": "LoadBalancer"}})
     api.wait_ips("flip")
-    assert any(e.reason == "Released" for e in api.events("flip"))
+    wait_for(lambda: any(e.reason == "Released" for e in api.events("flip")), "Released Event")
 
 
 def _lb_gone(api: Api, name: str) -> bool:
@@ -203,7 +203,13 @@ def test_exhaustion_then_freeing(
         cond = api.wait_condition("t3", "False", "PoolExhausted")
         assert "tiny" in cond["message"]
         assert api.ingress_ips("t3") == []
-        assert any(e.reason == "PoolExhausted" and e.type == "Warning" for e in api.events("t3"))
+        # The Event is posted after the status write that carries the condition.
+        wait_for(
+            lambda: any(
+                e.reason == "PoolExhausted" and e.type == "Warning" for e in api.events("t3")
+            ),
+            "a PoolExhausted Warning Event on t3",
+        )
         freed = api.ingress_ips("t1")[0]
         api.delete_service("t1")
         assert api.wait_ips("t3") == [freed]
@@ -416,6 +422,7 @@ def test_restarts_change_nothing_and_fix_addresses_outside_pools(
         return out
 
     before = versions()
+    pool_before = api.pool(POOL).get("status")
     for i in range(5):
         operator.stop()
         operator.start()
@@ -425,7 +432,10 @@ def test_restarts_change_nothing_and_fix_addresses_outside_pools(
             timeout=30,
         )
         time.sleep(1.5)
-        assert versions() == before, f"restart {i} wrote something"
+        pool_after = api.pool(POOL).get("status")
+        assert versions() == before, (
+            f"restart {i} wrote something: pool {pool_before} -> {pool_after}"
+        )
     assert {n: api.ingress_ips(n)[0] for n in names} == ips
 
     # An address outside every pool (here written by hand) is replaced after a restart.
