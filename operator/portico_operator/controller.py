@@ -283,9 +283,11 @@ class Controller:
         key = f"{namespace}/{name}"
         self._touch("lbs", key, None)
         self.lbs.pop(key, None)
-        if self.leading:
-            # Nothing announces what the CR carried any more.
-            self._finish_withdrawal(key, ())
+        view = self.services.get(key)
+        if self.leading and (view is None or not view.has_finalizer):
+            # Nothing announces what the CR carried any more. While our finalizer holds the
+            # Service, its status may still show the address: the withdrawal finishes it then.
+            self._finish_withdrawal(key, (), view)
 
     def observe_pool(self, obj: Mapping[str, Any]) -> bool:
         """Records the pool; True when its spec changed (not for our own status writes, which
@@ -795,7 +797,7 @@ class Controller:
 
     async def _withdraw(self, view: ServiceView) -> None:
         """The Service is going away, or is no longer ours: withdraw, clean up, let it go. The
-        address returns to the pool only once the CR that announced it is gone."""
+        address returns to the pool only once neither the CR nor the Service carries it."""
         key = view.key
         self._forget_state(key)
         had = self.alloc.begin_withdrawal(key)
@@ -813,9 +815,11 @@ class Controller:
             )
         if key in self.lbs or self.alloc.withdrawing(key):
             await self._delete_lb(view.namespace, view.name)
-        self._finish_unless_publishing(key, view)
         if view.has_finalizer:
+            # Before the address is free: a Service being deleted still shows it in its status
+            # (what external-dns and users read) until the finalizer lets it go.
             await self._remove_finalizer(view)
+        self._finish_unless_publishing(key, view)
 
     async def _delete_lb(self, namespace: str, name: str) -> None:
         try:

@@ -3,7 +3,9 @@ loudly (pytest.fail), it never skips."""
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from portico_lab.lab import Lab, LabConfig
@@ -15,8 +17,15 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.lab)
 
 
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
+
+
 @pytest.fixture(scope="session")
 def lab() -> Iterator[Lab]:
+    # A CI timeout or a kill sends SIGTERM: turned into an interrupt, pytest still tears the
+    # lab down (its namespaces, links and processes) instead of leaving it behind.
+    signal.signal(signal.SIGTERM, _interrupt)
     try:
         lab = Lab.up(LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2))
     except Exception as e:
