@@ -113,6 +113,7 @@ class LBService:
     source_ranges: tuple[str, ...] = ()
     traffic_distribution: str | None = None
     forwarding_mode: str = "DSR"
+    health_check_node_port: int | None = None  # served by the node agent, not a rule
 
     @property
     def key(self) -> str:
@@ -840,61 +841,15 @@ def endpoints_from_slices(slices: Iterable[Mapping[str, Any]]) -> tuple[Endpoint
 
 
 def input_from_json(obj: Mapping[str, Any]) -> tuple[NodeInfo, tuple[LBService, ...]]:
-    """The renderer's input from plain JSON (what a node agent is handed in a file today):
-    ``{"node": {"name", "zone", "ips"}, "services": [{"namespace", "name", "vips", "ports":
-    [{"name", "protocol", "port", "nodePort", "targetPort"}], "endpoints": [{"address", "node",
-    "zone", "ready", "serving", "terminating", "forZones", "forNodes", "ports": [{"name",
-    "protocol", "port"}]}], "externalTrafficPolicy", "sessionAffinity",
-    "sessionAffinityTimeoutSeconds", "sourceRanges", "trafficDistribution", "forwardingMode"}]}``.
-    Raises NodeRulesError for a malformed document."""
+    """The renderer's input from plain JSON (what a node agent is handed in a file):
+    ``{"node": {"name", "zone", "ips"}, "services": [<entry>, ...]}``, each entry as a NodeRules
+    object carries it (``portico_common.rulesdoc``). Raises NodeRulesError when malformed."""
+    from .rulesdoc import service_from_entry
+
     try:
         n = obj["node"]
         node = NodeInfo(n["name"], n.get("zone"), tuple(n.get("ips") or ()))
-        services = []
-        for s in obj.get("services") or []:
-            endpoints = tuple(
-                Endpoint(
-                    address=e["address"],
-                    node=e.get("node"),
-                    zone=e.get("zone"),
-                    ready=bool(e.get("ready", True)),
-                    serving=bool(e.get("serving", e.get("ready", True))),
-                    terminating=bool(e.get("terminating", False)),
-                    for_zones=tuple(e.get("forZones") or ()),
-                    for_nodes=tuple(e.get("forNodes") or ()),
-                    ports=tuple(
-                        EndpointPort(
-                            p.get("name") or "", p.get("protocol") or "TCP", int(p["port"])
-                        )
-                        for p in e.get("ports") or []
-                    ),
-                )
-                for e in s.get("endpoints") or []
-            )
-            services.append(
-                LBService(
-                    namespace=s.get("namespace", "default"),
-                    name=s["name"],
-                    vips=tuple(s.get("vips") or ()),
-                    ports=tuple(
-                        ServicePort(
-                            p.get("name") or "",
-                            p.get("protocol") or "TCP",
-                            int(p["port"]),
-                            p.get("nodePort"),
-                            p.get("targetPort"),
-                        )
-                        for p in s.get("ports") or []
-                    ),
-                    endpoints=endpoints,
-                    external_traffic_policy=s.get("externalTrafficPolicy") or CLUSTER,
-                    session_affinity=s.get("sessionAffinity") or "None",
-                    session_affinity_timeout=s.get("sessionAffinityTimeoutSeconds"),
-                    source_ranges=tuple(s.get("sourceRanges") or ()),
-                    traffic_distribution=s.get("trafficDistribution"),
-                    forwarding_mode=s.get("forwardingMode") or "DSR",
-                )
-            )
+        services = tuple(service_from_entry(s) for s in obj.get("services") or [])
     except (KeyError, TypeError, ValueError) as e:
         raise NodeRulesError(f"malformed node rules input: {type(e).__name__}: {e}") from None
-    return node, tuple(services)
+    return node, services

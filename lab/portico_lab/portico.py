@@ -40,12 +40,15 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
         str(CRDS / "portico.dev_ippools.yaml"),
         "-f",
         str(CRDS / "portico.dev_loadbalancers.yaml"),
+        "-f",
+        str(CRDS / "portico.dev_noderules.yaml"),
     )
     lab.kubectl(
         "wait",
         "--for=condition=Established",
         "crd/ippools.portico.dev",
         "crd/loadbalancers.portico.dev",
+        "crd/noderules.portico.dev",
         f"--timeout={timeout}",
     )
     lab.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)

@@ -18,16 +18,15 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
-from portico_common import API_GROUP, API_VERSION
+from portico_common import API_GROUP, API_VERSION, rulesdoc
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
+from portico_common.noderules import Endpoint, endpoints_from_slices
 
 from . import ipam
 from .lbspec import (
-    EndpointView,
     NodeView,
     condition,
     node_ports_condition,
-    parse_endpoint_slice,
     parse_node,
     render_spec,
     same_conditions,
@@ -36,6 +35,7 @@ from .lbspec import (
     valid_condition,
 )
 from .metrics import Metrics
+from .noderules_push import Entry, node_rules_entry, shard_patches
 from .pools import INT64_MAX, Pool, parse_pool
 from .restore import build_allocator
 from .resync import plan_resync, rv_newer
@@ -48,6 +48,10 @@ log = logging.getLogger("portico.operator")
 timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
+# NodeRules: a change waits this long for others to join it, and a shard is written at most
+# once per RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
+RULES_GATHER_SECONDS = 0.005
+RULES_MIN_INTERVAL = 0.05
 OPERATOR_CONDITIONS = (
     "Allocated",
     "NodePorts",
@@ -170,11 +174,17 @@ class Controller:
         self.outcomes: dict[str, Outcome] = {}
         # Withdrawals a publish in flight must finish: it may still write the old addresses.
         self.deferred_finish: set[str] = set()
+        # NodeRules: entries wanted since the last flush (None: remove), and what the shards
+        # hold (listed at take-over, then kept by our own writes).
+        self.rules_wanted: dict[str, Entry | None] = {}
+        self.rules_written: dict[str, Entry] = {}
+        self.rules_shards: set[str] = set()
+        self.rules_dirty = asyncio.Event()
         self.services: dict[str, ServiceView] = {}
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
         self.nodes: dict[str, NodeView] = {}
-        self.slices: dict[str, dict[str, tuple[EndpointView, ...]]] = {}  # service -> slices
+        self.slices: dict[str, dict[str, tuple[Endpoint, ...]]] = {}  # service -> slices
         self.slice_owner: dict[str, str] = {}  # "ns/slice" -> "ns/service"
         self.lbs: dict[str, dict[str, Any]] = {}  # our LoadBalancer CRs, as last seen
         self.pool_objs: dict[str, dict[str, Any]] = {}
@@ -260,7 +270,7 @@ class Controller:
         if key is None or not self._touch("slices", skey, self._rv(obj)):
             return None
         name = (obj.get("metadata") or {}).get("name", "")
-        self.slices.setdefault(key, {})[name] = parse_endpoint_slice(obj)
+        self.slices.setdefault(key, {})[name] = endpoints_from_slices([obj])
         self.slice_owner[skey] = key
         return key
 
@@ -471,6 +481,7 @@ class Controller:
             self.namespaces,
             self.settings.load_balancer_class,
         )
+        await self._load_node_rules()
         self.outcomes.clear()
         self.deferred_finish.clear()
         self.pending.clear()
@@ -535,6 +546,7 @@ class Controller:
                 for _ in range(max(1, n // 2))
             ),
             asyncio.create_task(self._pool_flusher()),
+            asyncio.create_task(self._rules_flusher()),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -744,10 +756,18 @@ class Controller:
         await self._apply_lb(view, basis, outcome)
         if key not in self.outcomes:
             # Withdrawn (stage one) while this wrote: do not leave a CR behind.
+            self._want_rules(key, None)
             await self._delete_lb(view.namespace, view.name)
             self.deferred_finish.discard(key)
             self._finish_withdrawal(key, (), view)
             return
+        endpoints = [ep for eps in self.slices.get(key, {}).values() for ep in eps]
+        self._want_rules(
+            key,
+            node_rules_entry(basis, outcome.vips, outcome.mode, endpoints)
+            if outcome.vips
+            else None,
+        )
         # The CR carries exactly these now: whatever else the Service gave up is free.
         self.deferred_finish.discard(key)
         self._finish_withdrawal(key, outcome.vips, view)
@@ -789,6 +809,7 @@ class Controller:
     async def _forget_gone(self, key: str) -> None:
         """The Service no longer exists (deleted without our finalizer, or while nobody led)."""
         self._forget_state(key)
+        self._want_rules(key, None)
         self.alloc.begin_withdrawal(key)
         if key in self.lbs or self.alloc.withdrawing(key):
             ns, _, name = key.partition("/")
@@ -800,6 +821,7 @@ class Controller:
         address returns to the pool only once neither the CR nor the Service carries it."""
         key = view.key
         self._forget_state(key)
+        self._want_rules(key, None)  # nodes stop forwarding it before the address is free
         had = self.alloc.begin_withdrawal(key)
         ours = [c for c in view.conditions if c.get("type") in OUR_SERVICE_CONDITIONS]
         if (had or ours) and not view.deleting:
@@ -984,6 +1006,89 @@ class Controller:
                 log.warning("%s: %s", what, t.exception())
 
         task.add_done_callback(done)
+
+    # =========================================================================================
+    # NodeRules (what the node agents program)
+    # =========================================================================================
+    def _want_rules(self, key: str, entry: Entry | None) -> None:
+        if entry is None and key not in self.rules_written and key not in self.rules_wanted:
+            return
+        self.rules_wanted[key] = entry
+        self.rules_dirty.set()
+
+    async def _load_node_rules(self) -> None:
+        """What the shards hold now; entries of Services that are gone or no longer ours go."""
+        listing = await self.kube.get(rulesdoc.path())
+        self.rules_written = {}
+        self.rules_shards = set()
+        for obj in listing.get("items") or []:
+            self.rules_shards.add(obj["metadata"]["name"])
+            for key, entry in ((obj.get("spec") or {}).get("services") or {}).items():
+                self.rules_written[key] = entry
+        self.rules_wanted = {}
+        cls = self.settings.load_balancer_class
+        for key in self.rules_written:
+            view = self.services.get(key)
+            if view is None or not view.served_by(cls) or view.deleting:
+                self.rules_wanted[key] = None
+        if self.rules_wanted:
+            self.rules_dirty.set()
+
+    async def _rules_flusher(self) -> None:
+        while True:
+            await self.rules_dirty.wait()
+            await asyncio.sleep(RULES_GATHER_SECONDS)
+            self.rules_dirty.clear()
+            wanted, self.rules_wanted = self.rules_wanted, {}
+            try:
+                await self._write_rules(wanted)
+            except NotLeading:
+                raise
+            except (ApiError, OSError, TimeoutError) as e:
+                log.warning("node rules: %s (retrying)", e)
+                for key, entry in wanted.items():
+                    self.rules_wanted.setdefault(key, entry)
+                self.rules_dirty.set()
+                await asyncio.sleep(RETRY_SECONDS[0])
+            await asyncio.sleep(RULES_MIN_INTERVAL)
+
+    async def _write_rules(self, wanted: dict[str, Entry | None]) -> None:
+        for shard, changes in sorted(shard_patches(wanted, self.rules_written).items()):
+            if shard in self.rules_shards:
+                body: dict[str, Any] = {"spec": {"services": changes}}
+                self._count_write("noderules", body)
+                try:
+                    await self.kube.patch(rulesdoc.path(shard), body)
+                except ApiError as e:
+                    if e.status != 404:
+                        raise
+                    self.rules_shards.discard(shard)  # someone deleted it: create it again
+            if shard not in self.rules_shards:
+                services: dict[str, Entry | None] = {
+                    k: v for k, v in self.rules_written.items() if rulesdoc.shard_name(k) == shard
+                }
+                services.update(changes)
+                body = {
+                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                    "kind": rulesdoc.KIND,
+                    "metadata": {"name": shard},
+                    "spec": {"services": {k: v for k, v in services.items() if v is not None}},
+                }
+                self._count_write("noderules", body)
+                await self.kube.create(rulesdoc.path(), body)
+                self.rules_shards.add(shard)
+            for key, entry in changes.items():
+                if entry is None:
+                    self.rules_written.pop(key, None)
+                else:
+                    self.rules_written[key] = entry
+            # Every entry of the shard that was wanted is written now.
+            for key in changes:
+                wanted.pop(key, None)
+
+    def _count_write(self, kind: str, body: Any) -> None:
+        self.metrics.api_writes.labels(kind).inc()
+        self.metrics.api_write_bytes.labels(kind).inc(len(json.dumps(body)))
 
     # =========================================================================================
     # pools

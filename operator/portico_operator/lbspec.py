@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from portico_common.noderules import Endpoint
+
 from .pools import IP
 from .service import ServiceView
 from .settings import (
@@ -61,39 +63,6 @@ def parse_node(obj: Mapping[str, Any]) -> NodeView:
     )
 
 
-@dataclass(frozen=True)
-class EndpointView:
-    address: str
-    node: str | None
-    zone: str | None
-    ready: bool
-    serving: bool
-    terminating: bool
-    for_zones: tuple[str, ...]
-
-
-def parse_endpoint_slice(obj: Mapping[str, Any]) -> tuple[EndpointView, ...]:
-    out = []
-    for ep in obj.get("endpoints") or []:
-        c = ep.get("conditions") or {}
-        ready = c.get("ready") is not False  # nil means ready (API convention)
-        serving = c.get("serving") if c.get("serving") is not None else ready
-        hints = (ep.get("hints") or {}).get("forZones") or []
-        for addr in ep.get("addresses") or []:
-            out.append(
-                EndpointView(
-                    address=addr,
-                    node=ep.get("nodeName"),
-                    zone=ep.get("zone"),
-                    ready=ready,
-                    serving=bool(serving),
-                    terminating=bool(c.get("terminating")),
-                    for_zones=tuple(sorted(h["name"] for h in hints if "name" in h)),
-                )
-            )
-    return tuple(out)
-
-
 def ports_summary(svc: ServiceView) -> str:
     return ",".join(f"{p.port}/{p.protocol}" for p in svc.ports)
 
@@ -104,9 +73,9 @@ def render_spec(
     pool: str | None,
     forwarding_mode: str,
     nodes: Iterable[NodeView],
-    endpoints: Iterable[EndpointView],
+    endpoints: Iterable[Endpoint],
 ) -> dict[str, Any]:
-    by_node: dict[str, list[EndpointView]] = {}
+    by_node: dict[str, list[Endpoint]] = {}
     for ep in endpoints:
         if ep.node:
             by_node.setdefault(ep.node, []).append(ep)

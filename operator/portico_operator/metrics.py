@@ -37,6 +37,12 @@ class Metrics:
         self.api_writes = Counter(
             "portico_api_writes_total", "Writes to the apiserver by kind", ["kind"], registry=r
         )
+        self.api_write_bytes = Counter(
+            "portico_api_write_bytes_total",
+            "Bytes of request bodies written to the apiserver by kind (NodeRules only so far)",
+            ["kind"],
+            registry=r,
+        )
         self.is_leader = Gauge(
             "portico_leader", "1 when this replica is the allocating leader", registry=r
         )

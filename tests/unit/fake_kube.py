@@ -24,6 +24,7 @@ KINDS = {
     "endpointslices": "slices",
     "ippools": "pools",
     "loadbalancers": "lbs",
+    "noderules": "noderules",
     "leases": "leases",
     "events": "events",
 }

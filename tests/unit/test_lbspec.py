@@ -6,9 +6,9 @@ import ipaddress
 from typing import Any
 
 import pytest
+from portico_common.noderules import endpoints_from_slices
 from portico_operator.lbspec import (
     condition,
-    parse_endpoint_slice,
     parse_node,
     render_spec,
     same_conditions,
@@ -166,7 +166,7 @@ def test_render_spec_backends_exclusions_and_hints() -> None:
         "lan",
         "DSR",
         nodes,
-        parse_endpoint_slice(SLICE),
+        endpoints_from_slices([SLICE]),
     )
     assert spec["vips"] == ["198.18.32.1"] and spec["healthCheckNodePort"] == 32000
     assert spec["sessionAffinityTimeoutSeconds"] == 60
@@ -187,7 +187,7 @@ def test_render_spec_backends_exclusions_and_hints() -> None:
         "lan",
         "DSR",
         list(reversed(nodes)),
-        parse_endpoint_slice(SLICE),
+        endpoints_from_slices([SLICE]),
     )
 
 

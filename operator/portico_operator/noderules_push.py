@@ -1,0 +1,53 @@
+"""What the operator writes for the node agents: each Service's NodeRules entry, and the merge
+patches that bring the shards from what was written to what is wanted. Pure."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from portico_common.noderules import Endpoint, LBService, ServicePort
+from portico_common.rulesdoc import service_entry, shard_name
+
+from .pools import IP
+from .service import ServiceView
+
+Entry = dict[str, Any]
+
+
+def node_rules_entry(
+    svc: ServiceView, vips: Sequence[IP], forwarding_mode: str, endpoints: Iterable[Endpoint]
+) -> Entry:
+    return service_entry(
+        LBService(
+            namespace=svc.namespace,
+            name=svc.name,
+            vips=tuple(str(ip) for ip in vips),
+            ports=tuple(
+                ServicePort(p.name, p.protocol, p.port, p.node_port, p.target_port)
+                for p in svc.ports
+            ),
+            endpoints=tuple(endpoints),
+            external_traffic_policy=svc.external_traffic_policy,
+            session_affinity=svc.session_affinity,
+            session_affinity_timeout=svc.session_affinity_timeout,
+            source_ranges=svc.source_ranges,
+            traffic_distribution=svc.traffic_distribution,
+            forwarding_mode=forwarding_mode,
+            health_check_node_port=svc.health_check_node_port,
+        )
+    )
+
+
+def shard_patches(
+    wanted: Mapping[str, Entry | None], written: Mapping[str, Entry]
+) -> dict[str, dict[str, Entry | None]]:
+    """shard -> {service key: entry, or None to remove it} for every entry that differs."""
+    out: dict[str, dict[str, Entry | None]] = {}
+    for key, entry in wanted.items():
+        if entry == written.get(key):
+            continue
+        if entry is None and key not in written:
+            continue
+        out.setdefault(shard_name(key), {})[key] = entry
+    return out
