@@ -448,7 +448,7 @@ def _fixed(t: _Table, node: NodeInfo) -> None:
     t.rule(N.MASQUERADING, {"masquerade": {"flags": "fully-random"}})
 
 
-def _check(svc: LBService) -> tuple[dict[int, list[str]], dict[int, list[Any]]]:
+def check_service(svc: LBService) -> tuple[dict[int, list[str]], dict[int, list[Any]]]:
     vips: dict[int, list[str]] = {4: [], 6: []}
     for v in svc.vips:
         try:
@@ -590,7 +590,7 @@ def render_node_rules(services: Iterable[LBService], node: NodeInfo) -> Json:
     _fixed(t, node)
     claimed: set[str] = set()  # "VIP . proto . port" and "family . proto . nodePort" taken
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        vips, ranges = _check(svc)
+        vips, ranges = check_service(svc)
         fw = firewall_chain(svc) if svc.source_ranges else None
         for port in svc.ports:
             for fam in (4, 6):

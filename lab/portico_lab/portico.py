@@ -1,5 +1,7 @@
 """Runs Portico itself in a lab: its CRDs, an IPPool on the lab's VIP range, the operator as a
-process of the lab, and a demo LoadBalancer Service, for `portico-lab up` to show it working."""
+process of the lab, a node agent in every node's namespace (as a kubelet would run the
+DaemonSet's pod, with the host's network), and a demo LoadBalancer Service, for `portico-lab up`
+to show it working."""
 
 from __future__ import annotations
 
@@ -30,6 +32,37 @@ def operator_argv(lab: Lab, identity: str, *extra: str) -> list[str]:
         identity,
         *extra,
     ]
+
+
+def node_agent_argv(lab: Lab, node: str, *extra: str) -> list[str]:
+    """The command line of the node agent of ``node`` (run it in the node's namespace)."""
+    return [
+        sys.executable,
+        "-m",
+        "portico_nodeagent",
+        "--kubeconfig",
+        str(lab.kubeconfig),
+        "--node-name",
+        node,
+        *extra,
+    ]
+
+
+def start_node_agents(lab: Lab, *extra: str) -> list[Proc]:
+    """One agent per node, each in its node's network namespace; logs in the lab's logs/."""
+    procs = []
+    for node in lab.node_names():
+        status = lab.workdir / "agents" / f"{node}.status.json"
+        status.parent.mkdir(parents=True, exist_ok=True)
+        procs.append(
+            Proc(
+                f"portico-node-agent-{node}",
+                node_agent_argv(lab, node, "--status", str(status), *extra),
+                lab.workdir / "logs" / f"node-agent-{node}.log",
+                netns=lab.netns_of(node),
+            ).start()
+        )
+    return procs
 
 
 def install_crds(lab: Lab, timeout: str = "60s") -> None:
@@ -73,6 +106,7 @@ def install(lab: Lab) -> Proc:
         lab.workdir / "logs" / "operator.log",
     ).start()
     lab.procs.append(proc)
+    lab.procs.extend(start_node_agents(lab))
     return proc
 
 

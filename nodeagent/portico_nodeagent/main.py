@@ -1,17 +1,30 @@
 """portico-node-agent: programs this node's nftables NAT rules for Portico's LoadBalancer
 Services.
 
-It owns one table, ``inet portico``, and never touches another. Its rules come from a file
-today: either a rendered ruleset (``--rules``, libnftables JSON as
-``portico_common.noderules.render_node_rules`` makes it) or the renderer's input (``--input``:
-this node and its Services, rendered here). The file is re-read when it changes; each change is
-applied in one transaction through one long-lived libnftables handle, as map-element and
-per-Service-chain changes rather than a reload. Every ``--verify-interval`` seconds the table is
-compared with what was applied and restored if someone flushed or edited it. Stopping the agent
-leaves the rules in force (a restart re-applies idempotently: nothing changes if the table is
-right); ``--cleanup`` removes the table, for uninstalling.
+It owns one table, ``inet portico``, and never touches another. Its rules come from the
+cluster (``--kubeconfig``/in-cluster credentials and ``--node-name``): it watches every NodeRules
+object the operator writes and its own Node, and renders what applies to this node (its Local
+endpoints, its zone's hints, masquerade only toward other nodes). For tests and debugging they
+can come from a file instead: a rendered ruleset (``--rules``, libnftables JSON) or the
+renderer's input (``--input``: this node and its Services), re-read when it changes.
+
+Each change is applied in one transaction through one long-lived libnftables handle, as
+map-element and per-Service-chain changes rather than a reload. Every ``--verify-interval``
+seconds the table is compared with what was applied and restored if someone flushed or edited
+it. Stopping the agent leaves the rules in force (a restart re-applies idempotently: nothing
+changes if the table is right); ``--cleanup`` removes the table, for uninstalling.
+
+From the cluster it also serves, as kube-proxy does where kube-proxy does not run:
+  * every externalTrafficPolicy=Local Service's healthCheckNodePort (any path): 200 with the
+    count of this node's ready endpoints, 503 when there are none or the rules are stale;
+  * --healthz-port (default 10256): /healthz as kube-proxy's, and /portico/v1/services, every
+    Local Service's local endpoint counts and the rules' freshness in one answer.
+A port another program holds (kube-proxy) is left to it, logged, and retried.
+Metrics (Prometheus) on --metrics-port; logs are JSON lines on stderr.
 
 Examples:
+  portico-node-agent --kubeconfig ~/.kube/config --node-name node-1
+  NODE_NAME=node-1 portico-node-agent            # in a DaemonSet pod (in-cluster credentials)
   portico-node-agent --input /etc/portico/node.json --status /run/portico/status.json
   portico-node-agent --rules rules.json --once
   portico-node-agent --cleanup
@@ -58,6 +71,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     src = p.add_mutually_exclusive_group()
+    src.add_argument(
+        "--kubeconfig",
+        help="take rules from the cluster with these credentials (default without --rules or "
+        "--input: in-cluster, or $KUBECONFIG)",
+    )
     src.add_argument("--rules", type=Path, help="a rendered ruleset (libnftables JSON)")
     src.add_argument("--input", type=Path, help="the renderer's input: this node and its Services")
     src.add_argument(
@@ -81,10 +99,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=Path,
         help="write a JSON status here after every apply: content hash, time, counts, error",
     )
+    p.add_argument(
+        "--node-name",
+        default=os.environ.get("NODE_NAME", ""),
+        help="this node's name (default $NODE_NAME): whose endpoints are local",
+    )
+    p.add_argument(
+        "--healthz-port",
+        type=int,
+        default=10256,
+        help="node health (/healthz) and the aggregate view; 0 turns it off (default 10256)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=0, help="Prometheus metrics port (default off)"
+    )
     p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
     args = p.parse_args(argv)
-    if not args.cleanup and not (args.rules or args.input):
-        p.error("one of --rules, --input or --cleanup is required")
+    args.from_cluster = not (args.cleanup or args.rules or args.input)
+    if args.from_cluster and not args.node_name:
+        p.error("--node-name (or $NODE_NAME) is required to take rules from the cluster")
     return args
 
 
@@ -198,6 +231,11 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         log.info("removed table inet portico")
         return 0
+    if args.from_cluster:
+        from .kubeagent import run_kube_agent
+
+        log.info("portico-node-agent starting for node %s (pid %d)", args.node_name, os.getpid())
+        return run_kube_agent(args)
     agent = Agent(args)
 
     def _stop(signum: int, _frame: Any) -> None:

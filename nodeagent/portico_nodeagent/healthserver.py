@@ -1,0 +1,173 @@
+"""The agent's HTTP listeners: one per ``healthCheckNodePort`` (and family), as kube-proxy
+serves them, and the node-level one (``:10256``) with Portico's aggregate view beside kube-proxy's
+``/healthz``. The answers are built by ``health`` (pure); this is only sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from portico_common.noderules import LBService
+
+from . import health
+
+log = logging.getLogger("portico.nodeagent.health")
+REQUEST_LIMIT = 16 * 1024
+REQUEST_TIMEOUT = 5.0
+AGGREGATE_PATH = "/portico/v1/services"
+
+
+@dataclass
+class HealthState:
+    """What the answers are made of; the agent updates it after every apply."""
+
+    node: str = ""
+    services: Mapping[int, LBService] = None  # type: ignore[assignment]  # port -> Service
+    rules_current: bool = False
+    last_applied_ns: int | None = None
+    families: tuple[int, ...] = (4, 6)
+    deleting: bool = False
+    taints: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if self.services is None:
+            self.services = {}
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
+    try:
+        head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), REQUEST_TIMEOUT)
+    except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, TimeoutError):
+        return None
+    line = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+    if len(line) < 2:
+        return None
+    return line[0], line[1]
+
+
+async def _serve(
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    answer: Callable[[str, str], bytes],
+) -> None:
+    try:
+        req = await _read_request(reader)
+        if req is not None:
+            writer.write(answer(*req))
+            await writer.drain()
+    except (ConnectionError, OSError):
+        pass
+    finally:
+        writer.close()
+
+
+def _socket(family: int, port: int) -> socket.socket:
+    af = socket.AF_INET6 if family == 6 else socket.AF_INET
+    s = socket.socket(af, socket.SOCK_STREAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    if family == 6:
+        s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+    s.bind(("::" if family == 6 else "0.0.0.0", port))
+    s.setblocking(False)
+    return s
+
+
+class HealthServers:
+    def __init__(self, state: HealthState, node_port: int) -> None:
+        self.state = state
+        self.node_port = node_port
+        self._servers: dict[tuple[int, int], asyncio.Server] = {}  # (port, family) -> server
+        self.conflicts: dict[int, str] = {}  # port -> why we could not listen
+
+    # -- answers -----------------------------------------------------------------------------
+    def service_answer(self, port: int, family: int) -> Callable[[str, str], bytes]:
+        def answer(method: str, _path: str) -> bytes:
+            svc = self.state.services.get(port)
+            if svc is None:  # gone between accept and answer: as if nothing listened
+                return health.http_response(404, b"")
+            out = health.service_response(
+                svc.namespace,
+                svc.name,
+                svc.endpoints,
+                self.state.node,
+                family,
+                self.state.rules_current,
+            )
+            return out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == "HEAD" else out
+
+        return answer
+
+    def node_answer(self, method: str, path: str) -> bytes:
+        now = time.time_ns()
+        if path.split("?", 1)[0] == AGGREGATE_PATH:
+            body = json.dumps(self.aggregate(), separators=(",", ":")).encode()
+            return health.http_response(200, body, head=method == "HEAD")
+        last = self.state.last_applied_ns
+        families = {
+            f: health.FamilyState(last or 0, self.state.rules_current) for f in self.state.families
+        }
+        out = health.node_healthz(
+            families, now, deleting=self.state.deleting, taints=self.state.taints
+        )
+        return out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == "HEAD" else out
+
+    def aggregate(self) -> dict[str, object]:
+        """Every Local Service's local ready endpoints on this node and the rules' freshness,
+        so that a gateway checks a node once per interval, not once per Service."""
+        services = {}
+        for port, svc in sorted(self.state.services.items()):
+            counts = {
+                f"IPv{f}": health.local_ready_endpoints(svc.endpoints, self.state.node, f)
+                for f in self.state.families
+            }
+            services[svc.key] = {"healthCheckNodePort": port, "localEndpoints": counts}
+        return {
+            "node": self.state.node,
+            "rulesCurrent": self.state.rules_current,
+            "lastApplied": health.go_time(self.state.last_applied_ns),
+            "services": services,
+        }
+
+    # -- listeners ---------------------------------------------------------------------------
+    async def start_node(self) -> None:
+        if self.node_port:
+            for family in self.state.families:
+                await self._listen(self.node_port, family, self.node_answer)
+
+    async def sync(self) -> None:
+        """Listens on exactly the ports of the current Local Services: a port whose Service
+        moved to Cluster or went away stops at once (connection refused, not 503)."""
+        wanted = {(p, f) for p in self.state.services for f in self.state.families}
+        for key in list(self._servers):
+            if key[0] != self.node_port and key not in wanted:
+                server = self._servers.pop(key)
+                server.close()
+        for port in list(self.conflicts):
+            if port not in self.state.services and port != self.node_port:
+                del self.conflicts[port]
+        for port, family in sorted(wanted - set(self._servers)):
+            await self._listen(port, family, self.service_answer(port, family))
+
+    async def _listen(self, port: int, family: int, answer: Callable[[str, str], bytes]) -> None:
+        try:
+            sock = _socket(family, port)
+        except OSError as e:
+            # Another program (kube-proxy, where it runs) holds it: we serve nothing there.
+            if self.conflicts.get(port) != str(e):
+                log.warning("cannot listen on port %d (IPv%d): %s", port, family, e)
+            self.conflicts[port] = str(e)
+            return
+        self.conflicts.pop(port, None)
+        self._servers[(port, family)] = await asyncio.start_server(
+            lambda r, w: _serve(r, w, answer), sock=sock, limit=REQUEST_LIMIT
+        )
+
+    def close(self) -> None:
+        for server in self._servers.values():
+            server.close()
+        self._servers.clear()

@@ -1,0 +1,184 @@
+"""The agent run from the cluster: NodeRules and this Node in, one nftables transaction and the
+health listeners out, after every change (changes that arrive while one is applied are applied
+together next)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+from portico_common import nftnames as N
+from portico_common.kube import KubeClient, load_credentials
+from portico_common.noderules import (
+    LOCAL,
+    LBService,
+    NodeInfo,
+    NodeRulesError,
+    check_service,
+    render_node_rules,
+)
+
+from .healthserver import HealthServers, HealthState
+from .kubesource import KubeSource
+from .metrics import AgentMetrics
+from .nft import NftError, NftTable
+
+log = logging.getLogger("portico.nodeagent")
+
+
+def usable(
+    services: list[LBService], last_good: dict[str, LBService]
+) -> tuple[list[LBService], dict[str, str]]:
+    """The Services to render: an entry that cannot be rendered (a bad source range, say)
+    keeps its last good version in force, and is reported."""
+    out, bad = [], {}
+    for svc in services:
+        try:
+            check_service(svc)
+        except NodeRulesError as e:
+            bad[svc.key] = str(e)
+            if svc.key in last_good:
+                out.append(last_good[svc.key])
+            continue
+        last_good[svc.key] = svc
+        out.append(svc)
+    for key in set(last_good) - {s.key for s in services}:
+        del last_good[key]
+    return out, bad
+
+
+def local_health_ports(services: list[LBService]) -> dict[int, LBService]:
+    return {
+        s.health_check_node_port: s
+        for s in services
+        if s.external_traffic_policy == LOCAL and s.health_check_node_port
+    }
+
+
+class KubeAgent:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.table = NftTable()
+        self.changed = asyncio.Event()
+        self.state = HealthState(node=args.node_name)
+        self.health = HealthServers(self.state, args.healthz_port)
+        self.metrics = AgentMetrics()
+        self.last_good: dict[str, LBService] = {}
+        self.status: dict[str, Any] = {}
+        self.kube: KubeClient | None = None
+        self.source: KubeSource | None = None
+
+    async def run(self) -> None:
+        self.kube = KubeClient(load_credentials(self.args.kubeconfig))
+        self.source = KubeSource(self.kube, self.args.node_name, self.changed.set)
+        self.metrics.serve(self.args.metrics_port)
+        await self.health.start_node()
+        tasks = [
+            asyncio.create_task(self.source.run()),
+            asyncio.create_task(self._applier()),
+            asyncio.create_task(self._verifier()),
+        ]
+        try:
+            await asyncio.gather(*tasks)
+        finally:
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.health.close()
+            await self.kube.close()
+
+    async def _applier(self) -> None:
+        assert self.source is not None
+        # Never apply a half-listed view (it would drop rules) or before the zone is known.
+        await self.source.synced.wait()
+        await self.source.node_synced.wait()
+        while True:
+            await self.changed.wait()
+            self.changed.clear()
+            node = self.source.node
+            services, bad = usable(self.source.services.all(), self.last_good)
+            await self.apply(services, node.info, bad)
+            self.state.deleting, self.state.taints = node.deleting, node.taints
+            self.state.services = local_health_ports(services)
+            await self.health.sync()
+
+    async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> None:
+        t0 = time.perf_counter()
+        try:
+            doc = await asyncio.to_thread(render_node_rules, services, node)
+            result = await asyncio.to_thread(self.table.apply, doc)
+        except (NodeRulesError, NftError) as e:
+            # The rules in force stay; the next change (or the verifier) tries again.
+            log.error("cannot apply rules: %s", e)
+            self.metrics.errors.inc()
+            self.state.rules_current = False
+            self.status["error"] = str(e)
+            self._write_status()
+            return
+        seconds = time.perf_counter() - t0
+        self.state.rules_current = True
+        self.state.last_applied_ns = time.time_ns()
+        self.metrics.observe_apply(result.mode, result.seconds, self.table.stats.counts)
+        self.status = {
+            "node": node.name,
+            "applied": time.time(),
+            "error": None,
+            "mode": result.mode,
+            "commands": result.commands,
+            "seconds": round(result.seconds, 6),
+            "services": len(services),
+            "counts": self.table.stats.counts,
+            "restores": self.table.stats.restores,
+            "badEntries": bad,
+            "healthPortConflicts": {str(k): v for k, v in self.health.conflicts.items()},
+        }
+        self._write_status()
+        if result.commands:
+            log.info(
+                "applied %d Services: %s, %d commands, %.2f ms in nftables, %.2f ms in all",
+                len(services),
+                result.mode,
+                result.commands,
+                result.seconds * 1000,
+                seconds * 1000,
+            )
+
+    async def _verifier(self) -> None:
+        while True:
+            await asyncio.sleep(self.args.verify_interval)
+            try:
+                if await asyncio.to_thread(self.table.verify):
+                    self.metrics.restores.inc()
+                    log.warning("restored table %s %s", N.FAMILY, N.TABLE)
+            except NftError as e:
+                log.error("verify failed: %s", e)
+
+    def _write_status(self) -> None:
+        path: Path | None = self.args.status
+        if path is None:
+            return
+        tmp = path.with_suffix(path.suffix + ".tmp")
+        tmp.write_text(json.dumps(self.status))
+        tmp.replace(path)
+
+
+def run_kube_agent(args: argparse.Namespace) -> int:
+    async def main() -> None:
+        agent = KubeAgent(args)
+        task = asyncio.ensure_future(agent.run())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            log.info("stopping: the rules stay in force")
+
+    asyncio.run(main())
+    return 0

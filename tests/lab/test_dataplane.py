@@ -1,0 +1,279 @@
+"""Operator → NodeRules → node agents → traffic: the whole node half of the data plane.
+
+The operator and one agent per node run as processes of the lab (the agents in the node
+namespaces, as a DaemonSet with hostNetwork would). Users create LoadBalancer Services; VIP
+traffic reaches a node as the gateway will deliver it (here a static route in a client
+namespace, ``VIP via <node>``), and the echo pods say which pod answered and which client
+address they saw.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from kubernetes.client.exceptions import ApiException
+from portico_lab.lab import Lab
+from portico_lab.portico import install_crds, start_node_agents
+from portico_lab.procs import Proc
+
+from .netcheck import request
+from .operator_harness import NS, Api, OperatorProcess, wait_for
+
+POOL = "dataplane"
+AGENT = [sys.executable, "-m", "portico_nodeagent"]
+
+# One HTTP request, its status line, headers and body, or the error (refused, timeout).
+_HTTP = r"""
+import json, socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {}
+try:
+    s = socket.create_connection((host, port), timeout=2)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()); data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    out["status"] = int(lines[0].split()[1])
+    out["headers"] = dict(l.split(": ", 1) for l in lines[1:])
+    out["body"] = body.decode()
+except ConnectionRefusedError:
+    out["error"] = "refused"
+except (socket.timeout, TimeoutError):
+    out["error"] = "timeout"
+print(json.dumps(out))
+"""
+
+
+def http(lab: Lab, where: str, host: str, port: int, path: str = "/healthz") -> dict[str, Any]:
+    res = lab.exec(where, [sys.executable, "-S", "-c", _HTTP, host, str(port), path], timeout=10)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@pytest.fixture(scope="module")
+def api(lab: Lab) -> Api:
+    install_crds(lab)
+    return Api(lab)
+
+
+@pytest.fixture(scope="module")
+def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
+    v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 2048}/27")
+    v6 = ipaddress.ip_network(f"{lab.plan.vip_range_v6.network_address + 0x800}/123")
+    api.create_pool(POOL, [str(v4), str(v6)])
+    op = OperatorProcess(lab, "op-dp").start()
+    try:
+        wait_for(lambda: "first full listing" in op.log.read_text(), "the operator lists", 30)
+        yield op
+    finally:
+        op.stop()
+        api.delete_pool(POOL)
+
+
+@pytest.fixture(scope="module")
+def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
+    procs = start_node_agents(lab, "--verify-interval", "0.5")
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        for node in lab.node_names():
+            lab.exec(node, [*AGENT, "--cleanup"])
+        for p in procs:
+            if p.popen is not None and p.popen.returncode not in (0, None):
+                print(p.log_tail())
+
+
+@pytest.fixture()
+def services(api: Api) -> Iterator[list[str]]:
+    names: list[str] = []
+    yield names
+    for n in names:
+        try:
+            api.core.delete_namespaced_service(n, NS)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+def create(api: Api, names: list[str], name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "echo"},
+            # Named target ports: they resolve through the EndpointSlices' ports.
+            "ports": [
+                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"},
+                {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": "udp"},
+            ],
+            **spec,
+        },
+    }
+    names.append(name)
+    api.core.create_namespaced_service(NS, body)
+    return body
+
+
+@contextmanager
+def routed(lab: Lab, client: str, addr: str, node: str) -> Iterator[None]:
+    """Delivers ``addr`` from ``client`` to ``node``, as the gateway will."""
+    host = lab.host(node)
+    six = ":" in addr
+    fam = ["-6"] if six else []
+    prefix = f"{addr}/{128 if six else 32}"
+    via = str(host.ipv6 if six else host.ipv4)
+    lab.exec(client, ["ip", *fam, "route", "replace", prefix, "via", via], check=True)
+    try:
+        yield
+    finally:
+        lab.exec(client, ["ip", *fam, "route", "del", prefix])
+
+
+def answered(lab: Lab, client: str, addr: str, proto: str = "http") -> dict[str, Any] | None:
+    try:
+        return request(lab, client, addr, 80, proto)["answer"]
+    except ConnectionError:
+        return None
+
+
+# ==============================================================================================
+def test_local_service_answers_with_the_client_ip_and_serves_healthz(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-local", externalTrafficPolicy="Local")
+    ip = api.wait_ips("dp-local")[0]
+    hcnp = api.service("dp-local").spec.health_check_node_port
+    client = lab.plan.client(1)
+    with routed(lab, "client-1", ip, "node-2"):
+        first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through node-2")
+        got = [first] + [answered(lab, "client-1", ip) for _ in range(5)]
+        udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers too")
+    assert {a["node"] for a in got if a} == {"node-2"}, "Local left the node"
+    assert {a["client_ip"] for a in got if a} | {udp["client_ip"]} == {str(client.ipv4)}
+
+    node2 = str(lab.host("node-2").ipv4)
+    hz = wait_for(
+        lambda: (r := http(lab, "client-1", node2, hcnp)).get("status") == 200 and r,
+        "healthCheckNodePort answers 200",
+    )
+    assert hz["headers"]["X-Load-Balancing-Endpoint-Weight"] == "2"
+    assert hz["headers"]["Content-Type"] == "application/json"
+    assert json.loads(hz["body"]) == {
+        "service": {"namespace": NS, "name": "dp-local"},
+        "localEndpoints": 2,
+        "serviceProxyHealthy": True,
+    }
+    agg = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
+    assert agg["rulesCurrent"] is True
+    assert agg["services"][f"{NS}/dp-local"]["localEndpoints"]["IPv4"] == 2
+    node_hz = http(lab, "client-1", node2, 10256, "/healthz")
+    assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True
+
+    # Cluster: the health port stops listening at once (refused, not 503).
+    api.core.patch_namespaced_service(
+        "dp-local", NS, {"spec": {"externalTrafficPolicy": "Cluster"}}
+    )
+    wait_for(
+        lambda: http(lab, "client-1", node2, hcnp).get("error") == "refused",
+        "the health port closed",
+    )
+
+
+def test_pod_not_ready_drains_healthz_and_rules(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-drain", externalTrafficPolicy="Local")
+    ip = api.wait_ips("dp-drain")[0]
+    hcnp = api.service("dp-drain").spec.health_check_node_port
+    node3 = str(lab.host("node-3").ipv4)
+    wait_for(lambda: http(lab, "client-1", node3, hcnp).get("status") == 200, "healthz 200")
+    lab.set_pod_ready("echo-3-1", False)
+    try:
+        hz = wait_for(
+            lambda: (
+                (r := http(lab, "client-1", node3, hcnp))
+                .get("headers", {})
+                .get("X-Load-Balancing-Endpoint-Weight")
+                == "1"
+                and r
+            ),
+            "healthz counts one ready endpoint",
+        )
+        assert hz["status"] == 200
+        with routed(lab, "client-1", ip, "node-3"):
+            got = [answered(lab, "client-1", ip) for _ in range(6)]
+        assert {a["pod"] for a in got if a} == {"echo-3-2"}, "traffic to a not-ready pod"
+        lab.set_pod_ready("echo-3-2", False)
+        hz = wait_for(
+            lambda: (r := http(lab, "client-1", node3, hcnp)).get("status") == 503 and r,
+            "healthz 503 without ready local endpoints",
+        )
+        assert json.loads(hz["body"])["localEndpoints"] == 0
+    finally:
+        lab.set_pod_ready("echo-3-1", True)
+        lab.set_pod_ready("echo-3-2", True)
+
+
+def test_cluster_service_reaches_other_nodes_and_masquerades_only_then(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-cluster")
+    ip = api.wait_ips("dp-cluster")[0]
+    client = str(lab.plan.client(1).ipv4)
+    node1 = str(lab.host("node-1").ipv4)
+    seen: dict[str, set[str]] = {}
+    with routed(lab, "client-1", ip, "node-1"):
+        wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through node-1")
+        for _ in range(40):
+            a = answered(lab, "client-1", ip)
+            if a:
+                seen.setdefault(a["node"], set()).add(a["client_ip"])
+            if len(seen) == 3:
+                break
+    assert set(seen) == {"node-1", "node-2", "node-3"}, seen
+    assert seen["node-1"] == {client}, "a local endpoint saw a masqueraded client"
+    assert seen["node-2"] == seen["node-3"] == {node1}, "other nodes must see the node's address"
+
+
+def test_deleted_service_stops_answering(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-gone")
+    ip = api.wait_ips("dp-gone")[0]
+    with routed(lab, "client-1", ip, "node-1"):
+        wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
+        api.core.delete_namespaced_service("dp-gone", NS)
+        wait_for(lambda: answered(lab, "client-1", ip) is None, "the VIP stops answering")
+    shards = api.custom.list_cluster_custom_object("portico.dev", "v1alpha1", "noderules")
+    keys = {k for o in shards["items"] for k in (o["spec"].get("services") or {})}
+    assert f"{NS}/dp-gone" not in keys
+
+
+def test_flushed_table_and_agent_restart_keep_traffic(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-keep")
+    ip = api.wait_ips("dp-keep")[0]
+    with routed(lab, "client-1", ip, "node-2"):
+        wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
+        lab.exec("node-2", ["nft", "flush", "table", "inet", "portico"], check=True)
+        wait_for(lambda: answered(lab, "client-1", ip), "the verifier restored the table")
+        agent = next(p for p in agents if p.name.endswith("node-2"))
+        agent.stop()
+        # Stopped, its rules stay in force.
+        assert answered(lab, "client-1", ip) is not None
+        agent.start()
+        assert answered(lab, "client-1", ip) is not None
