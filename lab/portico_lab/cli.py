@@ -150,6 +150,9 @@ def _cmd_up(args: argparse.Namespace) -> int:
             )
             print(lab.kubectl("get", "ippools,loadbalancers", "-A").stdout)
             print("  portico-lab kubectl describe loadbalancer echo-lb")
+            print(f"With {ip} routed from client-1 to node-2 (the gateway's job, not built yet),")
+            print("node-2's agent forwards it to a local pod, which sees the client's own IP:")
+            print("  " + portico.demo_traffic(lab, ip))
         print(READY_LINE, flush=True)
         while True:
             time.sleep(3600)

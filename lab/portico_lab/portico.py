@@ -141,6 +141,35 @@ def demo_service(lab: Lab, name: str = "echo-lb", timeout: float = 30) -> str:
     raise LabError(f"{name} got no address in {timeout:.0f}s; see {lab.workdir}/logs/operator.log")
 
 
+_ASK = r"""
+import json, socket, sys, time
+deadline = time.time() + float(sys.argv[2])
+while True:
+    try:
+        s = socket.create_connection((sys.argv[1], 80), timeout=0.5)
+        s.sendall(b"hello\n"); print(s.makefile().readline().strip()); break
+    except OSError:
+        if time.time() > deadline: raise
+        time.sleep(0.05)
+"""
+
+
+def demo_traffic(
+    lab: Lab, ip: str, client: str = "client-1", node: str = "node-2", timeout: float = 15
+) -> str:
+    """Delivers ``ip`` from ``client`` to ``node`` (a static route, as the gateway will once it
+    exists) and returns the echo pod's answer to one request: which pod, and the client address
+    it saw."""
+    via = str(lab.host(node).ipv4)
+    lab.exec(client, ["ip", "route", "replace", f"{ip}/32", "via", via], check=True)
+    res = lab.exec(
+        client, [sys.executable, "-S", "-c", _ASK, ip, str(timeout)], timeout=timeout + 5
+    )
+    if res.returncode != 0:
+        raise LabError(f"{ip} did not answer through {node}: {res.stderr.strip()[-300:]}")
+    return res.stdout.strip()
+
+
 def _apply(lab: Lab, obj: dict) -> None:
     path = lab.workdir / f"{obj['kind'].lower()}-{obj['metadata']['name']}.json"
     Path(path).write_text(json.dumps(obj))
