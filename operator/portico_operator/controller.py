@@ -180,6 +180,7 @@ class Controller:
         self.rules_written: dict[str, Entry] = {}
         self.rules_shards: set[str] = set()
         self.rules_dirty = asyncio.Event()
+        self.rules_enabled = True  # False when the NodeRules CRD is missing
         self.services: dict[str, ServiceView] = {}
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
@@ -1011,6 +1012,8 @@ class Controller:
     # NodeRules (what the node agents program)
     # =========================================================================================
     def _want_rules(self, key: str, entry: Entry | None) -> None:
+        if not self.rules_enabled:
+            return
         if entry is None and key not in self.rules_written and key not in self.rules_wanted:
             return
         self.rules_wanted[key] = entry
@@ -1018,7 +1021,16 @@ class Controller:
 
     async def _load_node_rules(self) -> None:
         """What the shards hold now; entries of Services that are gone or no longer ours go."""
-        listing = await self.kube.get(rulesdoc.path())
+        try:
+            listing = await self.kube.get(rulesdoc.path())
+        except ApiError as e:
+            if e.status != 404:
+                raise
+            # An install without the NodeRules CRD still allocates; nodes get no rules.
+            log.error("the NodeRules CRD is not installed: node agents get no rules")
+            self.rules_enabled = False
+            return
+        self.rules_enabled = True
         self.rules_written = {}
         self.rules_shards = set()
         for obj in listing.get("items") or []:

@@ -274,6 +274,17 @@ async def scenario(seed: int, steps: int) -> World:
             lb = world.kube.get_obj("lbs", f"ns/{svc['metadata']['name']}")
             carried = tuple(sorted((lb or {}).get("spec", {}).get("vips") or ()))
             assert carried == ips_of(svc), (svc["metadata"]["name"], carried, ips_of(svc))
+        # ... and the node rules program exactly those addresses, for live Services only
+        entries = {
+            k: e for o in world.kube.all("noderules") for k, e in o["spec"]["services"].items()
+        }
+        live = {
+            f"ns/{s['metadata']['name']}": ips_of(s)
+            for s in world.kube.all("services")
+            if not s["metadata"].get("deletionTimestamp")
+        }
+        programmed = {k: tuple(sorted(e["vips"])) for k, e in entries.items()}
+        assert programmed == {k: v for k, v in live.items() if v}, (programmed, live)
     finally:
         for rep in world.replicas.values():
             await rep.kill()
