@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from portico_lab.lab import Lab
@@ -37,3 +39,19 @@ def request(
     if res.returncode != 0:
         raise ConnectionError(f"{where} -> {host}:{port}/{proto}: {res.stderr.strip()[-300:]}")
     return json.loads(res.stdout)
+
+
+@contextmanager
+def routed(lab: Lab, client: str, addr: str, node: str) -> Iterator[None]:
+    """Routes ``addr`` from ``client`` to ``node``, as the gateway would deliver it (the packet
+    unchanged, to the node)."""
+    host = lab.host(node)
+    six = ":" in addr
+    via = str(host.ipv6 if six else host.ipv4)
+    fam = ["-6"] if six else []
+    prefix = f"{addr}/{128 if six else 32}"
+    lab.exec(client, ["ip", *fam, "route", "replace", prefix, "via", via], check=True)
+    try:
+        yield
+    finally:
+        lab.exec(client, ["ip", *fam, "route", "del", prefix])

@@ -13,7 +13,6 @@ import ipaddress
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -22,7 +21,7 @@ from portico_lab.lab import Lab
 from portico_lab.portico import install_crds, start_node_agents
 from portico_lab.procs import Proc
 
-from .netcheck import request
+from .netcheck import request, routed
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 POOL = "dataplane"
@@ -125,21 +124,6 @@ def create(api: Api, names: list[str], name: str, **spec: Any) -> dict[str, Any]
     names.append(name)
     api.core.create_namespaced_service(NS, body)
     return body
-
-
-@contextmanager
-def routed(lab: Lab, client: str, addr: str, node: str) -> Iterator[None]:
-    """Delivers ``addr`` from ``client`` to ``node``, as the gateway will."""
-    host = lab.host(node)
-    six = ":" in addr
-    fam = ["-6"] if six else []
-    prefix = f"{addr}/{128 if six else 32}"
-    via = str(host.ipv6 if six else host.ipv4)
-    lab.exec(client, ["ip", *fam, "route", "replace", prefix, "via", via], check=True)
-    try:
-        yield
-    finally:
-        lab.exec(client, ["ip", *fam, "route", "del", prefix])
 
 
 def answered(lab: Lab, client: str, addr: str, proto: str = "http") -> dict[str, Any] | None:

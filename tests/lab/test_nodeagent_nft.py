@@ -12,7 +12,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from portico_common.noderules import (
 from portico_lab.lab import Lab
 from portico_lab.procs import netns_argv
 
-from .netcheck import request
+from .netcheck import request, routed
 
 DEFAULT_PODS = {f"echo-{n}-{m}" for n in (1, 2, 3) for m in (1, 2)}
 AGENT = [sys.executable, "-m", "portico_nodeagent"]
@@ -88,21 +87,6 @@ def vip(lab: Lab, k: int, family: int = 4) -> str:
     # From the top of the slot's VIP range, far from what an IPPool test hands out first.
     rng = lab.plan.vip_range_v4 if family == 4 else lab.plan.vip_range_v6
     return str(rng.network_address + rng.num_addresses - 16 - k)
-
-
-@contextmanager
-def routed(lab: Lab, client: str, addr: str, node: str) -> Iterator[None]:
-    """Routes ``addr`` from ``client`` to ``node``, as the gateway would deliver it."""
-    host = lab.host(node)
-    six = ":" in addr
-    via = str(host.ipv6 if six else host.ipv4)
-    fam = ["-6"] if six else []
-    prefix = f"{addr}/{128 if six else 32}"
-    lab.exec(client, ["ip", *fam, "route", "replace", prefix, "via", via], check=True)
-    try:
-        yield
-    finally:
-        lab.exec(client, ["ip", *fam, "route", "del", prefix])
 
 
 def echo_service(slices: list[dict[str, Any]], name: str, vips: tuple[str, ...], **kw: Any):
