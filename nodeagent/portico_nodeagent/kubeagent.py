@@ -24,10 +24,12 @@ from portico_common.noderules import (
     render_node_rules,
 )
 
+from .conntrack import delete_flows
 from .healthserver import HealthServers, HealthState
 from .kubesource import KubeSource
 from .metrics import AgentMetrics
 from .nft import NftError, NftTable
+from .stale import stale_flows
 
 log = logging.getLogger("portico.nodeagent")
 
@@ -70,6 +72,7 @@ class KubeAgent:
         self.health = HealthServers(self.state, args.healthz_port)
         self.metrics = AgentMetrics()
         self.last_good: dict[str, LBService] = {}
+        self.applied: list[LBService] = []  # what the rules in force were rendered from
         self.status: dict[str, Any] = {}
         self.kube: KubeClient | None = None
         self.source: KubeSource | None = None
@@ -121,6 +124,16 @@ class KubeAgent:
             self.status["error"] = str(e)
             self._write_status()
             return
+        stale = stale_flows(self.applied, services, node)
+        self.applied = services
+        if stale:
+            # After the rules: a datagram between the two would re-create the entry.
+            try:
+                gone = await delete_flows(stale)
+                self.metrics.conntrack_deleted.inc(gone)
+                log.info("deleted %d conntrack entries of %d stale flows", gone, len(stale))
+            except OSError as e:
+                log.error("conntrack: %s", e)
         seconds = time.perf_counter() - t0
         self.state.rules_current = True
         self.state.last_applied_ns = time.time_ns()

@@ -28,6 +28,11 @@ class AgentMetrics:
             "Times the table was found changed by someone else and restored",
             registry=r,
         )
+        self.conntrack_deleted = Counter(
+            "portico_node_conntrack_deleted_total",
+            "Conntrack entries of UDP/SCTP flows to endpoints that left the rules",
+            registry=r,
+        )
         self.objects = Gauge(
             "portico_node_rules",
             "Objects in the table by kind (rules, elements...)",

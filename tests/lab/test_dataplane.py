@@ -261,3 +261,53 @@ def test_flushed_table_and_agent_restart_keep_traffic(
         assert answered(lab, "client-1", ip) is not None
         agent.start()
         assert answered(lab, "client-1", ip) is not None
+
+
+# A client that keeps its source port (as DNS resolvers and games do): each datagram from the
+# same port, the answering pod of each.
+_FIXED_PORT = r"""
+import json, socket, sys, time
+host, sport, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", sport)); s.settimeout(0.5)
+out = []
+for _ in range(n):
+    s.sendto(b"hello", (host, 80))
+    try:
+        out.append(json.loads(s.recvfrom(65535)[0])["pod"])
+    except (socket.timeout, TimeoutError):
+        out.append(None)
+print(json.dumps(out))
+"""
+
+
+def fixed_port_pods(lab: Lab, ip: str, sport: int, n: int) -> list[str | None]:
+    res = lab.exec("client-1", [sys.executable, "-S", "-c", _FIXED_PORT, ip, str(sport), str(n)])
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+def test_udp_client_with_a_fixed_port_follows_an_endpoint_change(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-udp", externalTrafficPolicy="Local")
+    ip = api.wait_ips("dp-udp")[0]
+    with routed(lab, "client-1", ip, "node-1"):
+        wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers through node-1")
+        first = fixed_port_pods(lab, ip, 40053, 3)
+        assert len(set(first)) == 1 and first[0] in ("echo-1-1", "echo-1-2"), first
+        pinned = first[0]
+        other = "echo-1-2" if pinned == "echo-1-1" else "echo-1-1"
+        # The pinned pod stops being ready; its process still answers (the lab's pods do), so
+        # only a stale conntrack entry could keep the client on it.
+        lab.set_pod_ready(pinned, False)
+        try:
+            wait_for(
+                lambda: fixed_port_pods(lab, ip, 40053, 1) == [other],
+                f"the same client port reaches {other}",
+                timeout=10,
+            )
+            assert set(fixed_port_pods(lab, ip, 40053, 3)) == {other}
+        finally:
+            lab.set_pod_ready(pinned, True)

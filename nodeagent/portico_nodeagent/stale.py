@@ -1,0 +1,47 @@
+"""Which conntrack flows went stale with a change of rules (pure).
+
+A UDP (or SCTP) "connection" is only a conntrack entry: a client that keeps its source port
+keeps hitting the endpoint its first datagram was DNATed to, also after that endpoint left the
+rules, until the entry times out (and it never does while the client keeps sending). kube-proxy
+deletes those entries; so does the agent: for every VIP port whose endpoint this node no longer
+sends to, the flows toward that VIP port whose reply comes from that endpoint.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable
+from typing import NamedTuple
+
+from portico_common.noderules import LBService, NodeInfo, endpoint_port, select_endpoints
+
+CONNECTIONLESS = ("UDP", "SCTP")
+
+
+class StaleFlow(NamedTuple):
+    protocol: str  # UDP or SCTP
+    vip: str
+    port: int
+    endpoint: str  # the address the flow's replies came from (the DNAT target)
+
+
+def _targets(services: Iterable[LBService], node: NodeInfo) -> set[StaleFlow]:
+    out = set()
+    for svc in services:
+        selected = select_endpoints(svc.endpoints, svc.external_traffic_policy, node).endpoints
+        for port in svc.ports:
+            if port.protocol not in CONNECTIONLESS:
+                continue
+            for vip in svc.vips:
+                family = ipaddress.ip_address(vip).version
+                for ep in selected:
+                    if ep.family == family and endpoint_port(ep, port) is not None:
+                        out.add(StaleFlow(port.protocol, vip, port.port, ep.address))
+    return out
+
+
+def stale_flows(
+    before: Iterable[LBService], after: Iterable[LBService], node: NodeInfo
+) -> list[StaleFlow]:
+    """Flows (VIP port → endpoint) the old rules sent and the new ones do not."""
+    return sorted(_targets(before, node) - _targets(after, node))

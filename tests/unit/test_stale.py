@@ -1,0 +1,44 @@
+"""Stale conntrack flows: exactly the UDP/SCTP (VIP port, endpoint) pairs the old rules sent
+to and the new ones do not."""
+
+from __future__ import annotations
+
+from portico_common.noderules import Endpoint, LBService, NodeInfo, ServicePort
+from portico_nodeagent.stale import StaleFlow, stale_flows
+
+NODE = NodeInfo("node-1", "zone-a")
+PORTS = (ServicePort("dns", "UDP", 53, None, 5353), ServicePort("web", "TCP", 80, None, 8080))
+
+
+def svc(*eps: Endpoint, policy: str = "Cluster") -> LBService:
+    return LBService("default", "dns", ("198.18.32.5",), PORTS, eps, external_traffic_policy=policy)
+
+
+A = Endpoint("198.19.1.2", "node-1", "zone-a")
+B = Endpoint("198.19.2.2", "node-2", "zone-b")
+
+
+def test_a_removed_endpoint_is_stale_for_udp_only() -> None:
+    assert stale_flows([svc(A, B)], [svc(B)], NODE) == [
+        StaleFlow("UDP", "198.18.32.5", 53, A.address)
+    ]
+
+
+def test_not_ready_counts_as_removed_and_unchanged_is_not_stale() -> None:
+    not_ready = Endpoint(A.address, "node-1", "zone-a", ready=False, serving=False)
+    assert stale_flows([svc(A, B)], [svc(not_ready, B)], NODE) == [
+        StaleFlow("UDP", "198.18.32.5", 53, A.address)
+    ]
+    assert stale_flows([svc(A, B)], [svc(A, B)], NODE) == []
+
+
+def test_what_this_node_never_sent_to_is_not_its_business() -> None:
+    # Local: node-1 never sent to B, so B leaving changes nothing here.
+    assert stale_flows([svc(A, B, policy="Local")], [svc(A, policy="Local")], NODE) == []
+
+
+def test_a_deleted_service_leaves_all_its_udp_flows_stale() -> None:
+    assert stale_flows([svc(A, B)], [], NODE) == [
+        StaleFlow("UDP", "198.18.32.5", 53, A.address),
+        StaleFlow("UDP", "198.18.32.5", 53, B.address),
+    ]
