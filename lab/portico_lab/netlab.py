@@ -194,6 +194,9 @@ class Network:
             [
                 f"link add {pod.node_link} type veth peer name eth0 netns {pod.netns}",
                 f"link set {pod.node_link} master cbr0",
+                # What the kubelet does (hairpin-veth): a pod that reaches a VIP DNATed back to
+                # itself gets its own packets back through its bridge port.
+                f"link set dev {pod.node_link} type bridge_slave hairpin on",
                 f"link set {pod.node_link} up",
             ],
         )

@@ -311,3 +311,28 @@ def test_udp_client_with_a_fixed_port_follows_an_endpoint_change(
             assert set(fixed_port_pods(lab, ip, 40053, 3)) == {other}
         finally:
             lab.set_pod_ready(pinned, True)
+
+
+def test_pods_reach_a_vip_also_back_to_themselves(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-hairpin")
+    ip = api.wait_ips("dp-hairpin")[0]
+    me = lab.pod("echo-1-1")
+    node1 = str(lab.host("node-1").ipv4)
+    bridge = lab.exec("node-1", ["bridge", "-d", "link", "show"], check=True).stdout
+    assert "hairpin on" in bridge, "the lab must set hairpin mode as the kubelet does"
+    seen: dict[str, str] = {}
+    wait_for(lambda: answered(lab, "echo-1-1", ip), "a pod reaches the VIP")
+    for _ in range(60):
+        a = answered(lab, "echo-1-1", ip)
+        if a:
+            seen[a["pod"]] = a["client_ip"]
+        if "echo-1-1" in seen and "echo-1-2" in seen:
+            break
+    # Back to itself: masqueraded (else the reply would bypass the DNAT); to its neighbour on
+    # the same node: its own address; to other nodes: the node's.
+    assert "echo-1-1" in seen and "echo-1-2" in seen, seen
+    assert seen["echo-1-2"] == str(me.ipv4)
+    assert seen["echo-1-1"] != str(me.ipv4)
+    assert {v for k, v in seen.items() if not k.startswith("echo-1-")} <= {node1}
