@@ -75,6 +75,8 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
         str(CRDS / "portico.dev_loadbalancers.yaml"),
         "-f",
         str(CRDS / "portico.dev_noderules.yaml"),
+        "-f",
+        str(CRDS / "portico.dev_nodeagents.yaml"),
     )
     lab.kubectl(
         "wait",
@@ -82,6 +84,7 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
         "crd/ippools.portico.dev",
         "crd/loadbalancers.portico.dev",
         "crd/noderules.portico.dev",
+        "crd/nodeagents.portico.dev",
         f"--timeout={timeout}",
     )
     lab.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)

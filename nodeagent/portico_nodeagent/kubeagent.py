@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import datetime as dt
 import json
 import logging
 import signal
@@ -13,8 +14,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+from portico_common import API_GROUP, API_VERSION
 from portico_common import nftnames as N
-from portico_common.kube import KubeClient, load_credentials
+from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
 from portico_common.noderules import (
     LOCAL,
     LBService,
@@ -32,6 +34,62 @@ from .nft import NftError, NftTable
 from .stale import stale_flows
 
 log = logging.getLogger("portico.nodeagent")
+STATUS_MIN_INTERVAL = 0.05  # NodeAgent status: at most this often
+
+
+def now_rfc3339() -> str:
+    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def agent_status(
+    applied: dict[str, int],
+    previous: dict[str, Any],
+    *,
+    services: int,
+    counts: dict[str, int],
+    error: str | None,
+    bad: dict[str, str],
+    conflicts: dict[int, str],
+    applied_at: str,
+) -> dict[str, Any]:
+    """The NodeAgent status to merge-patch: shards no longer applied are removed; the
+    Programmed condition keeps its transition time while its status stays."""
+    ok = error is None
+    old_cond: dict[str, Any] = next(
+        (c for c in previous.get("conditions") or [] if c.get("type") == "Programmed"), {}
+    )
+    status = "True" if ok else "False"
+    cond = {
+        "type": "Programmed",
+        "status": status,
+        "reason": "Applied" if ok else "ApplyFailed",
+        "message": "the rules in force are the latest" if ok else (error or "")[:4000],
+        "lastTransitionTime": old_cond.get("lastTransitionTime")
+        if old_cond.get("status") == status
+        else now_rfc3339(),
+        "observedGeneration": 0,
+    }
+    gone = {k: None for k in previous.get("applied") or {} if k not in applied}
+    return {
+        "applied": {**gone, **applied},
+        "appliedAt": applied_at,
+        "services": services,
+        "counts": counts,
+        "error": error or "",
+        "badEntries": {
+            **{k: None for k in previous.get("badEntries") or {} if k not in bad},
+            **bad,
+        },
+        "healthPortConflicts": {
+            **{
+                k: None
+                for k in previous.get("healthPortConflicts") or {}
+                if k not in {str(p) for p in conflicts}
+            },
+            **{str(k): v for k, v in conflicts.items()},
+        },
+        "conditions": [cond],
+    }
 
 
 def usable(
@@ -76,6 +134,12 @@ class KubeAgent:
         self.status: dict[str, Any] = {}
         self.kube: KubeClient | None = None
         self.source: KubeSource | None = None
+        self.applied_generations: dict[str, int] = {}
+        self.applied_at = ""
+        self.last_error: str | None = None
+        self.last_bad: dict[str, str] = {}
+        self.status_dirty = asyncio.Event()
+        self.written_status: dict[str, Any] = {}
 
     async def run(self) -> None:
         self.kube = KubeClient(load_credentials(self.args.kubeconfig))
@@ -86,6 +150,7 @@ class KubeAgent:
             asyncio.create_task(self.source.run()),
             asyncio.create_task(self._applier()),
             asyncio.create_task(self._verifier()),
+            asyncio.create_task(self._status_writer()),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -105,13 +170,17 @@ class KubeAgent:
             await self.changed.wait()
             self.changed.clear()
             node = self.source.node
+            generations = dict(self.source.services.generations)  # what this render covers
             services, bad = usable(self.source.services.all(), self.last_good)
-            await self.apply(services, node.info, bad)
+            if await self.apply(services, node.info, bad):
+                self.applied_generations = generations
+            self.last_bad = bad
+            self.status_dirty.set()
             self.state.deleting, self.state.taints = node.deleting, node.taints
             self.state.services = local_health_ports(services)
             await self.health.sync()
 
-    async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> None:
+    async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> bool:
         t0 = time.perf_counter()
         try:
             doc = await asyncio.to_thread(render_node_rules, services, node)
@@ -122,8 +191,9 @@ class KubeAgent:
             self.metrics.errors.inc()
             self.state.rules_current = False
             self.status["error"] = str(e)
+            self.last_error = str(e)
             self._write_status()
-            return
+            return False
         stale = stale_flows(self.applied, services, node)
         self.applied = services
         if stale:
@@ -135,6 +205,8 @@ class KubeAgent:
             except OSError as e:
                 log.error("conntrack: %s", e)
         seconds = time.perf_counter() - t0
+        self.last_error = None
+        self.applied_at = now_rfc3339()
         self.state.rules_current = True
         self.state.last_applied_ns = time.time_ns()
         self.metrics.observe_apply(result.mode, result.seconds, self.table.stats.counts)
@@ -161,6 +233,51 @@ class KubeAgent:
                 result.seconds * 1000,
                 seconds * 1000,
             )
+        return True
+
+    async def _status_writer(self) -> None:
+        """The NodeAgent object of this node: what it applied, for the operator's Programmed."""
+        assert self.kube is not None
+        node = self.args.node_name
+        collection = group_path(API_GROUP, API_VERSION, "nodeagents")
+        path = f"{collection}/{node}"
+        while True:
+            await self.status_dirty.wait()
+            self.status_dirty.clear()
+            status = agent_status(
+                self.applied_generations,
+                self.written_status,
+                services=len(self.applied),
+                counts=self.table.stats.counts,
+                error=self.last_error,
+                bad=self.last_bad,
+                conflicts=self.health.conflicts,
+                applied_at=self.applied_at or now_rfc3339(),
+            )
+            try:
+                try:
+                    await self.kube.patch(path + "/status", {"status": status})
+                except ApiError as e:
+                    if e.status != 404:
+                        raise
+                    body = {
+                        "apiVersion": f"{API_GROUP}/{API_VERSION}",
+                        "kind": "NodeAgent",
+                        "metadata": {"name": node},
+                        "spec": {"node": node},
+                    }
+                    await self.kube.create(collection, body)
+                    await self.kube.patch(path + "/status", {"status": status})
+                self.written_status = {k: v for k, v in status.items()}
+                for key in ("applied", "badEntries", "healthPortConflicts"):
+                    self.written_status[key] = {
+                        k: v for k, v in status[key].items() if v is not None
+                    }
+            except (ApiError, OSError, TimeoutError) as e:
+                log.warning("NodeAgent status: %s (retrying)", e)
+                self.status_dirty.set()
+                await asyncio.sleep(1)
+            await asyncio.sleep(STATUS_MIN_INTERVAL)
 
     async def _verifier(self) -> None:
         while True:

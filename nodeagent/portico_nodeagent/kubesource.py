@@ -48,12 +48,15 @@ class Services:
 
     shards: dict[str, dict[str, LBService]] = field(default_factory=dict)
     errors: dict[str, str] = field(default_factory=dict)  # service key -> what is wrong
+    generations: dict[str, int] = field(default_factory=dict)  # shard -> metadata.generation
 
     def set_shard(self, name: str, obj: Mapping[str, Any] | None) -> None:
         for key in self.shards.pop(name, {}):
             self.errors.pop(key, None)
+        self.generations.pop(name, None)
         if obj is None:
             return
+        self.generations[name] = int((obj.get("metadata") or {}).get("generation") or 0)
         parsed: dict[str, LBService] = {}
         for key, entry in ((obj.get("spec") or {}).get("services") or {}).items():
             try:

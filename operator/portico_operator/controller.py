@@ -35,7 +35,13 @@ from .lbspec import (
     valid_condition,
 )
 from .metrics import Metrics
-from .noderules_push import Entry, node_rules_entry, shard_patches
+from .noderules_push import (
+    Entry,
+    lagging_nodes,
+    node_rules_entry,
+    programmed,
+    shard_patches,
+)
 from .pools import INT64_MAX, Pool, parse_pool
 from .restore import build_allocator
 from .resync import plan_resync, rv_newer
@@ -52,9 +58,14 @@ POOL_FLUSH_SECONDS = 1.0
 # once per RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
 RULES_GATHER_SECONDS = 0.005
 RULES_MIN_INTERVAL = 0.05
+# A node that has not applied a Service's new rules this long after they were written makes
+# Programmed False; sooner, a True one stays (the usual apply takes milliseconds: no flapping,
+# no extra write per change).
+PROGRAMMED_GRACE_SECONDS = 2.0
 OPERATOR_CONDITIONS = (
     "Allocated",
     "NodePorts",
+    "Programmed",
     "Valid",
 )  # the LoadBalancer conditions written here
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
@@ -143,7 +154,10 @@ LISTINGS = {
     "slices": group_path("discovery.k8s.io", "v1", "endpointslices"),
     "pools": group_path(API_GROUP, API_VERSION, "ippools"),
     "lbs": group_path(API_GROUP, API_VERSION, "loadbalancers"),
+    "agents": group_path(API_GROUP, API_VERSION, "nodeagents"),
 }
+# Kinds whose CRD an older install may lack: listed as empty rather than failing the listing.
+OPTIONAL_LISTINGS = {"agents"}
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -181,6 +195,9 @@ class Controller:
         self.rules_shards: set[str] = set()
         self.rules_dirty = asyncio.Event()
         self.rules_enabled = True  # False when the NodeRules CRD is missing
+        self.rules_gen: dict[str, tuple[str, int]] = {}  # key -> (shard, generation written)
+        self.rules_written_at: dict[str, float] = {}  # key -> when (monotonic)
+        self.agent_applied: dict[str, dict[str, int]] = {}  # node -> shard -> generation
         self.services: dict[str, ServiceView] = {}
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
@@ -290,6 +307,19 @@ class Controller:
         if self._touch("lbs", key, self._rv(obj)):
             self.lbs[key] = slim(obj)
 
+    def observe_agent(self, name: str, obj: Mapping[str, Any] | None) -> set[str]:
+        """A node agent's report; returns the shards whose applied generation changed."""
+        if not self._touch("agents", name, None if obj is None else self._rv(obj)):
+            return set()
+        old = self.agent_applied.pop(name, {})
+        new: dict[str, int] = {}
+        if obj is not None:
+            for shard, gen in ((obj.get("status") or {}).get("applied") or {}).items():
+                if isinstance(gen, int):
+                    new[shard] = gen
+            self.agent_applied[name] = new
+        return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
+
     def forget_lb(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
         self._touch("lbs", key, None)
@@ -330,7 +360,16 @@ class Controller:
     # =========================================================================================
     async def list_everything(self) -> dict[str, list[dict[str, Any]]]:
         paths = list(LISTINGS.items())
-        replies = await asyncio.gather(*(self.reader.get(path) for _, path in paths))
+
+        async def listing(kind: str, path: str) -> dict[str, Any]:
+            try:
+                return await self.reader.get(path)
+            except ApiError as e:
+                if e.status == 404 and kind in OPTIONAL_LISTINGS:
+                    return {"items": []}
+                raise
+
+        replies = await asyncio.gather(*(listing(kind, path) for kind, path in paths))
         return {
             kind: list(r.get("items") or []) for (kind, _), r in zip(paths, replies, strict=True)
         }
@@ -396,6 +435,12 @@ class Controller:
             svc = self.forget_slice(obj) if deleted else self.observe_slice(obj)
             if svc and self.leading and svc in self.services:
                 self.publish.add(svc)
+        elif kind == "agents":
+            changed = self.observe_agent(meta.get("name", ""), None if deleted else obj)
+            if changed and self.leading:
+                for key, (shard, _) in self.rules_gen.items():
+                    if shard in changed and key in self.services:
+                        self.publish.add(key)  # Programmed may have changed
         elif kind == "lbs":
             if not deleted:
                 self.observe_lb(obj)
@@ -936,6 +981,9 @@ class Controller:
         ports = node_ports_condition(basis, mode, generation or 0, t, previous)
         if ports is not None:
             conds.append(ports)
+        prog = self._programmed_condition(view.key, vips, spec, generation or 0, t, previous)
+        if prog is not None:
+            conds.append(prog)
         mine = [c for c in previous if c.get("type") in OPERATOR_CONDITIONS]
         observed = (current.get("status") or {}).get("observedGeneration")
         if same_conditions(mine, conds) and observed == generation:
@@ -1033,10 +1081,14 @@ class Controller:
         self.rules_enabled = True
         self.rules_written = {}
         self.rules_shards = set()
+        self.rules_gen = {}
         for obj in listing.get("items") or []:
-            self.rules_shards.add(obj["metadata"]["name"])
+            shard = obj["metadata"]["name"]
+            gen = int(obj["metadata"].get("generation") or 0)
+            self.rules_shards.add(shard)
             for key, entry in ((obj.get("spec") or {}).get("services") or {}).items():
                 self.rules_written[key] = entry
+                self.rules_gen[key] = (shard, gen)
         self.rules_wanted = {}
         cls = self.settings.load_balancer_class
         for key in self.rules_written:
@@ -1070,7 +1122,7 @@ class Controller:
                 body: dict[str, Any] = {"spec": {"services": changes}}
                 self._count_write("noderules", body)
                 try:
-                    await self.kube.patch(rulesdoc.path(shard), body)
+                    reply = await self.kube.patch(rulesdoc.path(shard), body)
                 except ApiError as e:
                     if e.status != 404:
                         raise
@@ -1087,16 +1139,47 @@ class Controller:
                     "spec": {"services": {k: v for k, v in services.items() if v is not None}},
                 }
                 self._count_write("noderules", body)
-                await self.kube.create(rulesdoc.path(), body)
+                reply = await self.kube.create(rulesdoc.path(), body)
                 self.rules_shards.add(shard)
+            gen = int((reply.get("metadata") or {}).get("generation") or 0)
             for key, entry in changes.items():
                 if entry is None:
                     self.rules_written.pop(key, None)
+                    self.rules_gen.pop(key, None)
+                    self.rules_written_at.pop(key, None)
                 else:
                     self.rules_written[key] = entry
+                    self.rules_gen[key] = (shard, gen)
+                    self.rules_written_at[key] = time.monotonic()
+                    if key in self.services:
+                        self.publish.add(key)  # Programmed: now against this generation
             # Every entry of the shard that was wanted is written now.
             for key in changes:
                 wanted.pop(key, None)
+
+    def _programmed_condition(
+        self,
+        key: str,
+        vips: Any,
+        spec: Mapping[str, Any],
+        generation: int,
+        t: str,
+        previous: list[Any],
+    ) -> dict[str, Any] | None:
+        """Programmed: every backend node's agent applied the rules that carry this Service."""
+        if not self.rules_enabled or not vips or key not in self.rules_gen:
+            return None
+        shard, gen = self.rules_gen[key]
+        nodes = [b["node"] for b in spec.get("backends") or []]
+        lag = lagging_nodes(nodes, shard, gen, self.agent_applied)
+        ok, reason, message = programmed(lag)
+        prev = next((c for c in previous if c.get("type") == "Programmed"), None)
+        young = time.monotonic() - self.rules_written_at.get(key, 0.0) < PROGRAMMED_GRACE_SECONDS
+        if not ok and young and prev is not None and prev.get("status") == "True":
+            # Written a moment ago: the agents are applying it. Look again after the grace.
+            self.publish.add_after(key, PROGRAMMED_GRACE_SECONDS)
+            ok, reason, message = True, prev.get("reason", "Applied"), prev.get("message", "")
+        return condition("Programmed", ok, reason, message, generation, t, previous)
 
     def _count_write(self, kind: str, body: Any) -> None:
         self.metrics.api_writes.labels(kind).inc()

@@ -24,6 +24,7 @@ WATCHED = {
     "slices": ("discovery.k8s.io", "v1", "endpointslices"),
     "pools": (API_GROUP, "v1alpha1", "ippools"),
     "lbs": (API_GROUP, "v1alpha1", "loadbalancers"),
+    "agents": (API_GROUP, "v1alpha1", "nodeagents"),
 }
 
 

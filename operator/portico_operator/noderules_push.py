@@ -51,3 +51,20 @@ def shard_patches(
             continue
         out.setdefault(shard_name(key), {})[key] = entry
     return out
+
+
+def lagging_nodes(
+    nodes: Iterable[str], shard: str, generation: int, applied: Mapping[str, Mapping[str, int]]
+) -> list[str]:
+    """The nodes whose agent has not applied ``shard`` at ``generation`` or later."""
+    return sorted(n for n in nodes if (applied.get(n) or {}).get(shard, 0) < generation)
+
+
+def programmed(lagging: Sequence[str]) -> tuple[bool, str, str]:
+    """The Programmed condition's status, reason and message."""
+    if not lagging:
+        return True, "Applied", "every backend node applied this Service's rules"
+    shown = ", ".join(lagging[:10]) + (
+        f" and {len(lagging) - 10} more" if len(lagging) > 10 else ""
+    )
+    return False, "NodesLagging", f"not applied yet on {shown}"

@@ -336,3 +336,46 @@ def test_pods_reach_a_vip_also_back_to_themselves(
     assert seen["echo-1-2"] == str(me.ipv4)
     assert seen["echo-1-1"] != str(me.ipv4)
     assert {v for k, v in seen.items() if not k.startswith("echo-1-")} <= {node1}
+
+
+def _condition(obj: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next(
+        (c for c in (obj.get("status") or {}).get("conditions") or [] if c["type"] == kind), {}
+    )
+
+
+def test_programmed_names_the_node_whose_agent_lags(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "dp-prog")
+    api.wait_ips("dp-prog")
+    wait_for(
+        lambda: _condition(api.lb("dp-prog"), "Programmed").get("status") == "True",
+        "Programmed True once every node applied",
+    )
+    reports = api.custom.list_cluster_custom_object("portico.dev", "v1alpha1", "nodeagents")
+    by_node = {o["metadata"]["name"]: o for o in reports["items"]}
+    assert set(by_node) >= set(lab.node_names())
+    for node in lab.node_names():
+        assert _condition(by_node[node], "Programmed")["status"] == "True"
+        assert by_node[node]["status"]["services"] >= 1
+    agent3 = next(p for p in agents if p.name.endswith("node-3"))
+    agent3.stop()
+    try:
+        lab.set_pod_ready("echo-1-1", False)  # an endpoint change node-3 cannot apply now
+        lagging = wait_for(
+            lambda: (
+                (c := _condition(api.lb("dp-prog"), "Programmed")).get("status") == "False" and c
+            ),
+            "Programmed False while node-3's agent is down",
+        )
+        assert lagging["reason"] == "NodesLagging"
+        assert "node-3" in lagging["message"]
+        assert "node-1" not in lagging["message"] and "node-2" not in lagging["message"]
+    finally:
+        lab.set_pod_ready("echo-1-1", True)
+        agent3.start()
+    wait_for(
+        lambda: _condition(api.lb("dp-prog"), "Programmed").get("status") == "True",
+        "Programmed True again once node-3 caught up",
+    )

@@ -25,6 +25,7 @@ KINDS = {
     "ippools": "pools",
     "loadbalancers": "lbs",
     "noderules": "noderules",
+    "nodeagents": "agents",
     "leases": "leases",
     "events": "events",
 }

@@ -25,6 +25,7 @@ CRD_FILES = {
     "IPPool": CRDS / "portico.dev_ippools.yaml",
     "LoadBalancer": CRDS / "portico.dev_loadbalancers.yaml",
     "NodeRules": CRDS / "portico.dev_noderules.yaml",
+    "NodeAgent": CRDS / "portico.dev_nodeagents.yaml",
 }
 
 # Fields of ObjectMeta a printer column may name (metadata has no schema of its own in a CRD).
@@ -235,6 +236,7 @@ EXPECTED_COLUMNS = {
     "IPPool": ["Addresses", "Auto", "V4-Used", "V4-Free", "V6-Used", "Valid", "Conflicting", "Age"],
     "LoadBalancer": ["VIPs", "Ports", "Healthy", "Gateway", "Allocated", "Age"],
     "NodeRules": ["Age"],
+    "NodeAgent": ["Services", "Applied", "Error", "Age"],
 }
 
 
@@ -421,7 +423,7 @@ def test_render_defaults(helm):
     docs = render(helm)
     assert Counter(d["kind"] for d in docs) == Counter(
         {
-            "CustomResourceDefinition": 3,
+            "CustomResourceDefinition": 4,
             "ServiceAccount": 1,
             "ClusterRole": 1,
             "ClusterRoleBinding": 1,
