@@ -35,8 +35,9 @@ class NftError(RuntimeError):
 @dataclass
 class ApplyResult:
     commands: int  # commands in the transaction (0: nothing to change)
-    seconds: float
+    seconds: float  # diff and transaction
     mode: str  # "none", "incremental", "replace"
+    transaction_seconds: float = 0.0  # of which in libnftables and the kernel
 
 
 @dataclass
@@ -98,6 +99,7 @@ class NftTable:
             base = self._applied if self._applied is not None else self.current()
             change = diff_rules(base, desired)
             mode = "incremental" if change["nftables"] else "none"
+            t_run = time.perf_counter()
             try:
                 self.run(change)
             except NftError as e:
@@ -112,14 +114,15 @@ class NftTable:
                     change = replace_table(doc)
                     self.run(change)
                 mode = "replace"
-            seconds = time.perf_counter() - t0
+            t_end = time.perf_counter()
+            seconds = t_end - t0
             self._applied = desired
             self._doc = doc
             self.stats.applies += 1
             self.stats.last_seconds = seconds
             self.stats.last_commands = len(change["nftables"])
             self.stats.counts = desired.counts()
-            return ApplyResult(len(change["nftables"]), seconds, mode)
+            return ApplyResult(len(change["nftables"]), seconds, mode, t_end - t_run)
 
     def verify(self) -> bool:
         """Compares the kernel's table with what was applied; restores it (incrementally, from
