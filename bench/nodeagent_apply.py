@@ -65,8 +65,8 @@ def measure(n: int, changes: int) -> dict[str, float]:
     first_s = time.perf_counter() - t0
     renders, diffs, txns = [], [], []
     for c in range(changes):
-        # One endpoint of one Service goes not-ready (and back, every other change).
-        i = c % n
+        # One endpoint of one Service goes not-ready, then ready again.
+        i = (c // 2) % n
         eps = list(svcs[i].endpoints)
         eps[0] = replace(eps[0], ready=c % 2 == 1, serving=c % 2 == 1)
         svcs[i] = replace(svcs[i], endpoints=tuple(eps))
