@@ -32,6 +32,8 @@ def main() -> int:
     controller_module.RETRY_SECONDS = (0.001,) * 7
     controller_module.CONFLICT_RETRY_SECONDS = 0.001
     controller_module.POOL_FLUSH_SECONDS = 0.005
+    controller_module.RULES_GATHER_SECONDS = 0.001
+    controller_module.RULES_MIN_INTERVAL = 0.002
     failures: list[tuple[int, str]] = []
     t0 = time.monotonic()
     for seed in range(args.first_seed, args.first_seed + args.seeds):

@@ -248,6 +248,7 @@ class World:
                 and not len(leader.ctl.publish)
                 and not leader.ctl.queue._active
                 and not leader.ctl.publish._active
+                and not leader.ctl.rules_wanted
             ):
                 before = len(self.kube.log)
                 await self.run(0.02)
@@ -296,6 +297,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "RETRY_SECONDS", (0.001,) * 7)
     monkeypatch.setattr(controller_module, "CONFLICT_RETRY_SECONDS", 0.001)
     monkeypatch.setattr(controller_module, "POOL_FLUSH_SECONDS", 0.005)
+    monkeypatch.setattr(controller_module, "RULES_GATHER_SECONDS", 0.001)
+    monkeypatch.setattr(controller_module, "RULES_MIN_INTERVAL", 0.002)
 
 
 def test_restart_with_holes_restores_rather_than_renumbers() -> None:
