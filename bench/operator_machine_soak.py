@@ -18,6 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from portico_operator import controller as controller_module
+from portico_operator import rules_writer
 
 from tests.unit.test_operator_machine import scenario
 
@@ -32,8 +33,8 @@ def main() -> int:
     controller_module.RETRY_SECONDS = (0.001,) * 7
     controller_module.CONFLICT_RETRY_SECONDS = 0.001
     controller_module.POOL_FLUSH_SECONDS = 0.005
-    controller_module.RULES_GATHER_SECONDS = 0.001
-    controller_module.RULES_MIN_INTERVAL = 0.002
+    rules_writer.RULES_GATHER_SECONDS = 0.001
+    rules_writer.RULES_MIN_INTERVAL = 0.002
     failures: list[tuple[int, str]] = []
     t0 = time.monotonic()
     for seed in range(args.first_seed, args.first_seed + args.seeds):

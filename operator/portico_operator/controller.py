@@ -18,7 +18,7 @@ import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, NamedTuple
 
-from portico_common import API_GROUP, API_VERSION, rulesdoc
+from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
 from portico_common.noderules import Endpoint, endpoints_from_slices
 
@@ -28,6 +28,8 @@ from .lbspec import (
     condition,
     node_ports_condition,
     parse_node,
+    pool_status_differs,
+    render_pool_status,
     render_spec,
     same_conditions,
     service_status,
@@ -35,16 +37,11 @@ from .lbspec import (
     valid_condition,
 )
 from .metrics import Metrics
-from .noderules_push import (
-    Entry,
-    lagging_nodes,
-    node_rules_entry,
-    programmed,
-    shard_patches,
-)
-from .pools import INT64_MAX, Pool, parse_pool
+from .noderules_push import node_rules_entry
+from .pools import Pool, parse_pool
 from .restore import build_allocator
 from .resync import plan_resync, rv_newer
+from .rules_writer import NodeRulesWriter
 from .service import ServiceView, parse_service
 from .settings import FIELD_MANAGER, FINALIZER, OUR_SERVICE_CONDITIONS, OperatorSettings
 from .workqueue import WorkQueue
@@ -54,14 +51,6 @@ log = logging.getLogger("portico.operator")
 timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
-# NodeRules: a change waits this long for others to join it, and a shard is written at most
-# once per RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
-RULES_GATHER_SECONDS = 0.005
-RULES_MIN_INTERVAL = 0.05
-# A node that has not applied a Service's new rules this long after they were written makes
-# Programmed False; sooner, a True one stays (the usual apply takes milliseconds: no flapping,
-# no extra write per change).
-PROGRAMMED_GRACE_SECONDS = 2.0
 OPERATOR_CONDITIONS = (
     "Allocated",
     "NodePorts",
@@ -188,16 +177,13 @@ class Controller:
         self.outcomes: dict[str, Outcome] = {}
         # Withdrawals a publish in flight must finish: it may still write the old addresses.
         self.deferred_finish: set[str] = set()
-        # NodeRules: entries wanted since the last flush (None: remove), and what the shards
-        # hold (listed at take-over, then kept by our own writes).
-        self.rules_wanted: dict[str, Entry | None] = {}
-        self.rules_written: dict[str, Entry] = {}
-        self.rules_shards: set[str] = set()
-        self.rules_dirty = asyncio.Event()
-        self.rules_enabled = True  # False when the NodeRules CRD is missing
-        self.rules_gen: dict[str, tuple[str, int]] = {}  # key -> (shard, generation written)
-        self.rules_written_at: dict[str, float] = {}  # key -> when (monotonic)
-        self.agent_applied: dict[str, dict[str, int]] = {}  # node -> shard -> generation
+        # What the node agents program (NodeRules), and what they report (NodeAgent).
+        self.rules = NodeRulesWriter(
+            self.kube,
+            self.metrics,
+            on_written=lambda key: self.publish.add(key) if key in self.services else None,
+            recheck_after=lambda key, delay: self.publish.add_after(key, delay),
+        )
         self.services: dict[str, ServiceView] = {}
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
         self.namespaces: dict[str, dict[str, str]] = {}
@@ -306,19 +292,6 @@ class Controller:
         key = object_key(obj)
         if self._touch("lbs", key, self._rv(obj)):
             self.lbs[key] = slim(obj)
-
-    def observe_agent(self, name: str, obj: Mapping[str, Any] | None) -> set[str]:
-        """A node agent's report; returns the shards whose applied generation changed."""
-        if not self._touch("agents", name, None if obj is None else self._rv(obj)):
-            return set()
-        old = self.agent_applied.pop(name, {})
-        new: dict[str, int] = {}
-        if obj is not None:
-            for shard, gen in ((obj.get("status") or {}).get("applied") or {}).items():
-                if isinstance(gen, int):
-                    new[shard] = gen
-            self.agent_applied[name] = new
-        return {k for k in set(old) | set(new) if old.get(k) != new.get(k)}
 
     def forget_lb(self, namespace: str, name: str) -> None:
         key = f"{namespace}/{name}"
@@ -436,10 +409,13 @@ class Controller:
             if svc and self.leading and svc in self.services:
                 self.publish.add(svc)
         elif kind == "agents":
-            changed = self.observe_agent(meta.get("name", ""), None if deleted else obj)
+            name = meta.get("name", "")
+            if not self._touch("agents", name, None if deleted else self._rv(obj)):
+                return
+            changed = self.rules.observe_agent(name, None if deleted else obj)
             if changed and self.leading:
-                for key, (shard, _) in self.rules_gen.items():
-                    if shard in changed and key in self.services:
+                for key in self.rules.keys_in(changed):
+                    if key in self.services:
                         self.publish.add(key)  # Programmed may have changed
         elif kind == "lbs":
             if not deleted:
@@ -527,7 +503,7 @@ class Controller:
             self.namespaces,
             self.settings.load_balancer_class,
         )
-        await self._load_node_rules()
+        await self.rules.load(self.services, self.settings.load_balancer_class)
         self.outcomes.clear()
         self.deferred_finish.clear()
         self.pending.clear()
@@ -592,7 +568,7 @@ class Controller:
                 for _ in range(max(1, n // 2))
             ),
             asyncio.create_task(self._pool_flusher()),
-            asyncio.create_task(self._rules_flusher()),
+            asyncio.create_task(self.rules.flusher()),
         ]
         try:
             await asyncio.gather(*tasks)
@@ -802,13 +778,13 @@ class Controller:
         await self._apply_lb(view, basis, outcome)
         if key not in self.outcomes:
             # Withdrawn (stage one) while this wrote: do not leave a CR behind.
-            self._want_rules(key, None)
+            self.rules.want(key, None)
             await self._delete_lb(view.namespace, view.name)
             self.deferred_finish.discard(key)
             self._finish_withdrawal(key, (), view)
             return
         endpoints = [ep for eps in self.slices.get(key, {}).values() for ep in eps]
-        self._want_rules(
+        self.rules.want(
             key,
             node_rules_entry(basis, outcome.vips, outcome.mode, endpoints)
             if outcome.vips
@@ -855,7 +831,7 @@ class Controller:
     async def _forget_gone(self, key: str) -> None:
         """The Service no longer exists (deleted without our finalizer, or while nobody led)."""
         self._forget_state(key)
-        self._want_rules(key, None)
+        self.rules.want(key, None)
         self.alloc.begin_withdrawal(key)
         if key in self.lbs or self.alloc.withdrawing(key):
             ns, _, name = key.partition("/")
@@ -867,7 +843,7 @@ class Controller:
         address returns to the pool only once neither the CR nor the Service carries it."""
         key = view.key
         self._forget_state(key)
-        self._want_rules(key, None)  # nodes stop forwarding it before the address is free
+        self.rules.want(key, None)  # nodes stop forwarding it before the address is free
         had = self.alloc.begin_withdrawal(key)
         ours = [c for c in view.conditions if c.get("type") in OUR_SERVICE_CONDITIONS]
         if (had or ours) and not view.deleting:
@@ -981,7 +957,7 @@ class Controller:
         ports = node_ports_condition(basis, mode, generation or 0, t, previous)
         if ports is not None:
             conds.append(ports)
-        prog = self._programmed_condition(view.key, vips, spec, generation or 0, t, previous)
+        prog = self.rules.programmed_condition(view.key, vips, spec, generation or 0, t, previous)
         if prog is not None:
             conds.append(prog)
         mine = [c for c in previous if c.get("type") in OPERATOR_CONDITIONS]
@@ -1057,135 +1033,6 @@ class Controller:
         task.add_done_callback(done)
 
     # =========================================================================================
-    # NodeRules (what the node agents program)
-    # =========================================================================================
-    def _want_rules(self, key: str, entry: Entry | None) -> None:
-        if not self.rules_enabled:
-            return
-        if entry is None and key not in self.rules_written and key not in self.rules_wanted:
-            return
-        self.rules_wanted[key] = entry
-        self.rules_dirty.set()
-
-    async def _load_node_rules(self) -> None:
-        """What the shards hold now; entries of Services that are gone or no longer ours go."""
-        try:
-            listing = await self.kube.get(rulesdoc.path())
-        except ApiError as e:
-            if e.status != 404:
-                raise
-            # An install without the NodeRules CRD still allocates; nodes get no rules.
-            log.error("the NodeRules CRD is not installed: node agents get no rules")
-            self.rules_enabled = False
-            return
-        self.rules_enabled = True
-        self.rules_written = {}
-        self.rules_shards = set()
-        self.rules_gen = {}
-        for obj in listing.get("items") or []:
-            shard = obj["metadata"]["name"]
-            gen = int(obj["metadata"].get("generation") or 0)
-            self.rules_shards.add(shard)
-            for key, entry in ((obj.get("spec") or {}).get("services") or {}).items():
-                self.rules_written[key] = entry
-                self.rules_gen[key] = (shard, gen)
-        self.rules_wanted = {}
-        cls = self.settings.load_balancer_class
-        for key in self.rules_written:
-            view = self.services.get(key)
-            if view is None or not view.served_by(cls) or view.deleting:
-                self.rules_wanted[key] = None
-        if self.rules_wanted:
-            self.rules_dirty.set()
-
-    async def _rules_flusher(self) -> None:
-        while True:
-            await self.rules_dirty.wait()
-            await asyncio.sleep(RULES_GATHER_SECONDS)
-            self.rules_dirty.clear()
-            wanted, self.rules_wanted = self.rules_wanted, {}
-            try:
-                await self._write_rules(wanted)
-            except NotLeading:
-                raise
-            except (ApiError, OSError, TimeoutError) as e:
-                log.warning("node rules: %s (retrying)", e)
-                for key, entry in wanted.items():
-                    self.rules_wanted.setdefault(key, entry)
-                self.rules_dirty.set()
-                await asyncio.sleep(RETRY_SECONDS[0])
-            await asyncio.sleep(RULES_MIN_INTERVAL)
-
-    async def _write_rules(self, wanted: dict[str, Entry | None]) -> None:
-        for shard, changes in sorted(shard_patches(wanted, self.rules_written).items()):
-            if shard in self.rules_shards:
-                body: dict[str, Any] = {"spec": {"services": changes}}
-                self._count_write("noderules", body)
-                try:
-                    reply = await self.kube.patch(rulesdoc.path(shard), body)
-                except ApiError as e:
-                    if e.status != 404:
-                        raise
-                    self.rules_shards.discard(shard)  # someone deleted it: create it again
-            if shard not in self.rules_shards:
-                services: dict[str, Entry | None] = {
-                    k: v for k, v in self.rules_written.items() if rulesdoc.shard_name(k) == shard
-                }
-                services.update(changes)
-                body = {
-                    "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                    "kind": rulesdoc.KIND,
-                    "metadata": {"name": shard},
-                    "spec": {"services": {k: v for k, v in services.items() if v is not None}},
-                }
-                self._count_write("noderules", body)
-                reply = await self.kube.create(rulesdoc.path(), body)
-                self.rules_shards.add(shard)
-            gen = int((reply.get("metadata") or {}).get("generation") or 0)
-            for key, entry in changes.items():
-                if entry is None:
-                    self.rules_written.pop(key, None)
-                    self.rules_gen.pop(key, None)
-                    self.rules_written_at.pop(key, None)
-                else:
-                    self.rules_written[key] = entry
-                    self.rules_gen[key] = (shard, gen)
-                    self.rules_written_at[key] = time.monotonic()
-                    if key in self.services:
-                        self.publish.add(key)  # Programmed: now against this generation
-            # Every entry of the shard that was wanted is written now.
-            for key in changes:
-                wanted.pop(key, None)
-
-    def _programmed_condition(
-        self,
-        key: str,
-        vips: Any,
-        spec: Mapping[str, Any],
-        generation: int,
-        t: str,
-        previous: list[Any],
-    ) -> dict[str, Any] | None:
-        """Programmed: every backend node's agent applied the rules that carry this Service."""
-        if not self.rules_enabled or not vips or key not in self.rules_gen:
-            return None
-        shard, gen = self.rules_gen[key]
-        nodes = [b["node"] for b in spec.get("backends") or []]
-        lag = lagging_nodes(nodes, shard, gen, self.agent_applied)
-        ok, reason, message = programmed(lag)
-        prev = next((c for c in previous if c.get("type") == "Programmed"), None)
-        young = time.monotonic() - self.rules_written_at.get(key, 0.0) < PROGRAMMED_GRACE_SECONDS
-        if not ok and young and prev is not None and prev.get("status") == "True":
-            # Written a moment ago: the agents are applying it. Look again after the grace.
-            self.publish.add_after(key, PROGRAMMED_GRACE_SECONDS)
-            ok, reason, message = True, prev.get("reason", "Applied"), prev.get("message", "")
-        return condition("Programmed", ok, reason, message, generation, t, previous)
-
-    def _count_write(self, kind: str, body: Any) -> None:
-        self.metrics.api_writes.labels(kind).inc()
-        self.metrics.api_write_bytes.labels(kind).inc(len(json.dumps(body)))
-
-    # =========================================================================================
     # pools
     # =========================================================================================
     async def _pool_flusher(self) -> None:
@@ -1205,45 +1052,14 @@ class Controller:
                         log.warning("pool %s status: %s", name, e)
 
     def pool_status(self, pool: Pool, obj: Mapping[str, Any]) -> dict[str, Any]:
-        gen = int((obj.get("metadata") or {}).get("generation") or 0)
-        previous = (obj.get("status") or {}).get("conditions") or []
-        t = now()
-        conflicts = self.alloc.conflicts.get(pool.name) or []
-        fams = {}
+        used = {f: self.alloc.used(pool, f) for f in (4, 6)}
+        status = render_pool_status(
+            pool, obj, used, self.alloc.conflicts.get(pool.name) or [], now()
+        )
         for f in (4, 6):
-            cap = pool.capacity(f)
-            used = self.alloc.used(pool, f)
-            fams[f"ipv{f}"] = {
-                "capacity": min(cap, INT64_MAX),
-                "used": used,
-                "free": min(max(cap - used, 0), INT64_MAX),
-            }
-            for state, v in fams[f"ipv{f}"].items():
+            for state, v in status[f"ipv{f}"].items():
                 self.metrics.pool_addresses.labels(pool.name, f"ipv{f}", state).set(v)
-        valid = condition(
-            "Valid",
-            pool.valid,
-            "Valid" if pool.valid else "Invalid",
-            "the pool is valid" if pool.valid else "; ".join(pool.errors),
-            gen,
-            t,
-            previous,
-        )
-        conflicting = condition(
-            "Conflicting",
-            bool(conflicts),
-            "Overlaps" if conflicts else "NoOverlap",
-            (
-                f"addresses overlap IPPool {', '.join(sorted(conflicts))}: neither hands out "
-                "new addresses until that is fixed"
-                if conflicts
-                else "no other pool overlaps this one"
-            ),
-            gen,
-            t,
-            previous,
-        )
-        return {"observedGeneration": gen, **fams, "conditions": [valid, conflicting]}
+        return status
 
     async def reconcile_pool(self, name: str) -> None:
         obj = self.pool_objs.get(name)
@@ -1254,10 +1070,7 @@ class Controller:
             return
         desired = self.pool_status(pool, obj)
         current = obj.get("status") or {}
-        same = same_conditions(current.get("conditions") or [], desired["conditions"]) and all(
-            current.get(k) == desired[k] for k in ("ipv4", "ipv6", "observedGeneration")
-        )
-        if same:
+        if not pool_status_differs(current, desired):
             return
         old_conditions = {c.get("type"): c for c in current.get("conditions") or []}
         self.metrics.api_writes.labels("ippool_status").inc()

@@ -9,7 +9,7 @@ from typing import Any
 
 from portico_common.noderules import Endpoint
 
-from .pools import IP
+from .pools import INT64_MAX, IP, Pool
 from .service import ServiceView
 from .settings import (
     EXCLUDE_LABEL,
@@ -271,4 +271,56 @@ def node_ports_condition(
         generation,
         now,
         previous,
+    )
+
+
+def render_pool_status(
+    pool: Pool,
+    obj: Mapping[str, Any],
+    used: Mapping[int, int],
+    conflicts: Sequence[str],
+    now: str,
+) -> dict[str, Any]:
+    """An IPPool's status: usage per family and the Valid and Conflicting conditions."""
+    gen = int((obj.get("metadata") or {}).get("generation") or 0)
+    previous = (obj.get("status") or {}).get("conditions") or []
+    fams = {}
+    for f in (4, 6):
+        cap = pool.capacity(f)
+        fams[f"ipv{f}"] = {
+            "capacity": min(cap, INT64_MAX),
+            "used": used[f],
+            "free": min(max(cap - used[f], 0), INT64_MAX),
+        }
+    valid = condition(
+        "Valid",
+        pool.valid,
+        "Valid" if pool.valid else "Invalid",
+        "the pool is valid" if pool.valid else "; ".join(pool.errors),
+        gen,
+        now,
+        previous,
+    )
+    conflicting = condition(
+        "Conflicting",
+        bool(conflicts),
+        "Overlaps" if conflicts else "NoOverlap",
+        (
+            f"addresses overlap IPPool {', '.join(sorted(conflicts))}: neither hands out "
+            "new addresses until that is fixed"
+            if conflicts
+            else "no other pool overlaps this one"
+        ),
+        gen,
+        now,
+        previous,
+    )
+    return {"observedGeneration": gen, **fams, "conditions": [valid, conflicting]}
+
+
+def pool_status_differs(current: Mapping[str, Any], desired: Mapping[str, Any]) -> bool:
+    """Whether writing ``desired`` changes anything but condition timestamps."""
+    return not (
+        same_conditions(current.get("conditions") or [], desired["conditions"])
+        and all(current.get(k) == desired[k] for k in ("ipv4", "ipv6", "observedGeneration"))
     )

@@ -18,6 +18,7 @@ from typing import Any
 
 import pytest
 from portico_operator import controller as controller_module
+from portico_operator import rules_writer
 from portico_operator.controller import Controller
 from portico_operator.metrics import Metrics
 from portico_operator.settings import OperatorSettings
@@ -248,7 +249,7 @@ class World:
                 and not len(leader.ctl.publish)
                 and not leader.ctl.queue._active
                 and not leader.ctl.publish._active
-                and not leader.ctl.rules_wanted
+                and not leader.ctl.rules.wanted
             ):
                 before = len(self.kube.log)
                 await self.run(0.02)
@@ -297,8 +298,8 @@ def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(controller_module, "RETRY_SECONDS", (0.001,) * 7)
     monkeypatch.setattr(controller_module, "CONFLICT_RETRY_SECONDS", 0.001)
     monkeypatch.setattr(controller_module, "POOL_FLUSH_SECONDS", 0.005)
-    monkeypatch.setattr(controller_module, "RULES_GATHER_SECONDS", 0.001)
-    monkeypatch.setattr(controller_module, "RULES_MIN_INTERVAL", 0.002)
+    monkeypatch.setattr(rules_writer, "RULES_GATHER_SECONDS", 0.001)
+    monkeypatch.setattr(rules_writer, "RULES_MIN_INTERVAL", 0.002)
 
 
 def test_restart_with_holes_restores_rather_than_renumbers() -> None:
