@@ -40,7 +40,7 @@ import base64
 import hashlib
 import ipaddress
 import json
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -590,42 +590,143 @@ def render_node_rules(services: Iterable[LBService], node: NodeInfo) -> Json:
     _fixed(t, node)
     claimed: set[str] = set()  # "VIP . proto . port" and "family . proto . nodePort" taken
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
-        vips, ranges = check_service(svc)
-        fw = firewall_chain(svc) if svc.source_ranges else None
-        for port in svc.ports:
-            for fam in (4, 6):
-                if not vips[fam]:
-                    continue
-                keys = [_vip_key(vip, port) for vip in vips[fam]]
-                keys = [k for k in keys if _canon(k) not in claimed]
-                claimed.update(_canon(k) for k in keys)
-                np_key = None
-                if svc.forwarding_mode == "NAT" and port.node_port:
-                    np_key = _nodeport_elem_key(port)
-                    if f"{fam}{_canon(np_key)}" in claimed:
-                        np_key = None
-                    else:
-                        claimed.add(f"{fam}{_canon(np_key)}")
-                if not keys and np_key is None:
-                    continue  # another Service holds these addresses: nothing of this one
-                if fw and keys and fw not in t.chains:
-                    _firewall(t, svc, ranges, vips, node)
-                chain, sel = _service_port(t, svc, port, fam, node)
-                if chain:
-                    verdict, dispatch = _goto(chain), N.VIPS[fam]
-                    np_map = N.NODEPORTS[fam]
-                else:
-                    verdict = DROP if sel.has_any else _goto(N.REJECT)
-                    dispatch, np_map = N.NO_ENDPOINTS[fam], N.NO_ENDPOINT_NODEPORTS[fam]
-                for key in keys:
-                    t.element(dispatch, key, verdict)
-                    if not chain and not sel.has_any and N.REJECT_LOCAL[fam] in t.maps:
-                        t.element(N.REJECT_LOCAL[fam], key, _goto(N.REJECT_DNAT[fam]))
-                    if fw:
-                        t.element(N.FIREWALL[fam], key, _goto(fw))
-                if np_key is not None:
-                    t.element(np_map, np_key, verdict)
+        _render_service(t, svc, node, claimed)
     return t.doc()
+
+
+def _render_service(t: _Table, svc: LBService, node: NodeInfo, claimed: set[str]) -> None:
+    """One Service's chains, sets and map elements into ``t``; what it takes goes into
+    ``claimed`` (and what is claimed already it leaves to its holder)."""
+    vips, ranges = check_service(svc)
+    fw = firewall_chain(svc) if svc.source_ranges else None
+    for port in svc.ports:
+        for fam in (4, 6):
+            if not vips[fam]:
+                continue
+            keys = [_vip_key(vip, port) for vip in vips[fam]]
+            keys = [k for k in keys if _canon(k) not in claimed]
+            claimed.update(_canon(k) for k in keys)
+            np_key = None
+            if svc.forwarding_mode == "NAT" and port.node_port:
+                np_key = _nodeport_elem_key(port)
+                if f"{fam}{_canon(np_key)}" in claimed:
+                    np_key = None
+                else:
+                    claimed.add(f"{fam}{_canon(np_key)}")
+            if not keys and np_key is None:
+                continue  # another Service holds these addresses: nothing of this one
+            if fw and keys and fw not in t.chains:
+                _firewall(t, svc, ranges, vips, node)
+            chain, sel = _service_port(t, svc, port, fam, node)
+            if chain:
+                verdict, dispatch = _goto(chain), N.VIPS[fam]
+                np_map = N.NODEPORTS[fam]
+            else:
+                verdict = DROP if sel.has_any else _goto(N.REJECT)
+                dispatch, np_map = N.NO_ENDPOINTS[fam], N.NO_ENDPOINT_NODEPORTS[fam]
+            for key in keys:
+                t.element(dispatch, key, verdict)
+                if not chain and not sel.has_any and N.REJECT_LOCAL[fam] in t.maps:
+                    t.element(N.REJECT_LOCAL[fam], key, _goto(N.REJECT_DNAT[fam]))
+                if fw:
+                    t.element(N.FIREWALL[fam], key, _goto(fw))
+            if np_key is not None:
+                t.element(np_map, np_key, verdict)
+
+
+@dataclass
+class _Fragment:
+    """One Service's part of a render, with its index form computed once."""
+
+    table: _Table
+    index: RulesIndex
+    claims: frozenset[str]
+
+
+class NodeRenderer:
+    """``render_node_rules`` and ``index_rules`` of its result, for an agent that renders after
+    every change: each Service's part is rendered and indexed once and reused until that Service
+    (or the node) changes, so a change costs the changed Services plus merging, not a render of
+    every Service. The result is the same as the full render's (tests compare them); when two
+    Services claim one address it falls back to the full render, whose order decides."""
+
+    def __init__(self) -> None:
+        self._fragments: dict[tuple[LBService, NodeInfo], _Fragment] = {}
+        self._fixed: dict[NodeInfo, tuple[_Table, RulesIndex]] = {}
+
+    def _fragment(self, svc: LBService, node: NodeInfo, fixed: _Table) -> _Fragment:
+        key = (svc, node)
+        frag = self._fragments.get(key)
+        if frag is None:
+            t = _Table()
+            # The fixed maps exist (elements go into them); nothing else of the fixed part.
+            for name, m in fixed.maps.items():
+                t.maps[name] = m
+                t.elements[name] = {}
+            claimed: set[str] = set()
+            _render_service(t, svc, node, claimed)
+            frag = _Fragment(t, _index_of(t, maps=False), frozenset(claimed))
+            self._fragments[key] = frag
+        return frag
+
+    def render(
+        self, services: Iterable[LBService], node: NodeInfo
+    ) -> tuple[Callable[[], Json], RulesIndex]:
+        """The render (as a function that builds it: an incremental apply needs only the index)
+        and its index."""
+        if node not in self._fixed:
+            t0 = _Table()
+            _fixed(t0, node)
+            self._fixed = {node: (t0, _index_of(t0))}
+        fixed, fixed_index = self._fixed[node]
+        ordered = sorted(services, key=lambda s: (s.namespace, s.name))
+        frags = [self._fragment(svc, node, fixed) for svc in ordered]
+        # Forget Services that are gone (or changed): the cache holds the current ones only.
+        live = {(svc, node) for svc in ordered}
+        for key in [k for k in self._fragments if k not in live]:
+            del self._fragments[key]
+        claimed: set[str] = set()
+        shared = False
+        for f in frags:
+            shared = shared or not claimed.isdisjoint(f.claims)
+            claimed |= f.claims
+        if shared:
+            full = render_node_rules(ordered, node)
+            return (lambda: full), index_rules(full)
+        idx = RulesIndex(
+            table=True,
+            chains=dict(fixed_index.chains),
+            rules=dict(fixed_index.rules),
+            maps=dict(fixed_index.maps),
+            elements={k: dict(v) for k, v in fixed_index.elements.items()},
+            sets=dict(fixed_index.sets),
+        )
+        for f in frags:
+            idx.chains.update(f.index.chains)
+            idx.rules.update(f.index.rules)
+            idx.sets.update(f.index.sets)
+            for name, canon in f.index.elements.items():
+                if canon:
+                    idx.elements[name].update(canon)
+
+        def document() -> Json:
+            t = _Table(
+                chains=dict(fixed.chains),
+                rules={k: list(v) for k, v in fixed.rules.items()},
+                maps=dict(fixed.maps),
+                elements={k: dict(v) for k, v in fixed.elements.items()},
+                sets=dict(fixed.sets),
+            )
+            for f in frags:
+                t.chains.update(f.table.chains)
+                t.rules.update(f.table.rules)
+                t.sets.update(f.table.sets)
+                for name, elems in f.table.elements.items():
+                    if elems:
+                        t.elements[name].update(elems)
+            return t.doc()
+
+        return document, idx
 
 
 # ==============================================================================================
@@ -713,6 +814,29 @@ def index_rules(doc: Mapping[str, Any]) -> RulesIndex:
                 "flags": ["timeout"],
                 "timeout": obj.get("timeout"),
             }
+    return idx
+
+
+def _index_of(t: _Table, *, maps: bool = True) -> RulesIndex:
+    """``index_rules(t.doc())``, straight from the table (``maps=False``: a fragment's elements
+    only, the maps being the fixed part's)."""
+    idx = RulesIndex(table=True)
+    for name, c in t.chains.items():
+        idx.chains[name] = {k: c[k] for k in _CHAIN_KEYS if k in c}
+        idx.rules[name] = [_canon(expr) for expr in t.rules.get(name, [])]
+    if maps:
+        idx.maps = {
+            n: {"name": m["name"], "type": m["type"], "map": m["map"]} for n, m in t.maps.items()
+        }
+    for name, elems in t.elements.items():
+        idx.elements[name] = {_canon(k): _canon(v) for k, v in elems.values()}
+    for name, st in t.sets.items():
+        idx.sets[name] = {
+            "name": st["name"],
+            "type": st["type"],
+            "flags": ["timeout"],
+            "timeout": st.get("timeout"),
+        }
     return idx
 
 

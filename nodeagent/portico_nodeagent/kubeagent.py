@@ -21,9 +21,9 @@ from portico_common.noderules import (
     LOCAL,
     LBService,
     NodeInfo,
+    NodeRenderer,
     NodeRulesError,
     check_service,
-    render_node_rules,
 )
 
 from .conntrack import delete_flows
@@ -34,7 +34,9 @@ from .nft import NftError, NftTable
 from .stale import stale_flows
 
 log = logging.getLogger("portico.nodeagent")
-STATUS_MIN_INTERVAL = 0.05  # NodeAgent status: at most this often
+# NodeAgent status: at most this often (it is how Programmed learns, not how traffic flows;
+# every write costs the operator a look at the Services of the shards it names).
+STATUS_MIN_INTERVAL = 0.2
 
 
 def now_rfc3339() -> str:
@@ -125,6 +127,7 @@ class KubeAgent:
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
         self.table = NftTable()
+        self.renderer = NodeRenderer()  # re-renders only the Services that changed
         self.changed = asyncio.Event()
         self.state = HealthState(node=args.node_name)
         self.health = HealthServers(self.state, args.healthz_port)
@@ -183,8 +186,8 @@ class KubeAgent:
     async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> bool:
         t0 = time.perf_counter()
         try:
-            doc = await asyncio.to_thread(render_node_rules, services, node)
-            result = await asyncio.to_thread(self.table.apply, doc)
+            doc, index = await asyncio.to_thread(self.renderer.render, services, node)
+            result = await asyncio.to_thread(self.table.apply, doc, index)
         except (NodeRulesError, NftError) as e:
             # The rules in force stay; the next change (or the verifier) tries again.
             log.error("cannot apply rules: %s", e)

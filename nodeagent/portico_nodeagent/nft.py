@@ -12,7 +12,7 @@ import json
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,6 +26,14 @@ from portico_common.noderules import (
 )
 
 log = logging.getLogger("portico.nodeagent.nft")
+
+
+# A render (libnftables JSON), or a function that makes it on demand.
+Doc = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
+
+
+def _document(doc: Doc) -> Mapping[str, Any]:
+    return doc() if callable(doc) else doc
 
 
 class NftError(RuntimeError):
@@ -63,7 +71,8 @@ class NftTable:
         self._nft.set_handle_output(False)
         self._lock = threading.Lock()
         self._applied: RulesIndex | None = None  # what we last put in the kernel
-        self._doc: Mapping[str, Any] | None = None
+        # The render, or how to make it (only a full replace needs the whole document).
+        self._doc: Doc | None = None
         self.stats = Stats()
 
     # -- primitives -----------------------------------------------------------------------------
@@ -88,13 +97,14 @@ class NftTable:
         return index_rules(listing) if listing is not None else RulesIndex()
 
     # -- the agent's operations -----------------------------------------------------------------
-    def apply(self, doc: Mapping[str, Any]) -> ApplyResult:
+    def apply(self, doc: Doc, desired: RulesIndex | None = None) -> ApplyResult:
         """Makes the table hold ``doc`` (a render). Incremental against what was last applied;
         on the first call (a restart) against the kernel's own listing, so a table that is
         already right is left untouched. Falls back to a one-transaction replace if the
-        incremental change fails."""
+        incremental change fails. ``desired``, when given, must be ``index_rules(doc)``."""
         with self._lock:
-            desired = index_rules(doc)
+            if desired is None:  # else the caller has it already (``NodeRenderer``)
+                desired = index_rules(_document(doc))
             t0 = time.perf_counter()
             base = self._applied if self._applied is not None else self.current()
             change = diff_rules(base, desired)
@@ -111,7 +121,7 @@ class NftTable:
                     change = diff_rules(self.current(), desired)
                     self.run(change)
                 except NftError:
-                    change = replace_table(doc)
+                    change = replace_table(_document(doc))
                     self.run(change)
                 mode = "replace"
             t_end = time.perf_counter()
@@ -138,7 +148,7 @@ class NftTable:
                 self.run(diff_rules(actual, self._applied))
             except NftError as e:
                 log.warning("incremental restore failed (%s): replacing the table", e)
-                self.run(replace_table(self._doc))
+                self.run(replace_table(_document(self._doc)))
             self.stats.restores += 1
             return True
 

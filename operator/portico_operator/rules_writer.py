@@ -191,8 +191,13 @@ class NodeRulesWriter:
         ok, reason, message = programmed(lagging_nodes(nodes, shard, gen, self.applied))
         prev = next((c for c in previous if c.get("type") == "Programmed"), None)
         young = time.monotonic() - self.written_at.get(key, 0.0) < PROGRAMMED_GRACE_SECONDS
-        if not ok and young and prev is not None and prev.get("status") == "True":
-            # Written a moment ago: the agents are applying it. Look again after the grace.
+        if not ok and young:
+            # Written a moment ago: the agents are applying it. Look again after the grace; till
+            # then a True stays True and a new Service gets no Programmed yet (one write, not a
+            # False and then a True, for every new Service).
             self.recheck_after(key, PROGRAMMED_GRACE_SECONDS)
-            ok, reason, message = True, prev.get("reason", "Applied"), prev.get("message", "")
+            if prev is None:
+                return None
+            if prev.get("status") == "True":
+                ok, reason, message = True, prev.get("reason", "Applied"), prev.get("message", "")
         return condition("Programmed", ok, reason, message, generation, t, previous)

@@ -46,6 +46,8 @@ try:
     out["body"] = body.decode()
 except ConnectionRefusedError:
     out["error"] = "refused"
+except ConnectionResetError:  # accepted just as the listener closed
+    out["error"] = "reset"
 except (socket.timeout, TimeoutError):
     out["error"] = "timeout"
 print(json.dumps(out))

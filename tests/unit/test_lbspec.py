@@ -251,3 +251,30 @@ def test_node_ports_condition_only_in_nat_mode() -> None:
     bad = node_ports_condition(no_ports, "NAT", 1, "t")
     assert bad is not None and bad["status"] == "False" and bad["reason"] == "NodePortsMissing"
     assert "80/TCP" in bad["message"] and "allocateLoadBalancerNodePorts" in bad["message"]
+
+
+def test_pool_status_counts_and_conditions() -> None:
+    from portico_operator.lbspec import pool_status_differs, render_pool_status
+    from portico_operator.pools import parse_pool
+
+    pool = parse_pool("p", {"addresses": ["10.0.0.0/30", "fd00::/126"]})
+    obj = {"metadata": {"generation": 3}}
+    st = render_pool_status(pool, obj, {4: 1, 6: 0}, [], "2026-01-01T00:00:00Z")
+    assert st["observedGeneration"] == 3
+    assert st["ipv4"] == {"capacity": 4, "used": 1, "free": 3}
+    assert st["ipv6"] == {"capacity": 4, "used": 0, "free": 4}
+    conds = {c["type"]: c for c in st["conditions"]}
+    assert (conds["Valid"]["status"], conds["Conflicting"]["status"]) == ("True", "False")
+    # A rewrite later with the same content changes nothing worth a write.
+    later = render_pool_status(
+        pool, {**obj, "status": st}, {4: 1, 6: 0}, [], "2026-01-01T00:05:00Z"
+    )
+    assert not pool_status_differs(st, later)
+    assert later["conditions"][0]["lastTransitionTime"] == "2026-01-01T00:00:00Z"
+    clash = render_pool_status(pool, {**obj, "status": st}, {4: 1, 6: 0}, ["q"], "t")
+    assert pool_status_differs(st, clash)
+    c = {c["type"]: c for c in clash["conditions"]}["Conflicting"]
+    assert c["status"] == "True" and "IPPool q" in c["message"]
+    bad = parse_pool("b", {"addresses": ["nope"]})
+    v = render_pool_status(bad, obj, {4: 0, 6: 0}, [], "t")["conditions"][0]
+    assert (v["status"], v["reason"]) == ("False", "Invalid")
