@@ -5,7 +5,8 @@ a periodic fresh listing (``resync``) makes that view converge even across watch
 leader allocates: when it takes the lead it lists everything afresh and rebuilds its allocator
 from the cluster's state (``restore.build_allocator``) before any worker runs, and when it loses
 the lead its workers are cancelled and the allocator is dropped. Every write is gated on the
-Lease still being valid. What to decide is pure (ipam, restore, resync, service, lbspec).
+Lease still being valid. What to decide is pure (ipam, restore, resync, service, lbspec,
+noderules_push); what the node agents get is written by ``rules_writer``.
 """
 
 from __future__ import annotations
