@@ -37,6 +37,7 @@ log = logging.getLogger("portico.nodeagent")
 # NodeAgent status: at most this often (it is how Programmed learns, not how traffic flows;
 # every write costs the operator a look at the Services of the shards it names).
 STATUS_MIN_INTERVAL = 0.2
+APPLY_RETRY_SECONDS = 1.0
 
 
 def now_rfc3339() -> str:
@@ -177,6 +178,9 @@ class KubeAgent:
             services, bad = usable(self.source.services.all(), self.last_good)
             if await self.apply(services, node.info, bad):
                 self.applied_generations = generations
+            else:
+                # A failed transaction is tried again (also without a new change).
+                asyncio.get_running_loop().call_later(APPLY_RETRY_SECONDS, self.changed.set)
             self.last_bad = bad
             self.status_dirty.set()
             self.state.deleting, self.state.taints = node.deleting, node.taints
@@ -189,7 +193,7 @@ class KubeAgent:
             doc, index = await asyncio.to_thread(self.renderer.render, services, node)
             result = await asyncio.to_thread(self.table.apply, doc, index)
         except (NodeRulesError, NftError) as e:
-            # The rules in force stay; the next change (or the verifier) tries again.
+            # The rules in force stay; the applier tries again.
             log.error("cannot apply rules: %s", e)
             self.metrics.errors.inc()
             self.state.rules_current = False
