@@ -248,6 +248,11 @@ class KubeAgent:
         node = self.args.node_name
         collection = group_path(API_GROUP, API_VERSION, "nodeagents")
         path = f"{collection}/{node}"
+        try:
+            # What a previous run reported: shards it named that are gone get removed.
+            self.written_status = (await self.kube.get(path)).get("status") or {}
+        except (ApiError, OSError, TimeoutError):
+            self.written_status = {}
         while True:
             await self.status_dirty.wait()
             self.status_dirty.clear()
