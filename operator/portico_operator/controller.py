@@ -24,6 +24,7 @@ from portico_common.kube import ApiError, KubeClient, core_path, group_path
 from portico_common.noderules import Endpoint, endpoints_from_slices
 
 from . import ipam
+from .errors import NotLeading
 from .lbspec import (
     NodeView,
     condition,
@@ -105,10 +106,6 @@ class Outcome(NamedTuple):
     reason: str
     message: str
     input_error: str | None = None
-
-
-class NotLeading(Exception):
-    """A write was about to happen after this replica's Lease deadline passed."""
 
 
 WRITE_METHODS = ("create", "replace", "patch", "delete")

@@ -18,12 +18,14 @@ from typing import Any
 from portico_common import API_GROUP, API_VERSION, rulesdoc
 from portico_common.kube import ApiError
 
+from .errors import NotLeading
 from .lbspec import condition
 from .metrics import Metrics
 from .noderules_push import Entry, lagging_nodes, programmed, shard_patches
 from .service import ServiceView
 
 log = logging.getLogger("portico.operator.rules")
+
 
 # A change waits this long for others to join it, and a shard is written at most once per
 # RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
@@ -107,11 +109,21 @@ class NodeRulesWriter:
                 await self.write(wanted)
             except (ApiError, OSError, TimeoutError) as e:
                 log.warning("node rules: %s (retrying)", e)
-                for key, entry in wanted.items():
-                    self.wanted.setdefault(key, entry)
-                self.dirty.set()
+                self._retry(wanted)
                 await asyncio.sleep(RETRY_SECONDS)
+            except NotLeading:
+                raise  # the term is over: the workers stop with it
+            except Exception:
+                # A bug must not stop the workers this task runs beside: log, retry later.
+                log.exception("node rules")
+                self._retry(wanted)
+                await asyncio.sleep(RETRY_SECONDS * 10)
             await asyncio.sleep(RULES_MIN_INTERVAL)
+
+    def _retry(self, wanted: Mapping[str, Entry | None]) -> None:
+        for key, entry in wanted.items():
+            self.wanted.setdefault(key, entry)  # a newer want wins
+        self.dirty.set()
 
     async def write(self, wanted: dict[str, Entry | None]) -> None:
         """Writes what differs; what was written leaves ``wanted`` (the rest is retried)."""
