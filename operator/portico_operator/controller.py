@@ -380,6 +380,12 @@ class Controller:
         queue what depends on it. kopf's handlers and ``resync`` both come through here."""
         meta = obj.get("metadata") or {}
         deleted = event_type == "DELETED"
+        if deleted and kind in self.versions:
+            # A lagging watch's deletion of an older incarnation (a Service deleted and created
+            # again under its name, the new one already listed) must not drop the new one.
+            rv, cached = self._rv(obj), self.versions[kind].get(object_key(obj))
+            if rv and cached and rv != cached and not rv_newer(rv, cached):
+                return
         if kind == "services":
             key = object_key(obj)
             if deleted:

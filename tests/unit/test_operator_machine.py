@@ -329,3 +329,27 @@ def test_restart_with_holes_restores_rather_than_renumbers() -> None:
         await world.replicas["a"].kill()
 
     asyncio.run(go())
+
+
+def test_a_lagging_deletion_of_an_older_incarnation_keeps_the_newer_one() -> None:
+    # Found by the soak: a Service deleted and created again under its name; a listing brought
+    # the new one, then a lagging watch delivered the old one's deletion. Dropping the new one
+    # from the view made the leader withdraw it and give it another address.
+    ctl = Controller(OperatorSettings(identity="t"), FakeKube(), Metrics())  # type: ignore[arg-type]
+    new = service("s6", None, False, False, 0)
+    new["metadata"].update(uid="uid-new", resourceVersion="9")
+    ctl.apply_event("services", "MODIFIED", new)
+    old_gone = {
+        "metadata": {"name": "s6", "namespace": "ns", "uid": "uid-old", "resourceVersion": "7"}
+    }
+    ctl.apply_event("services", "DELETED", old_gone)
+    assert ctl.services["ns/s6"].uid == "uid-new"
+    new_gone = {
+        "metadata": {"name": "s6", "namespace": "ns", "uid": "uid-new", "resourceVersion": "10"}
+    }
+    ctl.apply_event("services", "DELETED", new_gone)
+    assert "ns/s6" not in ctl.services
+    # a listing's correction (no resourceVersion) always applies
+    ctl.apply_event("services", "MODIFIED", new)
+    ctl.apply_event("services", "DELETED", {"metadata": {"name": "s6", "namespace": "ns"}})
+    assert "ns/s6" not in ctl.services
