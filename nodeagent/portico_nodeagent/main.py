@@ -44,24 +44,12 @@ import time
 from pathlib import Path
 from typing import Any
 
+from portico_common.logs import JsonFormatter
 from portico_common.noderules import NodeRulesError, input_from_json, render_node_rules
 
 from .nft import NftError, NftTable
 
 log = logging.getLogger("portico.nodeagent")
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": round(record.created, 3),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -10,36 +10,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import logging
 import os
 import signal
 import socket
 import sys
 from collections.abc import Callable
-from typing import Any
 
 import kopf
 from portico_common.kube import KubeClient, load_credentials
+from portico_common.logs import JsonFormatter
 
 from .controller import Controller
 from .handlers import build_registry
 from .leader import LeaderElector
 from .metrics import Metrics
 from .settings import DEFAULT_CLASS, OperatorSettings
-
-
-class JsonFormatter(logging.Formatter):
-    def format(self, record: logging.LogRecord) -> str:
-        out: dict[str, Any] = {
-            "ts": self.formatTime(record, "%Y-%m-%dT%H:%M:%S"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "msg": record.getMessage(),
-        }
-        if record.exc_info:
-            out["exc"] = self.formatException(record.exc_info)
-        return json.dumps(out)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
