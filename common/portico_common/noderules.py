@@ -41,8 +41,8 @@ import hashlib
 import ipaddress
 import json
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import Any
+from dataclasses import dataclass, field, replace
+from typing import Any, TypeVar
 
 from . import nftnames as N
 
@@ -693,38 +693,10 @@ class NodeRenderer:
         if shared:
             full = render_node_rules(ordered, node)
             return (lambda: full), index_rules(full)
-        idx = RulesIndex(
-            table=True,
-            chains=dict(fixed_index.chains),
-            rules=dict(fixed_index.rules),
-            maps=dict(fixed_index.maps),
-            elements={k: dict(v) for k, v in fixed_index.elements.items()},
-            sets=dict(fixed_index.sets),
-        )
-        for f in frags:
-            idx.chains.update(f.index.chains)
-            idx.rules.update(f.index.rules)
-            idx.sets.update(f.index.sets)
-            for name, canon in f.index.elements.items():
-                if canon:
-                    idx.elements[name].update(canon)
+        idx = _combined(fixed_index, [f.index for f in frags])
 
         def document() -> Json:
-            t = _Table(
-                chains=dict(fixed.chains),
-                rules={k: list(v) for k, v in fixed.rules.items()},
-                maps=dict(fixed.maps),
-                elements={k: dict(v) for k, v in fixed.elements.items()},
-                sets=dict(fixed.sets),
-            )
-            for f in frags:
-                t.chains.update(f.table.chains)
-                t.rules.update(f.table.rules)
-                t.sets.update(f.table.sets)
-                for name, elems in f.table.elements.items():
-                    if elems:
-                        t.elements[name].update(elems)
-            return t.doc()
+            return _combined(fixed, [f.table for f in frags]).doc()
 
         return document, idx
 
@@ -815,6 +787,30 @@ def index_rules(doc: Mapping[str, Any]) -> RulesIndex:
                 "timeout": obj.get("timeout"),
             }
     return idx
+
+
+_Part = TypeVar("_Part", "_Table", "RulesIndex")
+
+
+def _combined(base: _Part, parts: Iterable[_Part]) -> _Part:
+    """``base`` (the fixed part, left untouched) with every Service's part added: their chains,
+    rules and sets are their own; their elements go into the fixed maps."""
+    out = replace(
+        base,
+        chains=dict(base.chains),
+        rules=dict(base.rules),  # lists are replaced, never appended to: no copy needed
+        maps=dict(base.maps),
+        elements={k: dict(v) for k, v in base.elements.items()},
+        sets=dict(base.sets),
+    )
+    for part in parts:
+        out.chains.update(part.chains)
+        out.rules.update(part.rules)
+        out.sets.update(part.sets)
+        for name, elems in part.elements.items():
+            if elems:
+                out.elements[name].update(elems)
+    return out
 
 
 def _index_of(t: _Table, *, maps: bool = True) -> RulesIndex:
