@@ -207,11 +207,15 @@ class Controller:
     # =========================================================================================
     # observation (cheap, synchronous, called for every watch event)
     # =========================================================================================
-    def _touch(self, kind: str, key: str, rv: str | None) -> bool:
-        """Stamps a watch event; False for an event older than what is cached (a listing may
-        have brought a newer version before a lagging watch delivers an older one)."""
+    def _older_than_cached(self, kind: str, key: str, rv: str | None) -> bool:
+        """An event older than what is cached: a listing may have brought a newer version (or
+        a newer incarnation of the name) before a lagging watch delivers the older one."""
         cached = self.versions[kind].get(key)
-        if rv is not None and cached is not None and rv != cached and not rv_newer(rv, cached):
+        return bool(rv and cached and rv != cached and not rv_newer(rv, cached))
+
+    def _touch(self, kind: str, key: str, rv: str | None) -> bool:
+        """Stamps a watch event; False for an event older than what is cached."""
+        if self._older_than_cached(kind, key, rv):
             return False
         self.stamp += 1
         self.stamps[kind][key] = self.stamp
@@ -380,12 +384,11 @@ class Controller:
         queue what depends on it. kopf's handlers and ``resync`` both come through here."""
         meta = obj.get("metadata") or {}
         deleted = event_type == "DELETED"
-        if deleted and kind in self.versions:
+        if deleted and self._older_than_cached(kind, object_key(obj), self._rv(obj)):
             # A lagging watch's deletion of an older incarnation (a Service deleted and created
-            # again under its name, the new one already listed) must not drop the new one.
-            rv, cached = self._rv(obj), self.versions[kind].get(object_key(obj))
-            if rv and cached and rv != cached and not rv_newer(rv, cached):
-                return
+            # again under its name, the new one already listed) must not drop the new one. A
+            # listing's corrections carry no resourceVersion and always apply.
+            return
         if kind == "services":
             key = object_key(obj)
             if deleted:
