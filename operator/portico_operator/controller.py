@@ -782,7 +782,10 @@ class Controller:
             await self._add_finalizer(view)
             view = self.services[key]
         basis = self.good.get(key, view) if outcome.input_error else view
-        await self._apply_lb(view, basis, outcome)
+        # One reading of the endpoints for the CR and the node rules (a slice that changes
+        # meanwhile queues this publish again).
+        endpoints = [ep for eps in self.slices.get(key, {}).values() for ep in eps]
+        await self._apply_lb(view, basis, outcome, endpoints)
         if key not in self.outcomes:
             # Withdrawn (stage one) while this wrote: do not leave a CR behind.
             self.rules.want(key, None)
@@ -790,7 +793,6 @@ class Controller:
             self.deferred_finish.discard(key)
             self._finish_withdrawal(key, (), view)
             return
-        endpoints = [ep for eps in self.slices.get(key, {}).values() for ep in eps]
         self.rules.want(
             key,
             node_rules_entry(basis, outcome.vips, outcome.mode, endpoints)
@@ -916,11 +918,12 @@ class Controller:
             if e.status != 404:
                 raise
 
-    async def _apply_lb(self, view: ServiceView, basis: ServiceView, outcome: Outcome) -> None:
+    async def _apply_lb(
+        self, view: ServiceView, basis: ServiceView, outcome: Outcome, endpoints: list[Endpoint]
+    ) -> None:
         """The CR: identity from ``view``, configuration from ``basis`` (the last valid one)."""
         vips, pool, mode = outcome.vips, outcome.pool, outcome.mode
         allocated, reason, message = outcome.allocated, outcome.reason, outcome.message
-        endpoints = [ep for eps in self.slices.get(view.key, {}).values() for ep in eps]
         spec = render_spec(basis, vips, pool, mode, self.nodes.values(), endpoints)
         current = self.lbs.get(view.key) or {}
         generation = (current.get("metadata") or {}).get("generation")
