@@ -25,6 +25,7 @@ from portico_common.noderules import (
     NodeRulesError,
     check_service,
 )
+from portico_common.tasks import run_together
 
 from .conntrack import delete_flows
 from .healthserver import HealthServers, HealthState
@@ -153,18 +154,11 @@ class KubeAgent:
         self.source = KubeSource(self.kube, self.args.node_name, self.changed.set)
         self.metrics.serve(self.args.metrics_port)
         await self.health.start_node()
-        tasks = [
-            asyncio.create_task(self.source.run()),
-            asyncio.create_task(self._applier()),
-            asyncio.create_task(self._verifier()),
-            asyncio.create_task(self._status_writer()),
-        ]
         try:
-            await asyncio.gather(*tasks)
+            await run_together(
+                self.source.run(), self._applier(), self._verifier(), self._status_writer()
+            )
         finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
             self.health.close()
             await self.kube.close()
 

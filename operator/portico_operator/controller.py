@@ -22,6 +22,7 @@ from typing import Any, NamedTuple
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
 from portico_common.noderules import Endpoint, endpoints_from_slices
+from portico_common.tasks import run_together
 
 from . import ipam
 from .errors import NotLeading
@@ -565,24 +566,15 @@ class Controller:
 
     async def _run_workers(self) -> None:
         n = self.settings.workers
-        tasks = [
+        await run_together(
+            *(self._worker(self.queue, self.reconcile_service, "service") for _ in range(n)),
             *(
-                asyncio.create_task(self._worker(self.queue, self.reconcile_service, "service"))
-                for _ in range(n)
-            ),
-            *(
-                asyncio.create_task(self._worker(self.publish, self.publish_service, "publish"))
+                self._worker(self.publish, self.publish_service, "publish")
                 for _ in range(max(1, n // 2))
             ),
-            asyncio.create_task(self._pool_flusher()),
-            asyncio.create_task(self.rules.flusher()),
-        ]
-        try:
-            await asyncio.gather(*tasks)
-        finally:
-            for t in tasks:
-                t.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            self._pool_flusher(),
+            self.rules.flusher(),
+        )
 
     async def _worker(
         self, queue: WorkQueue, fn: Callable[[str], Awaitable[None]], kind: str
