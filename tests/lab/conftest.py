@@ -9,6 +9,9 @@ from typing import Any
 
 import pytest
 from portico_lab.lab import Lab, LabConfig
+from portico_lab.portico import install_crds
+
+from .operator_harness import Api
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -34,3 +37,10 @@ def lab() -> Iterator[Lab]:
         yield lab
     finally:
         lab.down()
+
+
+@pytest.fixture(scope="module")
+def api(lab: Lab) -> Api:
+    """Portico's CRDs installed and a client for the objects the operator tests read."""
+    install_crds(lab)
+    return Api(lab)

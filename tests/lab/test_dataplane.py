@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import install_crds, start_node_agents
+from portico_lab.portico import start_node_agents
 from portico_lab.procs import Proc
 
 from .netcheck import request, routed
@@ -58,12 +58,6 @@ def http(lab: Lab, where: str, host: str, port: int, path: str = "/healthz") -> 
     res = lab.exec(where, [sys.executable, "-S", "-c", _HTTP, host, str(port), path], timeout=10)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
-
-
-@pytest.fixture(scope="module")
-def api(lab: Lab) -> Api:
-    install_crds(lab)
-    return Api(lab)
 
 
 @pytest.fixture(scope="module")

@@ -11,17 +11,10 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import install_crds
 
 from .operator_harness import NS, Api, OperatorProcess, in_net, wait_for
 
 POOL = "lab"
-
-
-@pytest.fixture(scope="module")
-def api(lab: Lab) -> Api:
-    install_crds(lab)
-    return Api(lab)
 
 
 @pytest.fixture(scope="module")

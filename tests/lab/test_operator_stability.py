@@ -18,10 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from typing import Any
 
-import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import install_crds
 
 from .operator_harness import (
     NS,
@@ -51,12 +49,6 @@ SETTLE = 1.5
 # =============================================================================================
 # fixtures and helpers
 # =============================================================================================
-@pytest.fixture(scope="module")
-def api(lab: Lab) -> Api:
-    install_crds(lab)
-    return Api(lab)
-
-
 def _v4(lab: Lab, offset: int, prefix: int) -> str:
     """A block of the lab's VIP range. The other lab tests use offsets 0-63 (pool 'lab'),
     256-257, 512-517 and 1024-1279; these tests use 3072-3327 (198.18.44.0/24 in slot 0)."""
