@@ -9,7 +9,10 @@ PY="${PYTHON:-python3.11}"
 command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
-for pkg in nftables libnftables1 python3-nftables iproute2 procps psmisc util-linux; do
+# iputils-arping, ndisc6: the gateway tests ask for VIPs as a LAN host would; iperf3, wrk: its
+# benchmarks.
+for pkg in nftables libnftables1 python3-nftables iproute2 procps psmisc util-linux \
+  iputils-arping ndisc6 iperf3 wrk; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
 if ((${#need_apt[@]})); then

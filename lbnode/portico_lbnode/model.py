@@ -126,5 +126,14 @@ def service_from_cr(obj: Mapping[str, Any]) -> GatewayService:
         affinity_timeout=int(spec.get("sessionAffinityTimeoutSeconds") or 10800) if affinity else 0,
         source_ranges=tuple(ranges),
         nat=spec.get("forwardingMode") == "NAT",
-        backends=tuple(sorted(_backend(b) for b in spec.get("backends") or [])),
+        backends=_backends(key, spec.get("backends") or []),
     )
+
+
+def _backends(key: str, items: list[Any]) -> tuple[Backend, ...]:
+    out = sorted(_backend(b) for b in items)
+    names = [b.node for b in out]
+    if len(set(names)) != len(names):
+        dup = next(n for n in names if names.count(n) > 1)
+        raise InvalidService(f"{key}: node {dup!r} is listed twice in backends")
+    return tuple(out)

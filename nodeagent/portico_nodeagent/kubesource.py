@@ -1,25 +1,25 @@
 """The agent's view of the API: every NodeRules shard and its own Node, listed and then watched.
 
-Watches restart from the last resourceVersion seen; a 410 (the watch fell too far behind) or any
-other failure relists. Every change calls ``on_change``; the caller coalesces.
+Each is ``portico_common.informer.list_and_watch``: a relist replaces the whole cache. Every
+change calls ``on_change``; the caller coalesces.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from portico_common import rulesdoc
-from portico_common.kube import ApiError, KubeClient, core_path
+from portico_common.informer import list_and_watch
+from portico_common.kube import KubeClient, core_path
 from portico_common.noderules import LBService, NodeInfo
 from portico_common.rulesdoc import service_from_entry
 
 log = logging.getLogger("portico.nodeagent.kube")
 ZONE_LABEL = "topology.kubernetes.io/zone"
-RELIST_BACKOFF = (0.2, 0.5, 1.0, 2.0, 5.0)
 
 
 @dataclass
@@ -81,67 +81,42 @@ class KubeSource:
         self.node_synced = asyncio.Event()  # this Node read (its zone decides hints)
 
     async def run(self) -> None:
-        await asyncio.gather(self._loop_rules(), self._loop_node())
+        await asyncio.gather(
+            list_and_watch(
+                self.kube, rulesdoc.path(), self._list_shards, self._shard_event, what="NodeRules"
+            ),
+            list_and_watch(
+                self.kube,
+                core_path("nodes"),
+                self._list_node,
+                self._node_event,
+                what=f"Node {self.node_name}",
+                params={"fieldSelector": f"metadata.name={self.node_name}"},
+            ),
+        )
 
-    async def _loop_rules(self) -> None:
-        failures = 0
-        while True:
-            try:
-                listing = await self.kube.get(rulesdoc.path())
-                seen = set()
-                for obj in listing.get("items") or []:
-                    seen.add(obj["metadata"]["name"])
-                    self.services.set_shard(obj["metadata"]["name"], obj)
-                for gone in set(self.services.shards) - seen:
-                    self.services.set_shard(gone, None)
-                self.synced.set()
-                self.on_change()
-                rv = listing["metadata"]["resourceVersion"]
-                failures = 0
-                while True:
-                    async for ev in self.kube.watch(
-                        rulesdoc.path(), {"resourceVersion": rv, "allowWatchBookmarks": "true"}
-                    ):
-                        obj = ev["object"]
-                        rv = obj["metadata"].get("resourceVersion", rv)
-                        if ev["type"] == "BOOKMARK":
-                            continue
-                        name = obj["metadata"]["name"]
-                        self.services.set_shard(name, None if ev["type"] == "DELETED" else obj)
-                        self.on_change()
-            except asyncio.CancelledError:
-                raise
-            except (ApiError, OSError, TimeoutError, ValueError, KeyError) as e:
-                if not (isinstance(e, ApiError) and e.status == 410):
-                    failures += 1
-                    log.warning("NodeRules watch: %s (relisting)", e)
-                await asyncio.sleep(RELIST_BACKOFF[min(failures, len(RELIST_BACKOFF) - 1)])
+    def _list_shards(self, items: Sequence[Mapping[str, Any]]) -> None:
+        seen = set()
+        for obj in items:
+            seen.add(obj["metadata"]["name"])
+            self.services.set_shard(obj["metadata"]["name"], obj)
+        for gone in set(self.services.shards) - seen:
+            self.services.set_shard(gone, None)
+        self.synced.set()
+        self.on_change()
 
-    async def _loop_node(self) -> None:
-        path = core_path("nodes", None, self.node_name)
-        failures = 0
-        while True:
-            try:
-                obj = await self.kube.get(path)
-                self._set_node(obj)
-                self.node_synced.set()
-                rv = obj["metadata"]["resourceVersion"]
-                failures = 0
-                while True:
-                    async for ev in self.kube.watch(
-                        core_path("nodes"),
-                        {"fieldSelector": f"metadata.name={self.node_name}", "resourceVersion": rv},
-                    ):
-                        rv = ev["object"]["metadata"].get("resourceVersion", rv)
-                        if ev["type"] in ("ADDED", "MODIFIED"):
-                            self._set_node(ev["object"])
-            except asyncio.CancelledError:
-                raise
-            except (ApiError, OSError, TimeoutError, ValueError, KeyError) as e:
-                if not (isinstance(e, ApiError) and e.status == 410):
-                    failures += 1
-                    log.warning("Node %s watch: %s (relisting)", self.node_name, e)
-                await asyncio.sleep(RELIST_BACKOFF[min(failures, len(RELIST_BACKOFF) - 1)])
+    def _shard_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        self.services.set_shard(obj["metadata"]["name"], None if kind == "DELETED" else obj)
+        self.on_change()
+
+    def _list_node(self, items: Sequence[Mapping[str, Any]]) -> None:
+        if items:
+            self._set_node(items[0])
+            self.node_synced.set()
+
+    def _node_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        if kind in ("ADDED", "MODIFIED"):
+            self._set_node(obj)
 
     def _set_node(self, obj: Mapping[str, Any]) -> None:
         new = parse_node(obj)

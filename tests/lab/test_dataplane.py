@@ -9,124 +9,45 @@ address they saw.
 
 from __future__ import annotations
 
-import ipaddress
 import json
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import start_node_agents
 from portico_lab.procs import Proc
 
-from .netcheck import request, routed
+from .dataplane_harness import (
+    answered,
+    create,
+    deleting_services,
+    http,
+    running_agents,
+    running_operator,
+)
+from .netcheck import routed
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 POOL = "dataplane"
-AGENT = [sys.executable, "-m", "portico_nodeagent"]
-
-# One HTTP request, its status line, headers and body, or the error (refused, timeout).
-_HTTP = r"""
-import json, socket, sys
-host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-out = {}
-try:
-    s = socket.create_connection((host, port), timeout=2)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()); data = b""
-    while True:
-        chunk = s.recv(65536)
-        if not chunk: break
-        data += chunk
-    head, _, body = data.partition(b"\r\n\r\n")
-    lines = head.decode().split("\r\n")
-    out["status"] = int(lines[0].split()[1])
-    out["headers"] = dict(l.split(": ", 1) for l in lines[1:])
-    out["body"] = body.decode()
-except ConnectionRefusedError:
-    out["error"] = "refused"
-except ConnectionResetError:  # accepted just as the listener closed
-    out["error"] = "reset"
-except (socket.timeout, TimeoutError):
-    out["error"] = "timeout"
-print(json.dumps(out))
-"""
-
-
-def http(lab: Lab, where: str, host: str, port: int, path: str = "/healthz") -> dict[str, Any]:
-    res = lab.exec(where, [sys.executable, "-S", "-c", _HTTP, host, str(port), path], timeout=10)
-    assert res.returncode == 0, res.stderr
-    return json.loads(res.stdout)
 
 
 @pytest.fixture(scope="module")
 def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
-    v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 2048}/27")
-    v6 = ipaddress.ip_network(f"{lab.plan.vip_range_v6.network_address + 0x800}/123")
-    api.create_pool(POOL, [str(v4), str(v6)])
-    op = OperatorProcess(lab, "op-dp").start()
-    try:
-        wait_for(lambda: "first full listing" in op.log.read_text(), "the operator lists", 30)
+    with running_operator(lab, api, POOL, 64, "op-dp") as op:
         yield op
-    finally:
-        op.stop()
-        api.delete_pool(POOL)
 
 
 @pytest.fixture(scope="module")
 def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
-    procs = start_node_agents(lab, "--verify-interval", "0.5")
-    try:
+    with running_agents(lab, "--verify-interval", "0.5") as procs:
         yield procs
-    finally:
-        for p in procs:
-            p.stop()
-        for node in lab.node_names():
-            lab.exec(node, [*AGENT, "--cleanup"])
-        for p in procs:
-            if p.popen is not None and p.popen.returncode not in (0, None):
-                print(p.log_tail())
 
 
 @pytest.fixture()
 def services(api: Api) -> Iterator[list[str]]:
-    names: list[str] = []
-    yield names
-    for n in names:
-        try:
-            api.core.delete_namespaced_service(n, NS)
-        except ApiException as e:
-            if e.status != 404:
-                raise
-
-
-def create(api: Api, names: list[str], name: str, **spec: Any) -> dict[str, Any]:
-    body = {
-        "apiVersion": "v1",
-        "kind": "Service",
-        "metadata": {"name": name, "namespace": NS},
-        "spec": {
-            "type": "LoadBalancer",
-            "selector": {"app": "echo"},
-            # Named target ports: they resolve through the EndpointSlices' ports.
-            "ports": [
-                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"},
-                {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": "udp"},
-            ],
-            **spec,
-        },
-    }
-    names.append(name)
-    api.core.create_namespaced_service(NS, body)
-    return body
-
-
-def answered(lab: Lab, client: str, addr: str, proto: str = "http") -> dict[str, Any] | None:
-    try:
-        return request(lab, client, addr, 80, proto)["answer"]
-    except ConnectionError:
-        return None
+    with deleting_services(api) as names:
+        yield names
 
 
 # ==============================================================================================

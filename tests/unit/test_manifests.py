@@ -228,7 +228,7 @@ def test_loadbalancer_spec():
     assert set(endpoint["properties"]) == {"address", "ready", "serving", "terminating", "forZones"}
     for field in ("node", "reason", "message"):
         assert resolve(schema, f".spec.excludedNodes[*].{field}")["type"] == "string"
-    assert resolve(schema, ".status.nodes[*].lastProbeTime")["format"] == "date-time"
+    assert resolve(schema, ".status.nodes[*].lastTransitionTime")["format"] == "date-time"
     assert resolve(schema, ".status.nodes[*].healthy")["type"] == "boolean"
 
 
@@ -355,7 +355,7 @@ def test_a_full_loadbalancer_conforms():
                     "node": "node-1",
                     "healthy": True,
                     "message": "200",
-                    "lastProbeTime": "2026-11-23T20:00:00Z",
+                    "lastTransitionTime": "2026-11-23T20:00:00Z",
                 }
             ],
             "conditions": [

@@ -1,0 +1,129 @@
+"""What the data-plane lab tests share: the operator on a pool of their own, the node agents,
+Services they create and delete, and small clients run in the lab's namespaces."""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kubernetes.client.exceptions import ApiException
+from portico_lab.lab import Lab
+from portico_lab.portico import start_node_agents
+from portico_lab.procs import Proc
+
+from .netcheck import request
+from .operator_harness import NS, Api, OperatorProcess, wait_for
+
+AGENT = [sys.executable, "-m", "portico_nodeagent"]
+
+# One HTTP request, its status line, headers and body, or the error (refused, timeout).
+_HTTP = r"""
+import json, socket, sys
+host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+out = {}
+try:
+    s = socket.create_connection((host, port), timeout=2)
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()); data = b""
+    while True:
+        chunk = s.recv(65536)
+        if not chunk: break
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    lines = head.decode().split("\r\n")
+    out["status"] = int(lines[0].split()[1])
+    out["headers"] = dict(l.split(": ", 1) for l in lines[1:])
+    out["body"] = body.decode()
+except ConnectionRefusedError:
+    out["error"] = "refused"
+except ConnectionResetError:  # accepted just as the listener closed
+    out["error"] = "reset"
+except (socket.timeout, TimeoutError):
+    out["error"] = "timeout"
+print(json.dumps(out))
+"""
+
+
+def http(lab: Lab, where: str, host: str, port: int, path: str = "/healthz") -> dict[str, Any]:
+    res = lab.exec(where, [sys.executable, "-S", "-c", _HTTP, host, str(port), path], timeout=10)
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+@contextmanager
+def running_operator(
+    lab: Lab, api: Api, pool: str, block: int, identity: str
+) -> Iterator[OperatorProcess]:
+    """An operator allocating from its own pool: the ``block``-th /27 (and /123) of the lab's VIP
+    ranges, so modules never share addresses."""
+    v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 32 * block}/27")
+    v6 = ipaddress.ip_network(f"{lab.plan.vip_range_v6.network_address + 32 * block}/123")
+    api.create_pool(pool, [str(v4), str(v6)])
+    op = OperatorProcess(lab, identity).start()
+    try:
+        wait_for(lambda: "first full listing" in op.log.read_text(), "the operator lists", 30)
+        yield op
+    finally:
+        op.stop()
+        api.delete_pool(pool)
+
+
+@contextmanager
+def running_agents(lab: Lab, *extra: str) -> Iterator[list[Proc]]:
+    procs = start_node_agents(lab, *extra)
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        for node in lab.node_names():
+            lab.exec(node, [*AGENT, "--cleanup"])
+        for p in procs:
+            if p.popen is not None and p.popen.returncode not in (0, None):
+                print(p.log_tail())
+
+
+@contextmanager
+def deleting_services(api: Api) -> Iterator[list[str]]:
+    """The names appended to the list are deleted at the end."""
+    names: list[str] = []
+    try:
+        yield names
+    finally:
+        for n in names:
+            try:
+                api.core.delete_namespaced_service(n, NS)
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def create(api: Api, names: list[str], name: str, **spec: Any) -> dict[str, Any]:
+    body = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {
+            "type": "LoadBalancer",
+            "selector": {"app": "echo"},
+            # Named target ports: they resolve through the EndpointSlices' ports.
+            "ports": [
+                {"name": "http", "protocol": "TCP", "port": 80, "targetPort": "http"},
+                {"name": "udp", "protocol": "UDP", "port": 80, "targetPort": "udp"},
+            ],
+            **spec,
+        },
+    }
+    names.append(name)
+    api.core.create_namespaced_service(NS, body)
+    return body
+
+
+def answered(lab: Lab, client: str, addr: str, proto: str = "http") -> dict[str, Any] | None:
+    try:
+        return request(lab, client, addr, 80, proto)["answer"]
+    except ConnectionError:
+        return None
