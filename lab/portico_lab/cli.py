@@ -148,11 +148,13 @@ def _cmd_up(args: argparse.Namespace) -> int:
                 f"The demo Service default/echo-lb got {ip} in "
                 f"{time.monotonic() - t0:.1f}s (CRDs, pool and operator start included):"
             )
+            answer = portico.demo_traffic(lab, ip)
+            print(f"client-1 asked {ip}:80; the gateway forwarded it to a healthy node, whose")
+            print("agent sent it to a local pod; the pod saw the client's own address:")
+            print("  " + answer)
+            portico.wait_gateway_status(lab, "default", "echo-lb")
             print(lab.kubectl("get", "ippools,loadbalancers", "-A").stdout)
             print("  portico-lab kubectl describe loadbalancer echo-lb")
-            print(f"With {ip} routed from client-1 to node-2 (the gateway's job, not built yet),")
-            print("node-2's agent forwards it to a local pod, which sees the client's own IP:")
-            print("  " + portico.demo_traffic(lab, ip))
         print(READY_LINE, flush=True)
         while True:
             time.sleep(3600)

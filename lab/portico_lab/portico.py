@@ -1,7 +1,7 @@
 """Runs Portico itself in a lab: its CRDs, an IPPool on the lab's VIP range, the operator as a
 process of the lab, a node agent in every node's namespace (as a kubelet would run the
-DaemonSet's pod, with the host's network), and a demo LoadBalancer Service, for `portico-lab up`
-to show it working."""
+DaemonSet's pod, with the host's network), the gateway (lbnode) in the first gateway's
+namespace, and a demo LoadBalancer Service, for `portico-lab up` to show it working."""
 
 from __future__ import annotations
 
@@ -65,6 +65,38 @@ def start_node_agents(lab: Lab, *extra: str) -> list[Proc]:
     return procs
 
 
+def gateway_argv(lab: Lab, gateway: str, *extra: str) -> list[str]:
+    """The command line of the lbnode of lab host ``gateway`` (run it in its namespace)."""
+    return [
+        sys.executable,
+        "-m",
+        "portico_lbnode",
+        "--kubeconfig",
+        str(lab.kubeconfig),
+        "--name",
+        gateway,
+        "--interface",
+        "eth0",
+        *extra,
+    ]
+
+
+def gateway_names(lab: Lab) -> list[str]:
+    prefix = f"{lab.plan.prefix}-"
+    return sorted(n[len(prefix) :] for n in lab.net.namespaces() if n.startswith(prefix + "gw-"))
+
+
+def start_gateway(lab: Lab, gateway: str, *extra: str) -> Proc:
+    """The gateway program in its host's namespace, as the lbnode DaemonSet or unit would run
+    it on a gateway machine; log in the lab's logs/."""
+    return Proc(
+        f"portico-lbnode-{gateway}",
+        gateway_argv(lab, gateway, *extra),
+        lab.workdir / "logs" / f"lbnode-{gateway}.log",
+        netns=lab.netns_of(gateway),
+    ).start()
+
+
 def install_crds(lab: Lab, timeout: str = "60s") -> None:
     """Portico's CRDs, served, and its system namespace (for the operator's Lease)."""
     lab.kubectl(
@@ -110,6 +142,10 @@ def install(lab: Lab) -> Proc:
     ).start()
     lab.procs.append(proc)
     lab.procs.extend(start_node_agents(lab))
+    # One gateway for now: several gateways sharing VIPs (and failing over) is the next step.
+    gateways = gateway_names(lab)
+    if gateways:
+        lab.procs.append(start_gateway(lab, gateways[0]))
     return proc
 
 
@@ -157,20 +193,40 @@ while True:
 """
 
 
-def demo_traffic(
-    lab: Lab, ip: str, client: str = "client-1", node: str = "node-2", timeout: float = 15
-) -> str:
-    """Delivers ``ip`` from ``client`` to ``node`` (a static route, as the gateway will once it
-    exists) and returns the echo pod's answer to one request: which pod, and the client address
-    it saw."""
-    via = str(lab.host(node).ipv4)
-    lab.exec(client, ["ip", "route", "replace", f"{ip}/32", "via", via], check=True)
+def demo_traffic(lab: Lab, ip: str, client: str = "client-1", timeout: float = 15) -> str:
+    """One request from ``client`` to ``ip``, as a user would make it: the client ARPs for the
+    VIP, the gateway answers and forwards to a healthy node, whose agent DNATs to a pod. Returns
+    the echo pod's answer: which pod, and the client address it saw."""
     res = lab.exec(
         client, [sys.executable, "-S", "-c", _ASK, ip, str(timeout)], timeout=timeout + 5
     )
     if res.returncode != 0:
-        raise LabError(f"{ip} did not answer through {node}: {res.stderr.strip()[-300:]}")
+        raise LabError(
+            f"{ip} did not answer {client}: {res.stderr.strip()[-300:]}; see "
+            f"{lab.workdir}/logs/lbnode-*.log"
+        )
     return res.stdout.strip()
+
+
+def wait_gateway_status(lab: Lab, namespace: str, name: str, timeout: float = 15) -> None:
+    """Until the LoadBalancer's status names its gateway and its healthy nodes."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = lab.kubectl(
+            "get",
+            "loadbalancer",
+            "-n",
+            namespace,
+            name,
+            "-o",
+            "jsonpath={.status.ownerGateway}/{.status.healthyNodes}",
+            check=False,
+        ).stdout.strip()
+        gateway, _, healthy = out.partition("/")
+        if gateway and healthy not in ("", "0"):
+            return
+        time.sleep(0.1)
+    raise LabError(f"{namespace}/{name}: no gateway status in {timeout:.0f}s")
 
 
 def _apply(lab: Lab, obj: dict) -> None:

@@ -23,7 +23,7 @@ class NodeReport:
     node: str
     healthy: bool
     message: str
-    since: str  # RFC 3339: when the node last became healthy or unhealthy
+    since: str  # RFC 3339: when the node last became healthy or unhealthy; "" if not probed
 
 
 @dataclass(frozen=True)
@@ -64,15 +64,7 @@ def render_status(
     return {
         "ownerGateway": report.gateway if report.announced else "",
         "healthyNodes": len(healthy),
-        "nodes": [
-            {
-                "node": n.node,
-                "healthy": n.healthy,
-                "message": n.message,
-                "lastTransitionTime": n.since,
-            }
-            for n in report.nodes
-        ],
+        "nodes": [_node(n) for n in report.nodes],
         "conditions": [
             condition(
                 "Announced",
@@ -86,6 +78,13 @@ def render_status(
             condition("Healthy", health[0], health[1], health[2], generation, now, old),
         ],
     }
+
+
+def _node(n: NodeReport) -> dict[str, Any]:
+    out: dict[str, Any] = {"node": n.node, "healthy": n.healthy, "message": n.message}
+    if n.since:  # a node not probed yet has no transition to tell
+        out["lastTransitionTime"] = n.since
+    return out
 
 
 def _mine(conditions: Iterable[Mapping[str, Any]]) -> list[Mapping[str, Any]]:

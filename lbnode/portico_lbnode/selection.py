@@ -18,7 +18,8 @@ from dataclasses import dataclass
 
 from .model import IP, Backend, GatewayService
 
-# ``healthy(node, service_key)`` as the prober knows it; the key is "" for the node-level check.
+# ``healthy(node, service_key)`` as the prober knows it (for a Cluster Service, the node's own
+# health: every Cluster Service on a node is as healthy as the node's proxy).
 HealthLookup = Callable[[str, str], bool]
 
 
@@ -27,12 +28,6 @@ class Candidate:
     node: str
     address: IP
     weight: int
-
-
-def health_key(svc: GatewayService) -> str:
-    """What a Service's health on a node is looked up by: the Service for Local, the node for
-    Cluster (every Cluster Service on a node is as healthy as the node's own proxy)."""
-    return svc.key if svc.local else ""
 
 
 def _weight(svc: GatewayService, b: Backend) -> int:
@@ -46,11 +41,10 @@ def candidates(
     gateway_zone: str = "",
 ) -> tuple[Candidate, ...]:
     """The nodes that take the Service's new flows for VIPs of ``family``, sorted by node."""
-    key = health_key(svc)
     found = [
         (b, addr)
         for b in svc.backends
-        if (addr := b.address(family)) is not None and healthy(b.node, key)
+        if (addr := b.address(family)) is not None and healthy(b.node, svc.key)
     ]
     if gateway_zone:
         near = [(b, a) for b, a in found if b.zone == gateway_zone and b.ready > 0]
@@ -61,5 +55,4 @@ def candidates(
 
 def healthy_nodes(svc: GatewayService, healthy: HealthLookup) -> Sequence[str]:
     """The backends that pass their check, whatever the family: the status's ``healthyNodes``."""
-    key = health_key(svc)
-    return [b.node for b in svc.backends if healthy(b.node, key)]
+    return [b.node for b in svc.backends if healthy(b.node, svc.key)]

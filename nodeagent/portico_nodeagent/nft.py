@@ -13,10 +13,10 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
 from typing import Any
 
 from portico_common import nftnames as N
+from portico_common.nftresult import ApplyResult, NftError, Stats
 from portico_common.noderules import (
     RulesIndex,
     delete_table,
@@ -34,29 +34,6 @@ Doc = Mapping[str, Any] | Callable[[], Mapping[str, Any]]
 
 def _document(doc: Doc) -> Mapping[str, Any]:
     return doc() if callable(doc) else doc
-
-
-class NftError(RuntimeError):
-    pass
-
-
-@dataclass
-class ApplyResult:
-    commands: int  # commands in the transaction (0: nothing to change)
-    seconds: float  # diff and transaction
-    mode: str  # "none", "incremental", "replace"
-    transaction_seconds: float = 0.0  # of which in libnftables and the kernel
-
-
-@dataclass
-class Stats:
-    applies: int = 0
-    errors: int = 0
-    restores: int = 0
-    last_seconds: float = 0.0
-    last_commands: int = 0
-    last_error: str = ""
-    counts: dict[str, int] = field(default_factory=dict)
 
 
 class NftTable:

@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from portico_lbnode.lbstatus import NodeReport, Report, render_status, status_differs
 from portico_lbnode.model import InvalidService, service_from_cr
-from portico_lbnode.selection import candidates, health_key, healthy_nodes
+from portico_lbnode.selection import candidates, healthy_nodes
 
 
 def cr(**spec: Any) -> dict[str, Any]:
@@ -51,7 +51,6 @@ def test_cr_is_read_into_values() -> None:
 def test_cluster_policy_ignores_a_stale_health_check_port() -> None:
     svc = service_from_cr(cr(externalTrafficPolicy="Cluster"))
     assert not svc.local and svc.health_check_node_port == 0
-    assert health_key(svc) == ""
 
 
 def test_affinity_and_ranges_and_mode() -> None:
@@ -93,13 +92,13 @@ def test_local_takes_only_nodes_whose_check_passes_weighted_by_ready_pods() -> N
     ]
     # IPv6: only node-2 has an IPv6 address.
     assert [c.node for c in candidates(svc, 6, lambda n, k: (n, k) in passing)] == ["node-2"]
-    # A node-level check is not the Service's check.
-    assert candidates(svc, 4, lambda n, k: k == "") == ()
+    # Another Service's check is not this one's.
+    assert candidates(svc, 4, lambda n, k: k == "default/other") == ()
 
 
 def test_cluster_nodes_weigh_the_same_and_use_the_node_check() -> None:
     svc = service_from_cr(cr(externalTrafficPolicy="Cluster"))
-    got = candidates(svc, 4, lambda n, k: k == "" and n != "node-3")
+    got = candidates(svc, 4, lambda n, k: k == "default/web" and n != "node-3")
     assert [(c.node, c.weight) for c in got] == [("node-1", 1), ("node-2", 1)]
     assert list(healthy_nodes(svc, lambda n, k: n == "node-3")) == ["node-3"]
 
@@ -160,5 +159,7 @@ def test_status_changes_when_a_node_flips_or_all_fail() -> None:
     assert conds["Healthy"]["status"] == "False"
     assert conds["Healthy"]["reason"] == "NoHealthyNodes"
     assert "dropped at the gateway" in conds["Healthy"]["message"]
+    unprobed = render_status(_report(NodeReport("node-1", False, "not probed yet", "")), 1, "t", {})
+    assert "lastTransitionTime" not in unprobed["nodes"][0]
     withdrawn = render_status(_report(announced=False), 1, "t2", down)
     assert withdrawn["ownerGateway"] == "" and status_differs(down, withdrawn)

@@ -1,0 +1,620 @@
+"""The gateway's forwarding table, as data: pure functions, no I/O.
+
+``render_fwd(ports, devices, size)`` turns the gateway's forwarding decisions (per Service port:
+its VIP, policy and Maglev slots already mapped to node addresses) into :class:`FwdRules`, the
+whole of the one table the gateway owns, ``netdev portico-gw``. ``FwdRules.to_json_replace()``
+builds it in one libnftables JSON transaction; ``diff_fwd(old, new)`` changes one into the other
+touching only what differs.
+
+Data path (direct server return at L2; every packet is looked at, there is no conntrack):
+
+* per LAN device a base chain ``ingress-<dev>`` (netdev ingress, priority 0, policy accept)::
+
+      ip daddr . meta l4proto . th dport vmap @svc4   # a VIP port: goto its chain
+      ip daddr @vips4 drop                            # any other packet to a VIP
+      (the same for ip6 with svc6, vips6)
+
+  ARP, NDP and traffic to non-VIP addresses pass untouched. Dropped on purpose, for lack of a
+  node to send them to: ports the Service does not have, ICMP to a VIP (echo included: the
+  gateway cannot answer for the nodes, and an error about a node's reply would have to be hashed
+  on its inner header, which nft cannot do), and non-first IP fragments (``th dport`` does not
+  load from them, so they miss the vmap and hit the VIP drop; first fragments are forwarded).
+* per Service port a chain ``svc-<id>``::
+
+      ip saddr != @src-<id> drop                      # only with sourceRanges
+      meta mark set jhash ip saddr . th sport mod M seed 0x… \\
+          fwd ip to meta mark map @slots-<x> device meta iif
+      (or "drop" when the port has no healthy node)
+
+  ClientIP affinity hashes ``ip saddr`` alone. Two deviations from the obvious form, both
+  forced by nft 1.0.6's JSON parser: it cannot declare a ``typeof`` map and refuses an
+  unqualified ``integer`` key, so the slot maps are ``type mark : ipv4_addr`` and the hash goes
+  through the packet mark (the packet leaves by ``fwd`` right after; nothing else sees the
+  mark). And ``device meta iif`` (accepted by the kernel, whose fwd reads the device from a
+  register) sends the packet back out of the LAN device it came in on, so the Service chains do
+  not depend on the device and one set of them serves every ingress chain.
+* slot maps ``slots-<x>`` hold ``i : node address`` for i < M. Ports whose slot lists are equal
+  (1,000 Cluster Services over the same healthy nodes) share one map.
+
+The hash seed is fixed: without ``seed``, nft picks a random one at each rule load, which would
+move every flow on a reload and differ between gateways.
+
+A change of healthy nodes updates the slot map in place: render with ``previous=`` the rules in
+force and the new slot list keeps the map's name, so the diff is a ``delete element`` and an
+``add element`` per slot that changed (Maglev moves about 1/N of them when one of N nodes leaves),
+atomic for packets within the one transaction, and no chain is rewritten. A slot list never seen
+before gets a map named after its content.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import ipaddress
+import json
+import re
+from collections import Counter
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+Json = dict[str, Any]
+
+# -- names and numbers ------------------------------------------------------------------------
+FAMILY = "netdev"
+TABLE = "portico-gw"
+INGRESS_PRIORITY = 0
+# Any fixed value does; it must only never change (and be the same on every gateway).
+FLOW_HASH_SEED = 0x5EED1B05
+INGRESS_CHAIN_PREFIX = "ingress-"
+SERVICE_CHAIN_PREFIX = "svc-"
+SOURCE_SET_PREFIX = "src-"
+SLOTS_MAP_PREFIX = "slots-"
+DISPATCH_MAP = {4: "svc4", 6: "svc6"}  # vip . l4proto . dport : goto svc-<id>
+VIP_SET = {4: "vips4", 6: "vips6"}
+ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
+IP_PROTO = {4: "ip", 6: "ip6"}
+SLOT_KEY_TYPE = "mark"  # 32 bits, as jhash's result (see the module docstring)
+PROTOCOLS = ("TCP", "UDP", "SCTP")
+DEVICE_NAME_MAX = 15  # IFNAMSIZ - 1
+ID_LEN = 12  # hex digits of sha256 in generated names
+
+
+class FwdRulesError(ValueError):
+    """Input that cannot be rendered (a caller's bug: slots of the wrong count or family)."""
+
+
+# ==============================================================================================
+# input and output
+# ==============================================================================================
+@dataclass(frozen=True)
+class FwdPort:
+    """One VIP port of a Service and where its flows go."""
+
+    service: str  # "namespace/name"
+    vip: IP
+    protocol: str  # TCP, UDP or SCTP
+    port: int
+    affinity: bool  # ClientIP: hash the client address only
+    source_ranges: tuple[IPNetwork, ...]  # empty: every client; other family's are ignored
+    slots: tuple[IP, ...]  # the Maglev table as node addresses of the VIP's family; empty: none
+
+    @property
+    def family(self) -> int:
+        return self.vip.version
+
+
+@dataclass(frozen=True)
+class Collection:
+    """A named set (``value_type`` None) or map's definition."""
+
+    key_type: str | tuple[str, ...]
+    value_type: str | None = None
+    flags: tuple[str, ...] = ()
+
+    @property
+    def kind(self) -> str:
+        return "set" if self.value_type is None else "map"
+
+    def json(self, name: str) -> Json:
+        out: Json = {**_WHERE, "name": name}
+        out["type"] = list(self.key_type) if isinstance(self.key_type, tuple) else self.key_type
+        if self.value_type is not None:
+            out["map"] = self.value_type
+        if self.flags:
+            out["flags"] = list(self.flags)
+        return out
+
+
+@dataclass(frozen=True)
+class BaseChain:
+    device: str
+    priority: int = INGRESS_PRIORITY
+    hook: str = "ingress"
+    type: str = "filter"
+    policy: str = "accept"
+
+    def json(self, name: str) -> Json:
+        return {
+            **_WHERE,
+            "name": name,
+            "type": self.type,
+            "hook": self.hook,
+            "dev": self.device,
+            "prio": self.priority,
+            "policy": self.policy,
+        }
+
+
+@dataclass
+class FwdRules:
+    """What the table holds, in comparable form. Rules and elements are canonical JSON text
+    (sorted keys), so that a render and the kernel's listing compare equal."""
+
+    chains: dict[str, BaseChain | None] = field(default_factory=dict)  # None: a regular chain
+    rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    collections: dict[str, Collection] = field(default_factory=dict)
+    elements: dict[str, dict[str, str | None]] = field(default_factory=dict)  # key -> value
+    skipped: tuple[FwdPort, ...] = ()  # ports whose VIP . protocol . port another one holds
+
+    def same_as(self, other: FwdRules) -> bool:
+        return (
+            self.chains == other.chains
+            and self.rules == other.rules
+            and self.collections == other.collections
+            and self.elements == other.elements
+        )
+
+    def slot_maps(self) -> dict[str, tuple[int, tuple[str, ...]]]:
+        """Each slot map's family and node addresses, slot 0 first."""
+        out = {}
+        for name, c in self.collections.items():
+            if not name.startswith(SLOTS_MAP_PREFIX) or c.value_type not in _FAMILY_OF_ADDR:
+                continue
+            elems = self.elements.get(name, {})
+            by_slot = sorted((int(k), _address_text(v)) for k, v in elems.items())
+            out[name] = (_FAMILY_OF_ADDR[c.value_type], tuple(a for _, a in by_slot))
+        return out
+
+    def counts(self) -> dict[str, int]:
+        return {
+            "chains": len(self.chains),
+            "rules": sum(len(r) for r in self.rules.values()),
+            "maps": sum(1 for c in self.collections.values() if c.kind == "map"),
+            "sets": sum(1 for c in self.collections.values() if c.kind == "set"),
+            "elements": sum(len(e) for e in self.elements.values()),
+        }
+
+    def to_json_replace(self, current: FwdRules | None = None) -> Json:
+        """One transaction that makes the table hold exactly this, whatever it held. Rules are
+        flushed and rebuilt and sets emptied and refilled without deleting the base chains, so
+        packets see the old table or the new one. ``current`` (the kernel's listing, when
+        known) says what else to delete: objects no longer wanted, and sets or base chains whose
+        definition changed (which ``add`` cannot change)."""
+        table = {"family": FAMILY, "name": TABLE}
+        cmds: list[Json] = [{"add": {"table": table}}, {"flush": {"table": table}}]
+        stale_chains: list[str] = []
+        if current is not None:
+            # Rules are gone after the flush, so nothing refers to these any more but vmap
+            # elements, which go with their map or with the flush of the kept maps below.
+            for name, c in current.collections.items():
+                if self.collections.get(name) != c:
+                    cmds.append({"delete": {c.kind: {**_WHERE, "name": name}}})
+            stale_chains = [
+                n for n, c in current.chains.items() if n not in self.chains or self.chains[n] != c
+            ]
+        for name, c in self.collections.items():
+            cmds.append({"add": {c.kind: c.json(name)}})
+            cmds.append({"flush": {c.kind: {**_WHERE, "name": name}}})
+        cmds += [{"delete": {"chain": {**_WHERE, "name": n}}} for n in stale_chains]
+        cmds += [{"add": {"chain": _chain_json(n, c)}} for n, c in self.chains.items()]
+        for name, elems in self.elements.items():
+            if elems:
+                cmds.append(_element_cmd("add", name, self.collections[name], elems))
+        for chain, rules in self.rules.items():
+            cmds += [_rule_cmd(chain, r) for r in rules]
+        return {"nftables": cmds}
+
+
+_WHERE = {"family": FAMILY, "table": TABLE}
+_FAMILY_OF_ADDR = {v: k for k, v in ADDR_TYPE.items()}
+
+
+def delete_table_json() -> Json:
+    """Removes the table if it is there (``add`` first, so that ``delete`` cannot fail)."""
+    t = {"family": FAMILY, "name": TABLE}
+    return {"nftables": [{"add": {"table": t}}, {"delete": {"table": t}}]}
+
+
+def _canon(value: Any) -> str:
+    # Fast paths for slot numbers and addresses, which are most of a large table's elements
+    # (json.dumps costs microseconds each); both give exactly what json.dumps would.
+    if type(value) is int:
+        return str(value)
+    if type(value) is str and _PLAIN.fullmatch(value):
+        return f'"{value}"'
+    return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+_PLAIN = re.compile(r"[0-9A-Za-z.:/_-]*")
+
+
+def _address_text(canon: str | None) -> str:
+    """An address element value back from its canonical JSON (a quoted plain string)."""
+    if canon and canon[0] == '"' and _PLAIN.fullmatch(canon, 1, len(canon) - 1):
+        return canon[1:-1]
+    return str(json.loads(canon or '""'))
+
+
+def _chain_json(name: str, base: BaseChain | None) -> Json:
+    return base.json(name) if base is not None else {**_WHERE, "name": name}
+
+
+def _rule_cmd(chain: str, rule: str) -> Json:
+    return {"add": {"rule": {**_WHERE, "chain": chain, "expr": json.loads(rule)}}}
+
+
+def _element_cmd(op: str, name: str, c: Collection, elems: Mapping[str, str | None]) -> Json:
+    items: list[Any] = []
+    for k in sorted(elems):
+        v = elems[k]
+        if op == "delete" or c.kind == "set" or v is None:
+            items.append(json.loads(k))
+        else:
+            items.append([json.loads(k), json.loads(v)])
+    return {op: {"element": {**_WHERE, "name": name, "elem": items}}}
+
+
+# ==============================================================================================
+# names
+# ==============================================================================================
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LEN]
+
+
+def port_id(port: FwdPort) -> str:
+    """Stable per Service, VIP (hence family), protocol and port. The VIP is part of it so that
+    two VIPs of one family of a Service never collide."""
+    return _digest(f"{port.service}|{port.vip}|{port.protocol.lower()}|{port.port}")
+
+
+def service_chain(port: FwdPort) -> str:
+    return SERVICE_CHAIN_PREFIX + port_id(port)
+
+
+def source_set(port: FwdPort) -> str:
+    return SOURCE_SET_PREFIX + port_id(port)
+
+
+def ingress_chain(device: str) -> str:
+    return INGRESS_CHAIN_PREFIX + device
+
+
+def _content_name(family: int, slots: tuple[str, ...], attempt: int) -> str:
+    salt = f"#{attempt}" if attempt else ""
+    return SLOTS_MAP_PREFIX + _digest(f"v{family}|{','.join(slots)}{salt}")
+
+
+_SLOT_REF = re.compile(r'"@(' + re.escape(SLOTS_MAP_PREFIX) + r'[^"]+)"')
+
+
+def _slot_map_of(rules: Iterable[str]) -> str | None:
+    for r in rules:
+        m = _SLOT_REF.search(r)
+        if m:
+            return m.group(1)
+    return None
+
+
+SlotList = tuple[int, tuple[str, ...]]  # family, node addresses
+
+
+def _slot_map_names(
+    wanted: Mapping[SlotList, list[str]], previous: FwdRules | None
+) -> dict[SlotList, str]:
+    """A map name per slot list (``wanted``: slot list -> the chains that use it). A list that a
+    previous map holds keeps that map; a new list takes over the previous map its chains used
+    before when that map is not otherwise kept (so the change is in place: only the slots that
+    differ); otherwise it gets a fresh name from its content."""
+    prev = previous.slot_maps() if previous is not None else {}
+    by_content = {content: name for name, content in prev.items()}
+    names: dict[SlotList, str] = {}
+    for content in wanted:
+        if content in by_content:
+            names[content] = by_content[content]
+    taken = set(names.values())
+    # Most used first: the list with the most chains behind it is the group that changed.
+    rest = sorted((c for c in wanted if c not in names), key=lambda c: (-len(wanted[c]), c))
+    for content in rest:
+        used_before: Counter[str] = Counter()
+        if previous is not None:
+            for chain in wanted[content]:
+                m = _slot_map_of(previous.rules.get(chain, ()))
+                if m is not None:
+                    used_before[m] += 1
+        for name, _n in sorted(used_before.items(), key=lambda kv: (-kv[1], kv[0])):
+            fam, slots = prev.get(name, (0, ()))
+            if name not in taken and fam == content[0] and len(slots) == len(content[1]):
+                names[content] = name
+                break
+        else:
+            attempt = 0
+            while (name := _content_name(*content, attempt)) in taken:
+                attempt += 1
+            names[content] = name
+        taken.add(names[content])
+    return names
+
+
+# ==============================================================================================
+# expressions, in the exact form the kernel lists them back
+# ==============================================================================================
+def _payload(proto: str, fld: str) -> Json:
+    return {"payload": {"protocol": proto, "field": fld}}
+
+
+_MARK: Json = {"meta": {"key": "mark"}}
+_DROP: Json = {"drop": None}
+
+
+def _dispatch_rule(family: int) -> list[Json]:
+    key = {
+        "concat": [
+            _payload(IP_PROTO[family], "daddr"),
+            {"meta": {"key": "l4proto"}},
+            _payload("th", "dport"),
+        ]
+    }
+    return [{"vmap": {"key": key, "data": "@" + DISPATCH_MAP[family]}}]
+
+
+def _vip_drop_rule(family: int) -> list[Json]:
+    daddr = _payload(IP_PROTO[family], "daddr")
+    return [{"match": {"op": "==", "left": daddr, "right": "@" + VIP_SET[family]}}, _DROP]
+
+
+def _source_rule(port: FwdPort) -> list[Json]:
+    saddr = _payload(IP_PROTO[port.family], "saddr")
+    return [{"match": {"op": "!=", "left": saddr, "right": "@" + source_set(port)}}, _DROP]
+
+
+def _forward_rule(port: FwdPort, size: int, slots_map: str) -> list[Json]:
+    saddr = _payload(IP_PROTO[port.family], "saddr")
+    flow = saddr if port.affinity else {"concat": [saddr, _payload("th", "sport")]}
+    jhash = {"jhash": {"mod": size, "seed": FLOW_HASH_SEED, "expr": flow}}
+    to = {"map": {"key": _MARK, "data": "@" + slots_map}}
+    fwd = {"fwd": {"dev": {"meta": {"key": "iif"}}, "family": IP_PROTO[port.family], "addr": to}}
+    return [{"mangle": {"key": _MARK, "value": jhash}}, fwd]
+
+
+def _range_element(net: IPNetwork) -> Any:
+    if net.prefixlen == net.max_prefixlen:
+        return str(net.network_address)
+    return {"prefix": {"addr": str(net.network_address), "len": net.prefixlen}}
+
+
+# ==============================================================================================
+# the renderer
+# ==============================================================================================
+def _check(port: FwdPort, size: int) -> None:
+    where = f"{port.service} {port.vip} {port.protocol}/{port.port}"
+    if port.protocol not in PROTOCOLS:
+        raise FwdRulesError(f"{where}: protocol {port.protocol!r} (want TCP, UDP or SCTP)")
+    if not 0 < port.port < 65536:
+        raise FwdRulesError(f"{where}: port out of range")
+    if port.slots and len(port.slots) != size:
+        raise FwdRulesError(f"{where}: {len(port.slots)} slots, the table has {size}")
+
+
+class _SlotTexts:
+    """Each slot list as text, made once per tuple: ports over the same nodes usually share
+    one tuple object, and turning M addresses into text per port dominated the render."""
+
+    def __init__(self) -> None:
+        self._by_id: dict[int, SlotList] = {}
+
+    def __call__(self, port: FwdPort) -> SlotList:
+        content = self._by_id.get(id(port.slots))
+        if content is None:
+            if any(a.version != port.family for a in port.slots):
+                raise FwdRulesError(
+                    f"{port.service} {port.vip}: a slot holds an address of the other family"
+                )
+            content = (port.family, tuple(str(a) for a in port.slots))
+            # The render holds every port (and so its tuple) to the end: no id is reused.
+            self._by_id[id(port.slots)] = content
+        return content
+
+
+def _port_order(p: FwdPort) -> tuple[str, int, int, str, int]:
+    return (p.service, p.family, int(p.vip), p.protocol, p.port)
+
+
+def render_fwd(
+    ports: Iterable[FwdPort],
+    devices: Sequence[str],
+    size: int,
+    previous: FwdRules | None = None,
+) -> FwdRules:
+    """The whole table for ``ports`` on LAN ``devices`` with Maglev tables of ``size`` slots.
+
+    ``previous`` (the rules in force) only chooses slot map names, so that a changed slot list
+    is an in-place change of the map it replaces. Should two ports claim one
+    ``VIP . protocol . port`` (the operator rules it out), the first in (service, VIP,
+    protocol, port) order keeps it and the other is listed in ``skipped``."""
+    if size < 1 or size >= 2**32:
+        raise FwdRulesError(f"table size {size} out of range")
+    out = FwdRules()
+    for fam in (4, 6):
+        out.collections[DISPATCH_MAP[fam]] = Collection(
+            (ADDR_TYPE[fam], "inet_proto", "inet_service"), "verdict"
+        )
+        out.collections[VIP_SET[fam]] = Collection(ADDR_TYPE[fam])
+        out.elements[DISPATCH_MAP[fam]] = {}
+        out.elements[VIP_SET[fam]] = {}
+    for dev in devices:
+        if not dev or len(dev) > DEVICE_NAME_MAX or '"' in dev:
+            raise FwdRulesError(f"bad device name {dev!r}")
+        ingress = [_canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _vip_drop_rule)]
+        out.chains[ingress_chain(dev)] = BaseChain(dev)
+        out.rules[ingress_chain(dev)] = tuple(ingress)
+
+    chosen: list[FwdPort] = []
+    skipped: list[FwdPort] = []
+    claimed: set[tuple[IP, str, int]] = set()
+    for p in sorted(ports, key=_port_order):
+        _check(p, size)
+        key = (p.vip, p.protocol, p.port)
+        if key in claimed:
+            skipped.append(p)
+            continue
+        claimed.add(key)
+        chosen.append(p)
+    out.skipped = tuple(skipped)
+
+    slot_text = _SlotTexts()
+    wanted: dict[SlotList, list[str]] = {}
+    for p in chosen:
+        if p.slots:
+            wanted.setdefault(slot_text(p), []).append(service_chain(p))
+    map_names = _slot_map_names(wanted, previous)
+    for (fam, slots), name in map_names.items():
+        out.collections[name] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
+        out.elements[name] = {_canon(i): _canon(a) for i, a in enumerate(slots)}
+
+    for p in chosen:
+        chain = service_chain(p)
+        rules: list[list[Json]] = []
+        if p.source_ranges:
+            src = source_set(p)
+            same = [n for n in p.source_ranges if n.version == p.family]
+            # An interval set refuses overlapping elements: collapse them first. With no range
+            # of this family the set stays empty and every client of this family is dropped.
+            merged = ipaddress.collapse_addresses(same)  # type: ignore[type-var,arg-type]
+            out.collections[src] = Collection(ADDR_TYPE[p.family], flags=("interval",))
+            out.elements[src] = {_canon(_range_element(n)): None for n in merged}
+            rules.append(_source_rule(p))
+        if p.slots:
+            rules.append(_forward_rule(p, size, map_names[slot_text(p)]))
+        else:
+            # Fail closed: a node that failed its health check would blackhole or reset the
+            # flow anyway, and forwarding to it would hide the outage. Whether some unhealthy
+            # node is better than none is the caller's decision (it passes the slots).
+            rules.append([_DROP])
+        out.chains[chain] = None
+        out.rules[chain] = tuple(_canon(r) for r in rules)
+        dispatch_key = {"concat": [str(p.vip), p.protocol.lower(), p.port]}
+        out.elements[DISPATCH_MAP[p.family]][_canon(dispatch_key)] = _canon(
+            {"goto": {"target": chain}}
+        )
+        out.elements[VIP_SET[p.family]][_canon(str(p.vip))] = None
+    return out
+
+
+# ==============================================================================================
+# the differ
+# ==============================================================================================
+def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
+    """The commands that turn table ``old`` into ``new`` in one transaction: elements added and
+    deleted one by one in sets and maps whose definition is unchanged, chains flushed and
+    refilled only when their rules changed, chains, sets and maps added or deleted when they
+    appear or go. An empty list means the two are the same.
+
+    Order: (1) flush chains that go or change, so no rule refers to what goes; (2) delete
+    elements, among them vmap elements that point at chains that go; (3) delete those chains,
+    sets and maps; (4) add new sets and maps, then chains (elements and rules refer to them);
+    (5) add elements; (6) add rules."""
+    redefined_colls = {
+        n for n, c in new.collections.items() if n in old.collections and old.collections[n] != c
+    }
+    redefined_chains = {n for n, c in new.chains.items() if n in old.chains and old.chains[n] != c}
+    gone_colls = [n for n in old.collections if n not in new.collections or n in redefined_colls]
+    gone_chains = [n for n in old.chains if n not in new.chains or n in redefined_chains]
+    # A kept chain whose rules refer to a set that is deleted and added again must let go of
+    # it too (the kernel refuses to delete a set in use).
+    refs = {f'"@{n}"' for n in redefined_colls}
+    changed = [
+        n
+        for n in new.chains
+        if n in old.chains
+        and n not in redefined_chains
+        and (
+            old.rules.get(n, ()) != new.rules.get(n, ())
+            or any(ref in r for ref in refs for r in old.rules.get(n, ()))
+        )
+    ]
+    cmds: list[Json] = []
+    for n in [*gone_chains, *changed]:
+        if old.rules.get(n):
+            cmds.append({"flush": {"chain": {**_WHERE, "name": n}}})
+    for name, old_elems in old.elements.items():
+        if name in gone_colls:
+            continue
+        new_elems = new.elements.get(name, {})
+        drop = {k: v for k, v in old_elems.items() if k not in new_elems or new_elems[k] != v}
+        if drop:
+            cmds.append(_element_cmd("delete", name, old.collections[name], drop))
+    cmds += [{"delete": {"chain": {**_WHERE, "name": n}}} for n in gone_chains]
+    for n in gone_colls:
+        cmds.append({"delete": {old.collections[n].kind: {**_WHERE, "name": n}}})
+    added_colls = [n for n in new.collections if n not in old.collections or n in redefined_colls]
+    added_chains = [n for n in new.chains if n not in old.chains or n in redefined_chains]
+    for n in added_colls:
+        c = new.collections[n]
+        cmds.append({"add": {c.kind: c.json(n)}})
+    cmds += [{"add": {"chain": _chain_json(n, new.chains[n])}} for n in added_chains]
+    for name, new_elems in new.elements.items():
+        base = {} if name in added_colls else old.elements.get(name, {})
+        add = {k: v for k, v in new_elems.items() if k not in base or base[k] != v}
+        if add:
+            cmds.append(_element_cmd("add", name, new.collections[name], add))
+    for n in [*changed, *added_chains]:
+        cmds += [_rule_cmd(n, r) for r in new.rules.get(n, ())]
+    return cmds
+
+
+# ==============================================================================================
+# the kernel's listing read back
+# ==============================================================================================
+def parse_listing(listing: Mapping[str, Any]) -> FwdRules:
+    """``nft -j list table netdev portico-gw`` as FwdRules, comparable with a render."""
+    out = FwdRules()
+    for item in listing.get("nftables") or []:
+        kind, obj = next(iter(item.items()))
+        if kind in ("metainfo", "table"):
+            continue
+        if kind == "chain":
+            if "hook" in obj:
+                # nft 1.0.6 leaves a netdev chain's device out of its JSON listing; the chain's
+                # name carries it (``ingress-<dev>``).
+                dev = obj.get("dev") or obj["name"].removeprefix(INGRESS_CHAIN_PREFIX)
+                out.chains[obj["name"]] = BaseChain(
+                    dev,
+                    int(obj.get("prio", 0)),
+                    obj["hook"],
+                    obj.get("type", ""),
+                    obj.get("policy", ""),
+                )
+            else:
+                out.chains[obj["name"]] = None
+            out.rules.setdefault(obj["name"], ())
+        elif kind == "rule":
+            rules = out.rules.get(obj["chain"], ())
+            out.rules[obj["chain"]] = (*rules, _canon(obj["expr"]))
+        elif kind in ("set", "map"):
+            typ = obj["type"]
+            c = Collection(
+                tuple(typ) if isinstance(typ, list) else typ,
+                obj.get("map") if kind == "map" else None,
+                tuple(obj.get("flags") or ()),
+            )
+            out.collections[obj["name"]] = c
+            elems: dict[str, str | None] = {}
+            for e in obj.get("elem") or []:
+                if kind == "map":
+                    elems[_canon(e[0])] = _canon(e[1])
+                else:
+                    elems[_canon(e)] = None
+            out.elements[obj["name"]] = elems
+    return out

@@ -1,0 +1,297 @@
+"""The gateway's I/O shell: LoadBalancer CRs in; health probes, the forwarding table, ARP/NDP
+answers and CR status out. Every decision is made by the pure modules (``model``,
+``selection``, ``plan``, ``fwdrules``, ``lbstatus``); this module only feeds and runs them.
+
+Order matters for a user's first packet and last one. A new VIP is programmed in the forwarding
+table before it is announced, so the first ARP answer leads to a working path; a VIP that goes
+away stops being announced before its rules are removed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from portico_common.informer import list_and_watch
+from portico_common.kube import ApiError, KubeClient, group_path
+
+from . import plan
+from .arpsock import Announcer
+from .fwdnft import FwdTable
+from .fwdrules import render_fwd
+from .healthstate import TargetHealth
+from .lbstatus import render_status, status_differs
+from .maglev import DEFAULT_TABLE_SIZE
+from .model import GatewayService, InvalidService, service_from_cr
+from .prober import Prober, ProbeSettings, targets_from_services
+
+log = logging.getLogger("portico.lbnode")
+
+API_GROUP = "portico.dev"
+API_VERSION = "v1alpha1"
+FIELD_MANAGER_PREFIX = "portico-lbnode"
+STATUS_WRITERS = 8  # concurrent status writes
+
+
+def lb_path(namespace: str | None = None, name: str | None = None) -> str:
+    return group_path(API_GROUP, API_VERSION, "loadbalancers", namespace, name)
+
+
+def rfc3339(wall: float) -> str:
+    return dt.datetime.fromtimestamp(wall, dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+@dataclass
+class GatewaySettings:
+    name: str
+    interfaces: Sequence[str]
+    zone: str = ""
+    table_size: int = DEFAULT_TABLE_SIZE
+    probe: ProbeSettings = field(default_factory=ProbeSettings)
+    # How long the first programming waits for every node's first probe after a (re)start, so
+    # a restart does not drop the Services whose nodes are merely not probed yet.
+    first_probe_wait: float = 3.0
+
+
+class Gateway:
+    def __init__(self, settings: GatewaySettings, kube: KubeClient) -> None:
+        self.settings = settings
+        self.kube = kube
+        self.crs: dict[str, Mapping[str, Any]] = {}
+        self.services: dict[str, GatewayService] = {}
+        self.invalid: dict[str, str] = {}
+        self.synced = asyncio.Event()
+        self._dirty = asyncio.Event()
+        self._status_dirty: set[str] = set()
+        self._status_event = asyncio.Event()
+        self._written: dict[str, dict[str, Any]] = {}  # key -> the status last applied
+        self.maglev = plan.MaglevCache(settings.table_size)
+        self.prober = Prober(settings.probe, on_change=self._health_changed)
+        self.fwd = FwdTable()
+        self.announcers = [Announcer(dev) for dev in settings.interfaces]
+        self.announced: frozenset[Any] = frozenset()
+        self.programmed_once = False
+
+    # -- the cache of CRs -------------------------------------------------------------------
+    def _set(self, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        self.crs[key] = obj
+        try:
+            svc = service_from_cr(obj)
+        except (InvalidService, TypeError, ValueError) as e:
+            self.services.pop(key, None)
+            self.invalid[key] = str(e)
+            log.error("LoadBalancer %s is not served: %s", key, e)
+        else:
+            self.invalid.pop(key, None)
+            if not svc.vips:
+                self.services.pop(key, None)
+            else:
+                self.services[key] = svc
+        self._status_dirty.add(key)
+
+    def _drop(self, key: str) -> None:
+        self.crs.pop(key, None)
+        self.services.pop(key, None)
+        self.invalid.pop(key, None)
+        self._written.pop(key, None)
+        self._status_dirty.discard(key)
+
+    def on_list(self, items: Sequence[Mapping[str, Any]]) -> None:
+        seen = set()
+        for obj in items:
+            self._set(obj)
+            meta = obj.get("metadata") or {}
+            seen.add(f"{meta.get('namespace')}/{meta.get('name')}")
+        for gone in set(self.crs) - seen:
+            self._drop(gone)
+        self.synced.set()
+        self._dirty.set()
+
+    def on_event(self, kind: str, obj: Mapping[str, Any]) -> None:
+        meta = obj.get("metadata") or {}
+        key = f"{meta.get('namespace')}/{meta.get('name')}"
+        if kind == "DELETED":
+            self._drop(key)
+        else:
+            old = self.crs.get(key)
+            if old is not None and old.get("spec") == obj.get("spec"):
+                # Our own status write (or the operator's) coming back: nothing to program.
+                self.crs[key] = obj
+                return
+            self._set(obj)
+        self._dirty.set()
+
+    def _health_changed(self, node: str, service_key: str, _health: TargetHealth) -> None:
+        self._status_dirty.add(service_key)
+        self._dirty.set()
+
+    # -- health lookups ---------------------------------------------------------------------
+    def healthy(self, node: str, key: str) -> bool:
+        h = self.prober.health(node, key)
+        return bool(h and h.healthy)
+
+    def node_health(self, node: str, key: str) -> plan.NodeHealth | None:
+        h = self.prober.health(node, key)
+        if h is None:
+            return None
+        return plan.NodeHealth(h.healthy, h.message, rfc3339(h.since))
+
+    # -- programming ------------------------------------------------------------------------
+    def _served(self) -> dict[str, GatewayService]:
+        return {k: s for k, s in self.services.items() if not s.nat}
+
+    def reconcile(self) -> None:
+        served = self._served()
+        self.prober.set_targets(targets_from_services(served.values()))
+        wanted = plan.vips_to_announce(served)
+        # Withdraw first: a VIP going away is never answered for while its rules go.
+        keep = self.announced & wanted
+        if keep != self.announced:
+            self._announce(keep)
+        t0 = time.perf_counter()
+        ports = plan.forwarding(served.values(), self.healthy, self.maglev, self.settings.zone)
+        rules = render_fwd(
+            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
+        )
+        result = self.fwd.apply(rules)
+        if result.commands:
+            log.info(
+                "forwarding: %d commands (%s) in %.1f ms for %d ports",
+                result.commands,
+                result.mode,
+                (time.perf_counter() - t0) * 1000,
+                len(ports),
+            )
+        self.programmed_once = True
+        if wanted != self.announced:
+            self._announce(wanted)
+        self._status_dirty.update(self.crs)
+        self._status_event.set()
+
+    def _announce(self, vips: frozenset[Any]) -> None:
+        for a in self.announcers:
+            a.set_vips(vips)
+        self.announced = vips
+
+    async def reconcile_loop(self) -> None:
+        await self.synced.wait()
+        # After a restart, the nodes' first answers decide the first table: wait for them
+        # (bounded), rather than program every Service as fail-closed for a moment.
+        self.prober.set_targets(targets_from_services(self._served().values()))
+        await self.prober.first_round(self.settings.first_probe_wait)
+        while True:
+            self._dirty.clear()
+            try:
+                self.reconcile()
+            except Exception:
+                log.exception("reconcile failed; retrying")
+                await asyncio.sleep(1.0)
+                self._dirty.set()
+            await self._dirty.wait()
+            # Coalesce a burst (a Deployment's pods, a list): one transaction for all of it.
+            await asyncio.sleep(0.005)
+
+    # -- status -----------------------------------------------------------------------------
+    def desired_status(self, key: str) -> dict[str, Any] | None:
+        obj = self.crs.get(key)
+        if obj is None:
+            return None
+        current = obj.get("status") or {}
+        generation = int((obj.get("metadata") or {}).get("generation") or 0)
+        now = rfc3339(time.time())
+        svc = self.services.get(key)
+        if svc is None or svc.nat:
+            reason, message = (
+                ("InvalidSpec", self.invalid[key])
+                if key in self.invalid
+                else ("NATModeUnsupported", "forwardingMode NAT is not implemented by lbnode yet")
+                if svc is not None
+                else ("NoVIPs", "the Service has no address yet")
+            )
+            report = plan.Report(self.settings.name, False, reason, message, (), False)
+        else:
+            report = plan.report(
+                svc, self.settings.name, self.node_health, announced=svc.vips[0] in self.announced
+            )
+        return render_status(report, generation, now, current)
+
+    async def status_loop(self) -> None:
+        sem = asyncio.Semaphore(STATUS_WRITERS)
+
+        async def write(key: str) -> None:
+            async with sem:
+                await self._write_status(key)
+
+        while True:
+            await self._status_event.wait()
+            self._status_event.clear()
+            if not self.programmed_once:
+                continue
+            keys, self._status_dirty = self._status_dirty, set()
+            await asyncio.gather(*(write(k) for k in sorted(keys)))
+
+    async def _write_status(self, key: str) -> None:
+        desired = self.desired_status(key)
+        if desired is None:
+            return
+        obj = self.crs[key]
+        current = obj.get("status") or {}
+        last = self._written.get(key)
+        if not status_differs(current, desired) or (
+            last is not None and not status_differs(last, desired)
+        ):
+            return
+        ns, name = key.split("/", 1)
+        body = {
+            "apiVersion": f"{API_GROUP}/{API_VERSION}",
+            "kind": "LoadBalancer",
+            "metadata": {"name": name, "namespace": ns},
+            "status": desired,
+        }
+        try:
+            applied = await self.kube.patch(
+                lb_path(ns, name) + "/status",
+                body,
+                kind="apply",
+                field_manager=f"{FIELD_MANAGER_PREFIX}-{self.settings.name}",
+                force=True,
+            )
+        except ApiError as e:
+            if e.status != 404:
+                log.warning("status of %s: %s (retrying)", key, e)
+                self._status_dirty.add(key)
+                asyncio.get_running_loop().call_later(1.0, self._status_event.set)
+            return
+        except (OSError, TimeoutError) as e:
+            log.warning("status of %s: %s (retrying)", key, e)
+            self._status_dirty.add(key)
+            asyncio.get_running_loop().call_later(1.0, self._status_event.set)
+            return
+        self._written[key] = desired
+        if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):
+            self.crs[key] = applied
+
+    # -- running ----------------------------------------------------------------------------
+    async def watch_loop(self) -> None:
+        await list_and_watch(
+            self.kube, lb_path(), self.on_list, self.on_event, what="LoadBalancers"
+        )
+
+    async def verify_loop(self, interval: float) -> None:
+        while True:
+            await asyncio.sleep(interval)
+            if self.programmed_once and self.fwd.verify():
+                log.warning("forwarding table was changed behind our back: restored")
+
+    async def withdraw(self) -> None:
+        """Stops announcing (a clean stop); the table stays so a restart keeps the flows."""
+        self._announce(frozenset())
+        for a in self.announcers:
+            a.close()

@@ -1,0 +1,125 @@
+"""portico-lbnode: the gateway. On a host on the nodes' L2 segment it turns every LoadBalancer
+CR into a working VIP: it answers ARP (IPv4) and neighbour solicitations (IPv6) for the VIPs on
+``--interface``, health-checks every backend node over HTTP, and forwards each packet for
+``VIP:port`` unchanged to a healthy node chosen by a Maglev table over the flow's hash (direct
+server return: the node's Portico rules do the NAT, the reply goes straight to the client).
+
+It owns one nftables table, ``netdev portico-gw``, and never touches another. Stopping it
+withdraws the announcements and leaves the table, so a restart keeps established flows on their
+nodes; ``--cleanup`` removes the table, for uninstalling.
+
+Examples:
+  portico-lbnode --kubeconfig ~/.kube/config --name gw-1 --interface eth0
+  portico-lbnode --cleanup
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+
+from portico_common.kube import KubeClient, load_credentials
+from portico_common.logs import JsonFormatter
+from portico_common.tasks import run_together
+
+from .maglev import DEFAULT_TABLE_SIZE
+from .prober import ProbeSettings
+
+log = logging.getLogger("portico.lbnode")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="portico-lbnode",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--kubeconfig", default=os.environ.get("KUBECONFIG"))
+    p.add_argument("--name", default=os.environ.get("GATEWAY_NAME") or socket.gethostname())
+    p.add_argument("--interface", action="append", default=[], help="the LAN device (repeatable)")
+    p.add_argument("--zone", default="", help="this gateway's zone: prefer its nodes")
+    p.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="Maglev M, prime")
+    p.add_argument("--probe-interval", type=float, default=1.0)
+    p.add_argument("--probe-timeout", type=float, default=1.0)
+    p.add_argument("--rise", type=int, default=2)
+    p.add_argument("--fall", type=int, default=2)
+    p.add_argument("--node-health-port", type=int, default=10256)
+    p.add_argument("--verify-interval", type=float, default=10.0)
+    p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0: off)")
+    p.add_argument("--log-level", default="info")
+    p.add_argument("--cleanup", action="store_true", help="remove the table and exit")
+    args = p.parse_args(argv)
+    if not args.cleanup and not args.interface:
+        p.error("--interface is required")
+    return args
+
+
+async def run(args: argparse.Namespace) -> int:
+    from .gateway import Gateway, GatewaySettings
+
+    settings = GatewaySettings(
+        name=args.name,
+        interfaces=tuple(args.interface),
+        zone=args.zone,
+        table_size=args.table_size,
+        probe=ProbeSettings(
+            interval=args.probe_interval,
+            timeout=args.probe_timeout,
+            rise=args.rise,
+            fall=args.fall,
+            node_port=args.node_health_port,
+        ),
+    )
+    kube = KubeClient(load_credentials(args.kubeconfig))
+    gw = Gateway(settings, kube)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+
+    async def until_stopped() -> None:
+        await stop.wait()
+
+    try:
+        await run_together(
+            until_stopped(),
+            gw.watch_loop(),
+            gw.reconcile_loop(),
+            gw.status_loop(),
+            gw.verify_loop(args.verify_interval),
+            gw.prober.run(),
+            *(a.run() for a in gw.announcers),
+        )
+    finally:
+        await gw.withdraw()
+        await gw.prober.close()
+        await kube.close()
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    if args.cleanup:
+        from .fwdnft import FwdTable
+
+        FwdTable().delete()
+        log.info("removed table netdev portico-gw")
+        return 0
+    if args.metrics_port:
+        from prometheus_client import start_http_server
+
+        start_http_server(args.metrics_port)
+    log.info("portico-lbnode %s starting on %s (pid %d)", args.name, args.interface, os.getpid())
+    return asyncio.run(run(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

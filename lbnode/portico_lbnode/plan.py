@@ -1,0 +1,115 @@
+"""From the Services and their nodes' health to what the gateway programs and says: the
+forwarding entries (one per VIP and port, each with its Maglev slots already turned into node
+addresses), the VIPs to announce, and each Service's status report. Pure.
+
+The Maglev table of a set of (node, weight) depends on nothing else, so it is computed once per
+distinct set and shared: a thousand Cluster Services over the same healthy nodes cost one table
+and, in the kernel, one slots map (``fwdrules`` shares maps of equal content).
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+
+from .fwdrules import FwdPort
+from .lbstatus import NodeReport, Report
+from .maglev import maglev_table
+from .model import IP, GatewayService
+from .selection import Candidate, HealthLookup, candidates
+
+
+class MaglevCache:
+    """Tables by their (node, weight) set; bounded, least recently used first out."""
+
+    def __init__(self, size: int, capacity: int = 4096) -> None:
+        self.size = size
+        self.capacity = capacity
+        self._tables: OrderedDict[tuple[tuple[str, int], ...], tuple[str, ...]] = OrderedDict()
+
+    def table(self, nodes: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
+        found = self._tables.get(nodes)
+        if found is None:
+            found = self._tables[nodes] = maglev_table(nodes, self.size)
+            while len(self._tables) > self.capacity:
+                self._tables.popitem(last=False)
+        else:
+            self._tables.move_to_end(nodes)
+        return found
+
+
+def slots_for(chosen: tuple[Candidate, ...], cache: MaglevCache) -> tuple[IP, ...]:
+    if not chosen:
+        return ()
+    by_node = {c.node: c.address for c in chosen}
+    return tuple(by_node[n] for n in cache.table(tuple((c.node, c.weight) for c in chosen)))
+
+
+def forwarding(
+    services: Iterable[GatewayService],
+    healthy: HealthLookup,
+    cache: MaglevCache,
+    gateway_zone: str = "",
+) -> list[FwdPort]:
+    """Every (VIP, protocol, port) this gateway forwards, with its slots (empty: no healthy
+    node, fail-closed)."""
+    out = []
+    for svc in services:
+        for family in svc.families:
+            slots = slots_for(candidates(svc, family, healthy, gateway_zone), cache)
+            for vip in (v for v in svc.vips if v.version == family):
+                sources = tuple(r for r in svc.source_ranges if r.version == family)
+                for p in svc.ports:
+                    out.append(
+                        FwdPort(
+                            service=svc.key,
+                            vip=vip,
+                            protocol=p.protocol,
+                            port=p.port,
+                            affinity=svc.client_ip_affinity,
+                            source_ranges=sources,
+                            # A Service whose ranges are all of the other family admits
+                            # nobody of this one: no slots, so every packet is dropped.
+                            slots=() if svc.source_ranges and not sources else slots,
+                        )
+                    )
+    return out
+
+
+@dataclass(frozen=True)
+class NodeHealth:
+    healthy: bool
+    message: str
+    since: str  # RFC 3339
+
+
+def report(
+    svc: GatewayService,
+    gateway: str,
+    health: Callable[[str, str], NodeHealth | None],
+    announced: bool,
+) -> Report:
+    nodes = []
+    for b in svc.backends:
+        h = health(b.node, svc.key)
+        if h is None:
+            nodes.append(NodeReport(b.node, False, "not probed yet", ""))
+        else:
+            nodes.append(NodeReport(b.node, h.healthy, h.message, h.since))
+    return Report(
+        gateway=gateway,
+        announced=announced,
+        announce_reason="Announced" if announced else "NotAnnounced",
+        announce_message=(
+            f"{gateway} answers ARP/NDP for {', '.join(str(v) for v in svc.vips)}"
+            if announced
+            else "no VIP to announce"
+        ),
+        nodes=tuple(nodes),
+        fail_closed=announced,
+    )
+
+
+def vips_to_announce(services: Mapping[str, GatewayService]) -> frozenset[IP]:
+    return frozenset(v for svc in services.values() for v in svc.vips)

@@ -1,0 +1,273 @@
+"""The whole path, as a user's client takes it: the client ARPs (or solicits) for a VIP, the
+gateway (lbnode, in the lab's gateway namespace) answers with its MAC, picks a healthy node by
+its Maglev table and forwards the packet unchanged; the node's agent DNATs to a pod, and the
+reply goes from the node straight to the client. No static routes: the VIPs are on the
+clients' LAN, as on a flat bare-metal network.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from portico_lab.lab import Lab
+from portico_lab.portico import start_gateway
+from portico_lab.procs import Proc
+
+from .dataplane_harness import (
+    answered,
+    create,
+    deleting_services,
+    running_agents,
+    running_operator,
+)
+from .operator_harness import NS, Api, OperatorProcess, wait_for
+
+GATEWAY = "gw-1"
+LBNODE = [sys.executable, "-m", "portico_lbnode"]
+
+
+@pytest.fixture(scope="module")
+def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
+    with running_operator(lab, api, "gateway", 160, "op-gw") as op:
+        yield op
+
+
+@pytest.fixture(scope="module")
+def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
+    with running_agents(lab) as procs:
+        yield procs
+
+
+@pytest.fixture(scope="module")
+def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
+    proc = start_gateway(lab, GATEWAY)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        lab.exec(GATEWAY, [*LBNODE, "--cleanup"])
+        if proc.popen is not None and proc.popen.returncode not in (0, None):
+            print(proc.log_tail())
+
+
+@pytest.fixture()
+def services(api: Api) -> Iterator[list[str]]:
+    with deleting_services(api) as names:
+        yield names
+
+
+def gateway_mac(lab: Lab) -> str:
+    out = lab.exec(GATEWAY, ["ip", "-j", "link", "show", "eth0"], check=True).stdout
+    return str(json.loads(out)[0]["address"]).lower()
+
+
+def status(api: Api, name: str) -> dict[str, Any]:
+    return api.lb(name).get("status") or {}
+
+
+def condition(st: dict[str, Any], kind: str) -> dict[str, Any]:
+    return next((c for c in st.get("conditions") or [] if c["type"] == kind), {})
+
+
+def healthy_nodes(api: Api, name: str) -> set[str]:
+    return {n["node"] for n in status(api, name).get("nodes") or [] if n.get("healthy")}
+
+
+# Connections from fixed source ports (one flow each), from several client addresses: the node
+# that answered each, or null.
+_FLOWS = r"""
+import json, socket, sys
+host, port = sys.argv[1], 80
+srcs, first, n = sys.argv[2].split(","), int(sys.argv[3]), int(sys.argv[4])
+out = {}
+for src in srcs:
+    for sport in range(first, first + n):
+        s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.settimeout(1.0)
+        try:
+            s.bind((src, sport))
+            s.connect((host, port))
+            s.sendall(b"GET /flow HTTP/1.0\r\n\r\n"); data = b""
+            while True:
+                chunk = s.recv(65536)
+                if not chunk: break
+                data += chunk
+            out[f"{src}:{sport}"] = json.loads(data.split(b"\r\n\r\n", 1)[1])["node"]
+        except OSError:
+            out[f"{src}:{sport}"] = None
+        finally:
+            s.close()
+print(json.dumps(out))
+"""
+
+
+def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str, str | None]:
+    res = lab.exec(
+        "client-1",
+        [sys.executable, "-S", "-c", _FLOWS, ip, ",".join(sources), str(first), str(n)],
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    return json.loads(res.stdout)
+
+
+# ==============================================================================================
+def test_vip_answers_through_the_gateway_with_the_client_ip(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-local", externalTrafficPolicy="Local")
+    ip = api.wait_ips("gw-local")[0]
+    first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through the gateway")
+    got = [first] + [answered(lab, "client-2", ip) for _ in range(6)]
+    assert first["client_ip"] == str(lab.plan.client(1).ipv4)
+    assert {a["client_ip"] for a in got[1:] if a} == {str(lab.plan.client(2).ipv4)}
+    udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers too")
+    assert udp["client_ip"] == str(lab.plan.client(1).ipv4)
+    # The client's neighbour entry for the VIP is the gateway's MAC.
+    neigh = lab.exec("client-1", ["ip", "neigh", "show", ip], check=True).stdout
+    assert gateway_mac(lab) in neigh, neigh
+
+    st = wait_for(
+        lambda: (s := status(api, "gw-local")).get("healthyNodes") == 3 and s,
+        "status: three healthy nodes",
+    )
+    assert st["ownerGateway"] == GATEWAY
+    assert condition(st, "Announced")["status"] == "True"
+    assert condition(st, "Healthy")["status"] == "True"
+    # The operator's conditions survive the gateway's writes (separate field managers).
+    assert condition(st, "Allocated")["status"] == "True"
+
+
+def test_arping_sees_exactly_one_mac_the_gateways_and_none_for_others(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-arp")
+    ip = api.wait_ips("gw-arp")[0]
+    wait_for(lambda: answered(lab, "client-2", ip), "the VIP answers")
+    out = lab.exec("client-2", ["arping", "-c", "3", "-w", "4", "-I", "eth0", ip]).stdout
+    macs = {m.lower() for m in re.findall(r"\[([0-9A-Fa-f:]{17})\]", out)}
+    assert macs == {gateway_mac(lab)}, out
+    # An address of the pool that no Service holds: nobody answers.
+    free = str(ipaddress.ip_address(ip) + 20)
+    res = lab.exec("client-2", ["arping", "-c", "2", "-w", "2", "-I", "eth0", free])
+    assert res.returncode != 0 and not re.findall(r"\[([0-9A-Fa-f:]{17})\]", res.stdout)
+
+
+def test_ipv6_vip_through_ndp(lab: Lab, api: Api, gateway: Proc, services: list[str]) -> None:
+    create(
+        api,
+        services,
+        "gw-v6",
+        ipFamilyPolicy="PreferDualStack",
+        ipFamilies=["IPv6", "IPv4"],
+        externalTrafficPolicy="Local",
+    )
+    ips = api.wait_ips("gw-v6", 2)
+    v6 = next(i for i in ips if ":" in i)
+    a = wait_for(lambda: answered(lab, "client-1", v6), "the IPv6 VIP answers")
+    assert a["client_ip"] == str(lab.plan.client(1).ipv6)
+    out = lab.exec("client-1", ["ndisc6", "-1", "-r", "2", v6, "eth0"]).stdout
+    assert gateway_mac(lab).upper() in out.upper(), out
+
+
+def test_nodes_without_ready_local_endpoints_get_no_traffic(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-drain", externalTrafficPolicy="Local")
+    ip = api.wait_ips("gw-drain")[0]
+    wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2", "node-3"}, "3 nodes")
+    sources = [str(lab.plan.client(1).ipv4)]
+    lab.set_pod_ready("echo-3-1", False)
+    lab.terminate_pod("echo-3-2")  # terminating but still serving: /healthz says 503
+    try:
+        wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2"}, "node-3 out")
+        st = status(api, "gw-drain")
+        node3 = next(n for n in st["nodes"] if n["node"] == "node-3")
+        # The node agent's aggregate answer (or its healthCheckNodePort's 503) says why.
+        assert not node3["healthy"] and "0 local endpoints" in node3["message"], node3
+        seen = flows(lab, ip, sources, 41000, 40)
+        assert None not in seen.values(), seen
+        assert set(seen.values()) == {"node-1", "node-2"}, seen
+    finally:
+        lab.set_pod_ready("echo-3-1", True)
+        lab.remove_pod("echo-3-2")
+        lab.add_pod("node-3")
+
+
+def test_node_failure_moves_only_that_nodes_flows(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-fail", externalTrafficPolicy="Local")
+    ip = api.wait_ips("gw-fail")[0]
+    wait_for(lambda: len(healthy_nodes(api, "gw-fail")) == 3, "three healthy nodes")
+    sources = [str(lab.plan.client(1).ipv4)]
+    before = flows(lab, ip, sources, 42000, 60)
+    assert None not in before.values() and set(before.values()) == {
+        "node-1",
+        "node-2",
+        "node-3",
+    }, before
+    lab.fail_node("node-2", stop_heartbeat=False)
+    try:
+        wait_for(lambda: "node-2" not in healthy_nodes(api, "gw-fail"), "node-2 out")
+        after = flows(lab, ip, sources, 42000, 60)
+    finally:
+        lab.restore_node("node-2")
+    assert None not in after.values(), after
+    assert "node-2" not in after.values()
+    moved = [f for f in before if before[f] != after[f]]
+    assert moved and all(before[f] == "node-2" for f in moved), (before, after)
+
+
+def test_client_ip_affinity_survives_a_change_of_the_node_set(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    # Local: the echo's node is the node the gateway chose.
+    create(api, services, "gw-aff", sessionAffinity="ClientIP", externalTrafficPolicy="Local")
+    ip = api.wait_ips("gw-aff")[0]
+    wait_for(lambda: len(healthy_nodes(api, "gw-aff")) == 3, "three healthy nodes")
+    base = lab.plan.client(1).ipv4 + 100
+    sources = [str(base + k) for k in range(12)]
+    for s in sources:
+        lab.exec("client-1", ["ip", "addr", "add", f"{s}/32", "dev", "eth0"], check=True)
+    try:
+        before = flows(lab, ip, sources, 43000, 3)
+        # Every port of one client address: one node (the hash is of the address alone).
+        for s in sources:
+            assert len({before[f"{s}:{p}"] for p in range(43000, 43003)}) == 1, before
+        lab.fail_node("node-3", stop_heartbeat=False)
+        try:
+            wait_for(lambda: "node-3" not in healthy_nodes(api, "gw-aff"), "node-3 out")
+            after = flows(lab, ip, sources, 43000, 3)
+        finally:
+            lab.restore_node("node-3")
+    finally:
+        for s in sources:
+            lab.exec("client-1", ["ip", "addr", "del", f"{s}/32", "dev", "eth0"])
+    # Clients whose node stays healthy keep it; node-3's move (to one node each).
+    kept = [f for f in before if before[f] != "node-3"]
+    assert kept and all(after[f] == before[f] for f in kept), (before, after)
+
+
+def test_deleted_service_is_withdrawn(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-gone")
+    ip = api.wait_ips("gw-gone")[0]
+    wait_for(lambda: answered(lab, "client-2", ip), "the VIP answers")
+    api.core.delete_namespaced_service("gw-gone", NS)
+    wait_for(
+        lambda: (
+            lab.exec("client-2", ["arping", "-c", "1", "-w", "1", "-I", "eth0", ip]).returncode != 0
+        ),
+        "the gateway stops answering ARP for the VIP",
+    )
+    table = lab.exec(GATEWAY, ["nft", "list", "table", "netdev", "portico-gw"], check=True).stdout
+    assert ip not in table
