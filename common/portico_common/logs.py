@@ -17,4 +17,8 @@ class JsonFormatter(logging.Formatter):
         }
         if record.exc_info:
             out["exc"] = self.formatException(record.exc_info)
+        # Structured fields passed as ``extra={"timing": {...}}`` (read by the benchmarks).
+        timing = getattr(record, "timing", None)
+        if timing is not None:
+            out["timing"] = timing
         return json.dumps(out)

@@ -76,6 +76,9 @@ class Gateway:
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
         self.announced: frozenset[Any] = frozenset()
         self.programmed_once = False
+        # key -> wall time the CR (with VIPs) was first seen, until its first healthy node is
+        # programmed and announced: then one log line says where the time went.
+        self._pending_first: dict[str, float] = {}
 
     # -- the cache of CRs -------------------------------------------------------------------
     def _set(self, obj: Mapping[str, Any]) -> None:
@@ -93,10 +96,13 @@ class Gateway:
             if not svc.vips:
                 self.services.pop(key, None)
             else:
+                if key not in self.services and self.synced.is_set():
+                    self._pending_first.setdefault(key, time.time())
                 self.services[key] = svc
         self._status_dirty.add(key)
 
     def _drop(self, key: str) -> None:
+        self._pending_first.pop(key, None)
         self.crs.pop(key, None)
         self.services.pop(key, None)
         self.invalid.pop(key, None)
@@ -170,10 +176,39 @@ class Gateway:
                 len(ports),
             )
         self.programmed_once = True
+        t_programmed = time.time()
         if wanted != self.announced:
             self._announce(wanted)
+        if self._pending_first:
+            self._log_first_served(ports, t_programmed)
         self._status_dirty.update(self.crs)
         self._status_event.set()
+
+    def _log_first_served(self, ports: Sequence[Any], t_programmed: float) -> None:
+        """One line per new Service once it has a healthy node: CR seen, first healthy probe
+        answer, forwarding programmed, first announcement (wall-clock seconds)."""
+        served = {p.service for p in ports if p.slots}
+        for key in [k for k in self._pending_first if k in served]:
+            seen = self._pending_first.pop(key)
+            svc = self.services[key]
+            healthy = [
+                h.since
+                for b in svc.backends
+                if (h := self.prober.health(b.node, key)) is not None and h.healthy
+            ]
+            log.info(
+                "serving %s",
+                key,
+                extra={
+                    "timing": {
+                        "service": key,
+                        "cr_seen": seen,
+                        "first_healthy": min(healthy, default=t_programmed),
+                        "programmed": t_programmed,
+                        "announced": time.time(),
+                    }
+                },
+            )
 
     def _announce(self, vips: frozenset[Any]) -> None:
         for a in self.announcers:

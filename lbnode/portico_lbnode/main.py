@@ -107,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    # httpx logs every request at INFO: one line per probe would drown the gateway's own.
+    logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cleanup:
         from .fwdnft import FwdTable
 
