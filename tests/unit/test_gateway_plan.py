@@ -1,0 +1,120 @@
+"""From Services and health to forwarding entries and status reports (lbnode's plan)."""
+
+from __future__ import annotations
+
+import ipaddress
+from collections import Counter
+from typing import Any
+
+from portico_lbnode.maglev import maglev_table
+from portico_lbnode.model import service_from_cr
+from portico_lbnode.plan import MaglevCache, NodeHealth, forwarding, report, vips_to_announce
+
+SIZE = 251
+
+
+def cr(name: str = "web", **spec: Any) -> dict[str, Any]:
+    base: dict[str, Any] = {
+        "vips": ["198.18.32.5", "fd00:18::a:5"],
+        "ports": [{"protocol": "TCP", "port": 80}, {"protocol": "UDP", "port": 53}],
+        "externalTrafficPolicy": "Cluster",
+        "backends": [
+            {"node": "node-1", "internalIPs": ["198.18.0.10", "fd00:18::a"], "ready": 1},
+            {"node": "node-2", "internalIPs": ["198.18.0.11", "fd00:18::b"], "ready": 1},
+            {"node": "node-3", "internalIPs": ["198.18.0.12"], "ready": 1},
+        ],
+    }
+    base.update(spec)
+    return {"metadata": {"namespace": "default", "name": name}, "spec": base}
+
+
+def everyone(node: str, key: str) -> bool:
+    return True
+
+
+def test_every_vip_and_port_gets_its_familys_node_addresses() -> None:
+    svc = service_from_cr(cr())
+    ports = forwarding([svc], everyone, MaglevCache(SIZE))
+    assert sorted((str(p.vip), p.protocol, p.port) for p in ports) == [
+        ("198.18.32.5", "TCP", 80),
+        ("198.18.32.5", "UDP", 53),
+        ("fd00:18::a:5", "TCP", 80),
+        ("fd00:18::a:5", "UDP", 53),
+    ]
+    v4 = next(p for p in ports if p.vip.version == 4)
+    v6 = next(p for p in ports if p.vip.version == 6)
+    assert len(v4.slots) == len(v6.slots) == SIZE
+    assert {str(a) for a in v4.slots} == {"198.18.0.10", "198.18.0.11", "198.18.0.12"}
+    # node-3 has no IPv6 address: IPv6 flows go to the other two only.
+    assert {str(a) for a in v6.slots} == {"fd00:18::a", "fd00:18::b"}
+    # The slots are the Maglev table of the nodes, by address.
+    by_name = {"node-1": "198.18.0.10", "node-2": "198.18.0.11", "node-3": "198.18.0.12"}
+    table = maglev_table([("node-1", 1), ("node-2", 1), ("node-3", 1)], SIZE)
+    assert [str(a) for a in v4.slots] == [by_name[n] for n in table]
+
+
+def test_local_weights_follow_ready_pods_and_unhealthy_nodes_get_nothing() -> None:
+    svc = service_from_cr(
+        cr(
+            externalTrafficPolicy="Local",
+            healthCheckNodePort=32000,
+            backends=[
+                {"node": "node-1", "internalIPs": ["198.18.0.10"], "ready": 3},
+                {"node": "node-2", "internalIPs": ["198.18.0.11"], "ready": 1},
+                {"node": "node-3", "internalIPs": ["198.18.0.12"], "ready": 2},
+            ],
+        )
+    )
+    ports = forwarding([svc], lambda n, k: n != "node-3", MaglevCache(SIZE))
+    share = Counter(str(a) for a in ports[0].slots)
+    assert set(share) == {"198.18.0.10", "198.18.0.11"}
+    assert 2.5 < share["198.18.0.10"] / share["198.18.0.11"] < 3.5
+
+
+def test_no_healthy_node_is_fail_closed_and_still_announced() -> None:
+    svc = service_from_cr(cr())
+    ports = forwarding([svc], lambda n, k: False, MaglevCache(SIZE))
+    assert ports and all(p.slots == () for p in ports)
+    assert vips_to_announce({svc.key: svc}) == frozenset(svc.vips)
+
+
+def test_source_ranges_go_to_their_family_and_a_family_without_ranges_admits_none() -> None:
+    svc = service_from_cr(cr(sourceRanges=["198.18.1.0/24"]))
+    ports = forwarding([svc], everyone, MaglevCache(SIZE))
+    v4 = [p for p in ports if p.vip.version == 4]
+    v6 = [p for p in ports if p.vip.version == 6]
+    assert all(p.source_ranges == (ipaddress.ip_network("198.18.1.0/24"),) for p in v4)
+    assert all(p.slots for p in v4)
+    assert all(p.slots == () for p in v6), "IPv6 clients are outside every range"
+
+
+def test_affinity_is_passed_on() -> None:
+    svc = service_from_cr(cr(sessionAffinity="ClientIP"))
+    assert all(p.affinity for p in forwarding([svc], everyone, MaglevCache(SIZE)))
+
+
+def test_services_over_the_same_nodes_share_one_table() -> None:
+    cache = MaglevCache(SIZE)
+    a = forwarding([service_from_cr(cr("a"))], everyone, cache)
+    b = forwarding([service_from_cr(cr("b", vips=["198.18.32.6"]))], everyone, cache)
+    assert a[0].slots == b[0].slots
+    assert len(cache._tables) == 2  # the IPv4 set and the IPv6 set, once each
+
+
+def test_the_cache_is_bounded() -> None:
+    cache = MaglevCache(SIZE, capacity=2)
+    for n in range(5):
+        cache.table(((f"node-{n}", 1),))
+    assert len(cache._tables) == 2
+
+
+def test_report_names_unprobed_nodes() -> None:
+    svc = service_from_cr(cr())
+    known = {"node-1": NodeHealth(True, "ok", "2026-12-03T08:00:00Z")}
+    r = report(svc, "gw-1", lambda n, k: known.get(n), announced=True)
+    assert [(n.node, n.healthy, n.message) for n in r.nodes] == [
+        ("node-1", True, "ok"),
+        ("node-2", False, "not probed yet"),
+        ("node-3", False, "not probed yet"),
+    ]
+    assert r.announced and r.gateway == "gw-1"
