@@ -19,6 +19,7 @@ from typing import Any
 
 from portico_common.informer import list_and_watch
 from portico_common.kube import ApiError, KubeClient, group_path
+from prometheus_client import REGISTRY
 
 from . import plan
 from .arpsock import Announcer
@@ -28,7 +29,7 @@ from .healthstate import TargetHealth
 from .lbstatus import render_status, status_differs
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
-from .prober import Prober, ProbeSettings, targets_from_services
+from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
 
 log = logging.getLogger("portico.lbnode")
 
@@ -71,7 +72,12 @@ class Gateway:
         self._status_event = asyncio.Event()
         self._written: dict[str, dict[str, Any]] = {}  # key -> the status last applied
         self.maglev = plan.MaglevCache(settings.table_size)
-        self.prober = Prober(settings.probe, on_change=self._health_changed)
+        self.prober = Prober(
+            settings.probe,
+            on_change=self._health_changed,
+            # The process's default registry: what --metrics-port serves.
+            metrics=ProberMetrics(REGISTRY),
+        )
         self.fwd = FwdTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
         self.announced: frozenset[Any] = frozenset()
