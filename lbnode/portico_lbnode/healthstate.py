@@ -117,6 +117,9 @@ class AggregateAnswer:
     rules_current: bool
     last_applied: str
     services: Mapping[str, AggregateService]  # "namespace/name" -> counts
+    # False while the node is being deleted or drained by the autoscaler (kube-proxy's
+    # nodeEligible): it keeps serving Local Services' own pods but takes no Cluster traffic.
+    node_eligible: bool = True
 
 
 def _count(value: Any, where: str) -> int:
@@ -136,6 +139,9 @@ def parse_aggregate(body: bytes | str) -> AggregateAnswer:
     rules_current = doc.get("rulesCurrent")
     if not isinstance(rules_current, bool):
         raise ValueError(f"aggregate answer: rulesCurrent is not a boolean: {rules_current!r}")
+    eligible = doc.get("nodeEligible", True)  # absent from older agents' answers
+    if not isinstance(eligible, bool):
+        raise ValueError(f"aggregate answer: nodeEligible is not a boolean: {eligible!r}")
     raw_services = doc.get("services")
     if raw_services is None:
         raw_services = {}
@@ -163,6 +169,7 @@ def parse_aggregate(body: bytes | str) -> AggregateAnswer:
         rules_current=rules_current,
         last_applied=str(doc.get("lastApplied") or ""),
         services=services,
+        node_eligible=eligible,
     )
 
 
@@ -170,6 +177,8 @@ def node_healthy_from_aggregate(answer: AggregateAnswer) -> tuple[bool, str]:
     """For a Cluster Service: the node forwards it when its rules are current."""
     if not answer.rules_current:
         return False, "node agent: rules not current"
+    if not answer.node_eligible:
+        return False, "node agent: node is being deleted or drained"
     return True, "node agent: rules current"
 
 

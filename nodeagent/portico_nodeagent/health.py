@@ -115,6 +115,11 @@ class FamilyState:
     healthy: bool
 
 
+def node_eligible(deleting: bool, taints: Iterable[str]) -> bool:
+    """kube-proxy's nodeEligible: not being deleted, not drained by the cluster autoscaler."""
+    return not deleting and TO_BE_DELETED_TAINT not in set(taints)
+
+
 def node_healthz(
     families: Mapping[int, FamilyState],
     now_ns: int,
@@ -123,7 +128,7 @@ def node_healthz(
     taints: Iterable[str] = (),
     date: str | None = None,
 ) -> bytes:
-    eligible = not deleting and TO_BE_DELETED_TAINT not in set(taints)
+    eligible = node_eligible(deleting, taints)
     healthy = all(f.healthy for f in families.values())
     last = max((f.last_updated_ns for f in families.values()), default=None)
     ok = healthy and eligible

@@ -129,6 +129,7 @@ class HealthServers:
         return {
             "node": self.state.node,
             "rulesCurrent": self.state.rules_current,
+            "nodeEligible": health.node_eligible(self.state.deleting, self.state.taints),
             "lastApplied": health.go_time(self.state.last_applied_ns),
             "services": services,
         }

@@ -78,7 +78,7 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
         "serviceProxyHealthy": True,
     }
     agg = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
-    assert agg["rulesCurrent"] is True
+    assert agg["rulesCurrent"] is True and agg["nodeEligible"] is True
     assert agg["services"][f"{NS}/dp-local"]["localEndpoints"]["IPv4"] == 2
     node_hz = http(lab, "client-1", node2, 10256, "/healthz")
     assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True

@@ -122,9 +122,17 @@ def test_stale_rules_make_every_service_unhealthy() -> None:
     assert node_healthy_from_aggregate(parse_aggregate(json.dumps(GOOD)))[0]
 
 
+def test_a_node_being_deleted_takes_no_cluster_traffic_but_serves_its_own_pods() -> None:
+    a = parse_aggregate(json.dumps({**GOOD, "nodeEligible": False}))
+    assert node_healthy_from_aggregate(a) == (False, "node agent: node is being deleted or drained")
+    # Local Services: kube-proxy's healthCheckNodePort does not look at eligibility either.
+    assert service_healthy_from_aggregate(a, "ns/web", 4)[0]
+
+
 @pytest.mark.parametrize(
     ("body", "what"),
     [
+        (json.dumps({**GOOD, "nodeEligible": "no"}), "nodeEligible"),
         (b"{not json", "not JSON"),
         (b"\xff\xfe", "not JSON"),
         (b"[]", "not a JSON object"),
