@@ -151,7 +151,9 @@ class Network:
         h = self.plan.gateway(k)
         self._attach_lan_host(h)
         assert h.netns is not None
-        sysctl(h.netns, _HOST)
+        # Forwarding, as on a real gateway host: NAT-mode Services are routed (DNAT to a
+        # nodePort); direct server return never reaches the IP stack.
+        sysctl(h.netns, {**_HOST, "net.ipv4.ip_forward": "1", "net.ipv6.conf.all.forwarding": "1"})
         return h
 
     def add_client(self, c: int, node_indices: Iterable[int]) -> Host:

@@ -99,6 +99,9 @@ class FwdPort:
     affinity: bool  # ClientIP: hash the client address only
     source_ranges: tuple[IPNetwork, ...]  # empty: every client; other family's are ignored
     slots: tuple[IP, ...]  # the Maglev table as node addresses of the VIP's family; empty: none
+    # NAT mode: hand the packet (once past the source ranges) to the host's IP stack, whose
+    # NAT table (``natrules``) sends it to a nodePort; ``slots`` is then unused.
+    to_stack: bool = False
 
     @property
     def family(self) -> int:
@@ -403,7 +406,7 @@ def _check(port: FwdPort, size: int) -> None:
         raise FwdRulesError(f"{where}: protocol {port.protocol!r} (want TCP, UDP or SCTP)")
     if not 0 < port.port < 65536:
         raise FwdRulesError(f"{where}: port out of range")
-    if port.slots and len(port.slots) != size:
+    if port.slots and not port.to_stack and len(port.slots) != size:
         raise FwdRulesError(f"{where}: {len(port.slots)} slots, the table has {size}")
 
 
@@ -476,7 +479,7 @@ def render_fwd(
     slot_text = _SlotTexts()
     wanted: dict[SlotList, list[str]] = {}
     for p in chosen:
-        if p.slots:
+        if p.slots and not p.to_stack:
             wanted.setdefault(slot_text(p), []).append(service_chain(p))
     map_names = _slot_map_names(wanted, previous)
     for (fam, slots), name in map_names.items():
@@ -495,7 +498,9 @@ def render_fwd(
             out.collections[src] = Collection(ADDR_TYPE[p.family], flags=("interval",))
             out.elements[src] = {_canon(_range_element(n)): None for n in merged}
             rules.append(_source_rule(p))
-        if p.slots:
+        if p.to_stack:
+            rules.append([{"accept": None}])
+        elif p.slots:
             rules.append(_forward_rule(p, size, map_names[slot_text(p)]))
         else:
             # Fail closed: a node that failed its health check would blackhole or reset the

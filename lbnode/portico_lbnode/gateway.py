@@ -29,6 +29,8 @@ from .healthstate import TargetHealth
 from .lbstatus import render_status, status_differs
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
+from .natnft import NatTable
+from .natrules import render_nat
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
 
 log = logging.getLogger("portico.lbnode")
@@ -79,6 +81,7 @@ class Gateway:
             metrics=ProberMetrics(REGISTRY),
         )
         self.fwd = FwdTable()
+        self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
         self.announced: frozenset[Any] = frozenset()
         self.programmed_once = False
@@ -157,7 +160,7 @@ class Gateway:
 
     # -- programming ------------------------------------------------------------------------
     def _served(self) -> dict[str, GatewayService]:
-        return {k: s for k, s in self.services.items() if not s.nat}
+        return self.services
 
     def reconcile(self) -> None:
         served = self._served()
@@ -168,7 +171,12 @@ class Gateway:
         if keep != self.announced:
             self._announce(keep)
         t0 = time.perf_counter()
-        ports = plan.forwarding(served.values(), self.healthy, self.maglev, self.settings.zone)
+        ports, nat = plan.forwarding_and_nat(
+            served.values(), self.healthy, self.maglev, self.settings.zone
+        )
+        # NAT first: a port handed to the IP stack must find its DNAT there.
+        if self.nat.apply(render_nat(nat, self.settings.table_size)):
+            log.info("NAT table: %d ports", len(nat))
         rules = render_fwd(
             ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
         )
@@ -248,12 +256,10 @@ class Gateway:
         generation = int((obj.get("metadata") or {}).get("generation") or 0)
         now = rfc3339(time.time())
         svc = self.services.get(key)
-        if svc is None or svc.nat:
+        if svc is None:
             reason, message = (
                 ("InvalidSpec", self.invalid[key])
                 if key in self.invalid
-                else ("NATModeUnsupported", "forwardingMode NAT is not implemented by lbnode yet")
-                if svc is not None
                 else ("NoVIPs", "the Service has no address yet")
             )
             report = plan.Report(self.settings.name, False, reason, message, (), False)
@@ -330,6 +336,8 @@ class Gateway:
             await asyncio.sleep(interval)
             if self.programmed_once and self.fwd.verify():
                 log.warning("forwarding table was changed behind our back: restored")
+            if self.programmed_once and self.nat.verify():
+                log.warning("NAT table was deleted behind our back: restored")
 
     async def withdraw(self) -> None:
         """Stops announcing (a clean stop); the table stays so a restart keeps the flows."""

@@ -111,9 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cleanup:
         from .fwdnft import FwdTable
+        from .natnft import NatTable
 
         FwdTable().delete()
-        log.info("removed table netdev portico-gw")
+        NatTable().delete()
+        log.info("removed tables netdev portico-gw and inet portico-gw-nat")
         return 0
     if args.metrics_port:
         from prometheus_client import start_http_server

@@ -17,6 +17,7 @@ from .fwdrules import FwdPort
 from .lbstatus import NodeReport, Report
 from .maglev import maglev_table
 from .model import IP, GatewayService
+from .natrules import NatPort
 from .selection import Candidate, HealthLookup, candidates
 
 
@@ -53,14 +54,36 @@ def forwarding(
     gateway_zone: str = "",
 ) -> list[FwdPort]:
     """Every (VIP, protocol, port) this gateway forwards, with its slots (empty: no healthy
-    node, fail-closed)."""
-    out = []
+    node, fail-closed). NAT-mode ports with a node to go to are handed to the IP stack."""
+    return forwarding_and_nat(services, healthy, cache, gateway_zone)[0]
+
+
+def forwarding_and_nat(
+    services: Iterable[GatewayService],
+    healthy: HealthLookup,
+    cache: MaglevCache,
+    gateway_zone: str = "",
+) -> tuple[list[FwdPort], list[NatPort]]:
+    """``forwarding``, and for NAT-mode Services the DNAT targets (node address, nodePort)."""
+    out: list[FwdPort] = []
+    nat: list[NatPort] = []
     for svc in services:
         for family in svc.families:
             slots = slots_for(candidates(svc, family, healthy, gateway_zone), cache)
             for vip in (v for v in svc.vips if v.version == family):
                 sources = tuple(r for r in svc.source_ranges if r.version == family)
+                # A Service whose ranges are all of the other family admits nobody of this
+                # one: no slots, so every packet is dropped.
+                admitted = slots if sources or not svc.source_ranges else ()
                 for p in svc.ports:
+                    targets: tuple[tuple[IP, int], ...] = ()
+                    if svc.nat and admitted and p.node_port:
+                        targets = tuple((a, p.node_port) for a in admitted)
+                        nat.append(
+                            NatPort(
+                                svc.key, vip, p.protocol, p.port, svc.client_ip_affinity, targets
+                            )
+                        )
                     out.append(
                         FwdPort(
                             service=svc.key,
@@ -69,12 +92,11 @@ def forwarding(
                             port=p.port,
                             affinity=svc.client_ip_affinity,
                             source_ranges=sources,
-                            # A Service whose ranges are all of the other family admits
-                            # nobody of this one: no slots, so every packet is dropped.
-                            slots=() if svc.source_ranges and not sources else slots,
+                            slots=() if svc.nat else admitted,
+                            to_stack=bool(targets),
                         )
                     )
-    return out
+    return out, nat
 
 
 @dataclass(frozen=True)

@@ -256,6 +256,33 @@ def test_client_ip_affinity_survives_a_change_of_the_node_set(
     assert kept and all(after[f] == before[f] for f in kept), (before, after)
 
 
+def test_nat_mode_reaches_the_pod_through_the_node_port(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "gw-nat")
+    # Switched from direct server return to NAT while served.
+    api.core.patch_namespaced_service(
+        "gw-nat", NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": "nat"}}}
+    )
+    ip = api.wait_ips("gw-nat")[0]
+    wait_for(
+        lambda: api.service("gw-nat").status.load_balancer.ingress[0].ip_mode == "Proxy",
+        "ipMode Proxy: the client's address is not preserved",
+    )
+    a = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through a nodePort")
+    # Masqueraded by the gateway: the pod sees the gateway's address, or a node's when the
+    # node's rules sent the flow on to a pod elsewhere (Cluster).
+    nodes = {str(lab.host(n).ipv4) for n in lab.node_names()}
+    assert a["client_ip"] in {str(lab.host(GATEWAY).ipv4)} | nodes, a
+    assert a["client_ip"] != str(lab.plan.client(1).ipv4)
+    udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP through a nodePort too")
+    assert udp["client_ip"] != str(lab.plan.client(1).ipv4)
+    table = lab.exec(GATEWAY, ["nft", "list", "table", "inet", "portico-gw-nat"], check=True)
+    assert ip in table.stdout
+    st = status(api, "gw-nat")
+    assert condition(st, "Announced")["status"] == "True"
+
+
 def test_deleted_service_is_withdrawn(
     lab: Lab, api: Api, gateway: Proc, services: list[str]
 ) -> None:

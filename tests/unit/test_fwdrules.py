@@ -582,3 +582,14 @@ def test_every_slot_list_is_held_by_exactly_one_map(a: list[FwdPort], b: list[Fw
         {(p.vip.version, tuple(map(str, p.slots))) for p in b if p.slots and p not in new.skipped}
     )
     assert held == wanted
+
+
+def test_a_nat_mode_port_is_handed_to_the_ip_stack_after_its_source_check() -> None:
+    p = FwdPort("ns/nat", VIP, "TCP", 80, False, (net("198.18.1.0/24"),), (), to_stack=True)
+    r = render_fwd([p], ["eth0"], 3)
+    assert rules_of(r, service_chain(p))[-1] == [{"accept": None}]
+    assert len(rules_of(r, service_chain(p))) == 2  # the source range check stays first
+    assert slot_maps(r) == {}
+    # Back to direct server return: the chain's verdict changes, in place.
+    back = render_fwd([port(service="ns/nat", slots=(A, B, C))], ["eth0"], 3, previous=r)
+    assert any(("flush" in c or "add" in c) for c in diff_fwd(r, back))

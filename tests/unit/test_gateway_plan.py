@@ -8,7 +8,15 @@ from typing import Any
 
 from portico_lbnode.maglev import maglev_table
 from portico_lbnode.model import service_from_cr
-from portico_lbnode.plan import MaglevCache, NodeHealth, forwarding, report, vips_to_announce
+from portico_lbnode.natrules import render_nat
+from portico_lbnode.plan import (
+    MaglevCache,
+    NodeHealth,
+    forwarding,
+    forwarding_and_nat,
+    report,
+    vips_to_announce,
+)
 
 SIZE = 251
 
@@ -118,3 +126,51 @@ def test_report_names_unprobed_nodes() -> None:
         ("node-3", False, "not probed yet"),
     ]
     assert r.announced and r.gateway == "gw-1"
+
+
+# -- NAT mode ----------------------------------------------------------------------------------
+def nat_cr(**spec: Any) -> dict[str, Any]:
+    return cr(
+        forwardingMode="NAT",
+        ports=[{"protocol": "TCP", "port": 80, "nodePort": 30080}, {"protocol": "UDP", "port": 53}],
+        **spec,
+    )
+
+
+def test_nat_ports_go_to_the_stack_with_node_ports_as_targets() -> None:
+    svc = service_from_cr(nat_cr())
+    fwd, nat = forwarding_and_nat([svc], everyone, MaglevCache(SIZE))
+    tcp4 = next(p for p in fwd if p.protocol == "TCP" and p.vip.version == 4)
+    assert tcp4.to_stack and tcp4.slots == ()
+    # A port without a nodePort cannot be NATed to one: dropped (empty slots, not to_stack).
+    udp = [p for p in fwd if p.protocol == "UDP"]
+    assert udp and all(not p.to_stack and p.slots == () for p in udp)
+    n4 = next(n for n in nat if n.vip.version == 4)
+    assert len(n4.targets) == SIZE
+    assert {(str(a), port) for a, port in n4.targets} == {
+        ("198.18.0.10", 30080),
+        ("198.18.0.11", 30080),
+        ("198.18.0.12", 30080),
+    }
+
+
+def test_nat_without_a_healthy_node_is_dropped_at_the_netdev_table() -> None:
+    svc = service_from_cr(nat_cr())
+    fwd, nat = forwarding_and_nat([svc], lambda n, k: False, MaglevCache(SIZE))
+    assert nat == [] and all(not p.to_stack and p.slots == () for p in fwd)
+
+
+def test_nat_table_text() -> None:
+    svc = service_from_cr(nat_cr(sessionAffinity="ClientIP"))
+    _, nat = forwarding_and_nat([svc], everyone, MaglevCache(SIZE))
+    text = render_nat(nat, SIZE)
+    assert "198.18.32.5 . tcp . 80 : goto nat-" in text
+    assert "fd00:18::a:5 . tcp . 80 : goto nat-" in text
+    assert f"jhash ip saddr mod {SIZE} seed 0x5eed1b05" in text  # affinity: address only
+    assert "meta l4proto tcp dnat ip to meta mark map @natslots-" in text
+    assert "meta l4proto tcp dnat ip6 to meta mark map @natslots-" in text
+    assert "0 : 198.18.0." in text and ". 30080" in text
+    assert "ct mark 0x50470001 masquerade" in text
+    # Nothing in NAT mode: the table stays, empty, so its hooks are always ours to replace.
+    empty = render_nat([], SIZE)
+    assert "goto" not in empty and "masquerade" in empty

@@ -1,0 +1,378 @@
+"""The gateway end to end, in the real lab (operator, node agents and lbnode from install()):
+
+A. Service created -> first successful request from client-1 through the gateway (the client
+   ARPs for a VIP it never used), p50 / p99 over N Services created one at a time
+   (externalTrafficPolicy Cluster by default; goal <= 250 / <= 500 ms), and the median of each
+   stage: operator (create -> ingress IP), ingress -> lbnode saw the CR, -> healthy,
+   -> programmed, -> announced, -> the client's first answer (the gateway's log line
+   "serving ..." gives the lbnode stages).
+B. node-2's link down -> no new flows to it: an ETP Local Service (the echo's node is the
+   node the gateway chose), a client opening ~200 new connections/s (0.5 s timeout each);
+   detection = the start of the last connection after t0 that failed or reached node-2,
+   p50 / p99 over --trials, with the default probes and again with the gateway restarted
+   with --probe-interval/--probe-timeout 0.2.
+C. throughput and connection rate via the gateway vs direct to a node (gateway_throughput.py).
+
+  .venv/bin/python bench/gateway_e2e.py [--n 100] [--etp Cluster|Local] [--trials 5]
+                                        [--parts ABC] [--reps 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+import gateway_throughput
+from _common import IngressWatch, pct, service, wait_until
+from dataplane import Prober
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from portico_lab.lab import Lab, LabConfig
+from portico_lab.portico import install, start_gateway
+from portico_lab.procs import netns_argv
+
+NS = "default"
+GATEWAY = "gw-1"
+LBNODE_PROC = f"portico-lbnode-{GATEWAY}"
+STAGES = [
+    ("create -> ingress IP (operator)", "created", "ingress"),
+    ("ingress IP -> lbnode CR seen", "ingress", "cr_seen"),
+    ("CR seen -> first healthy probe", "cr_seen", "healthy"),
+    ("healthy -> programmed", "healthy", "programmed"),
+    ("programmed -> announced", "programmed", "announced"),
+    ("announced -> first answer at client-1", "announced", "answered"),
+]
+
+
+def ms(x: float) -> str:
+    return f"{x * 1000:.0f} ms"
+
+
+def served_timings(lab: Lab) -> dict[str, dict[str, float]]:
+    """The gateway's "serving ns/name" timing records, by Service key (the last one wins)."""
+    out = {}
+    for line in (lab.workdir / "logs" / f"lbnode-{GATEWAY}.log").read_text().splitlines():
+        if '"timing"' not in line:
+            continue
+        try:
+            t = json.loads(line)["timing"]
+        except (ValueError, KeyError):
+            continue
+        out[t["service"]] = t
+    return out
+
+
+def served_count(lab: Lab, name: str) -> int:
+    log = lab.workdir / "logs" / f"lbnode-{GATEWAY}.log"
+    return log.read_text().count(f'"serving {NS}/{name}"')
+
+
+def lb_status(lab: Lab, name: str) -> dict[str, Any]:
+    custom = client.CustomObjectsApi(lab.api)
+    try:
+        obj = custom.get_namespaced_custom_object(
+            "portico.dev", "v1alpha1", NS, "loadbalancers", name
+        )
+    except ApiException:
+        return {}
+    return obj.get("status") or {}
+
+
+def healthy_nodes(lab: Lab, name: str) -> set[str]:
+    return {n["node"] for n in lb_status(lab, name).get("nodes") or [] if n.get("healthy")}
+
+
+def delete_services(core: client.CoreV1Api, names: list[str]) -> None:
+    for n in names:
+        try:
+            core.delete_namespaced_service(n, NS)
+        except ApiException as e:
+            if e.status != 404:
+                raise
+
+
+# ---------------------------------------------------------------------------------------------
+# A. Service created -> first answer
+# ---------------------------------------------------------------------------------------------
+def part_a(lab: Lab, core: client.CoreV1Api, n: int, etp: str) -> list[dict[str, float]]:
+    watch = IngressWatch(lab, NS)
+    watch.start()
+    watch.ready.wait(30)
+    prober = Prober(lab, "client-1")
+    names: list[str] = []
+    rows: list[dict[str, float]] = []
+    try:
+        for i in range(n):
+            name = f"gwb-a-{i}"
+            names.append(name)
+            created = time.time()
+            core.create_namespaced_service(NS, service(name, NS, externalTrafficPolicy=etp))
+            ingress = watch.wait(name, 30)
+            vip = watch.current[name][0]
+            # A VIP the client never used: its first packet makes it ARP (no neighbour entry).
+            got = prober.ask(f"tcp {vip}")
+            if got["t"] is None:
+                raise RuntimeError(f"{name} ({vip}) never answered client-1")
+            rows.append({"name_i": i, "created": created, "ingress": ingress, "answered": got["t"]})
+        # The gateway logs "serving" right after it announced: all are in the log by now, but
+        # the log line is written after the status; give the last one a moment.
+        want = {f"{NS}/{nm}" for nm in names}
+        timings = wait_until(
+            lambda: (t := served_timings(lab)) and want <= set(t) and t, "serving log lines", 10
+        )
+        for row, name in zip(rows, names, strict=True):
+            t = timings[f"{NS}/{name}"]
+            row["cr_seen"] = t["cr_seen"]
+            # Node-level health (Cluster) is usually known before the CR exists: the stage is
+            # then zero, the node was already healthy when the Service came.
+            row["healthy_raw"] = t["first_healthy"]
+            row["healthy"] = max(t["first_healthy"], t["cr_seen"])
+            row["programmed"] = t["programmed"]
+            row["announced"] = t["announced"]
+    finally:
+        prober.close()
+        watch.close()
+        delete_services(core, names)
+    wait_until(
+        lambda: not [s for s in core.list_namespaced_service(NS).items if s.metadata.name in names],
+        "part A's Services gone",
+        120,
+        0.5,
+    )
+    return rows
+
+
+def print_a(rows: list[dict[str, float]], etp: str) -> None:
+    total = [r["answered"] - r["created"] for r in rows]
+    print(
+        f"| A. Service created → first answer via the gateway (ETP {etp}, n={len(rows)}) "
+        "| p50 | p99 | goal |"
+    )
+    print("|---|---|---|---|")
+    print(
+        f"| create → first answer at client-1 | {ms(pct(total, 50))} | {ms(pct(total, 99))} "
+        "| ≤ 250 / ≤ 500 ms |"
+    )
+    print()
+    print("| stage | median | p99 |\n|---|---|---|")
+    for label, a, b in STAGES:
+        xs = [r[b] - r[a] for r in rows]
+        print(f"| {label} | {ms(statistics.median(xs))} | {ms(pct(xs, 99))} |")
+    early = sum(1 for r in rows if r["healthy_raw"] <= r["cr_seen"])
+    print(f"| (nodes already healthy when the CR was seen: {early}/{len(rows)}) | | |")
+    medians = [statistics.median([r[b] - r[a] for r in rows]) for _, a, b in STAGES]
+    print(f"| sum of stage medians | {ms(sum(medians))} | |")
+
+
+# ---------------------------------------------------------------------------------------------
+# B. node failure -> no new flows to it
+# ---------------------------------------------------------------------------------------------
+# New short connections at a fixed rate from client-1 (kernel-chosen source ports, all distinct):
+# prints {"started": t} at once and, at the end, [[t_start, node or null], ...].
+_FLOW_LOOP = r"""
+import asyncio, json, sys, time
+ip, rate, secs, tmo = sys.argv[1], float(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+async def ask():
+    r, w = await asyncio.open_connection(ip, 80)
+    try:
+        w.write(b"GET /b HTTP/1.0\r\n\r\n")
+        data = await r.read()
+        return json.loads(data.split(b"\r\n\r\n", 1)[1])["node"]
+    finally:
+        w.close()
+async def one(t):
+    try:
+        return [t, await asyncio.wait_for(ask(), tmo)]
+    except Exception:
+        return [t, None]
+async def main():
+    print(json.dumps({"started": time.time()}), flush=True)
+    tasks, start = [], time.monotonic()
+    for k in range(int(rate * secs)):
+        delay = start + k / rate - time.monotonic()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        tasks.append(asyncio.create_task(one(time.time())))
+    print(json.dumps(await asyncio.gather(*tasks)), flush=True)
+asyncio.run(main())
+"""
+
+
+def one_failure(
+    lab: Lab, vip: str, *, rate: float, seconds: float, lead: float
+) -> dict[str, float]:
+    p = subprocess.Popen(
+        netns_argv(
+            lab.netns_of("client-1"),
+            [sys.executable, "-S", "-c", _FLOW_LOOP, vip, str(rate), str(seconds), "0.5"],
+        ),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert p.stdout is not None
+        started = json.loads(p.stdout.readline())["started"]
+        # The failure comes `lead` s into the loop: enough flows before it to see node-2 served.
+        time.sleep(max(0.0, started + lead - time.time()))
+        t0 = time.time()
+        lab.fail_node("node-2", stop_heartbeat=False)
+        t0_done = time.time()
+        out, _ = p.communicate(timeout=seconds + 15)
+    finally:
+        if p.poll() is None:
+            p.kill()
+            p.wait()
+        lab.restore_node("node-2")
+    flows = json.loads(out.strip().splitlines()[-1])
+    before = [n for t, n in flows if t < t0]
+    bad_after = [t for t, n in flows if t >= t0 and n in (None, "node-2")]
+    detection = (max(bad_after) - t0) if bad_after else 0.0
+    window = [n for t, n in flows if t0 <= t <= t0 + detection]
+    first_bad = (min(bad_after) - t0) if bad_after else float("nan")
+    return {
+        "detection": detection,
+        "failed_share": (sum(1 for n in window if n is None) / len(window)) if window else 0.0,
+        "window_flows": float(len(window)),
+        "node2_before": float(sum(1 for n in before if n == "node-2")),
+        "before": float(len(before)),
+        "failed_before_t0": float(sum(1 for n in before if n is None)),
+        "failed_total": float(sum(1 for _, n in flows if n is None)),
+        "flows": float(len(flows)),
+        "first_bad": first_bad,
+        "fail_call": t0_done - t0,
+        "after_ok_node2": float(sum(1 for t, n in flows if t > t0 + detection and n == "node-2")),
+    }
+
+
+def wait_three_healthy(lab: Lab, name: str, timeout: float = 60) -> None:
+    wait_until(
+        lambda: healthy_nodes(lab, name) == {"node-1", "node-2", "node-3"},
+        f"{name}: node-1..3 healthy in the LB status",
+        timeout,
+        0.1,
+    )
+
+
+def part_b(
+    lab: Lab, name: str, vip: str, trials: int, rate: float, seconds: float, lead: float
+) -> list[dict[str, float]]:
+    out = []
+    for _ in range(trials):
+        wait_three_healthy(lab, name)
+        out.append(one_failure(lab, vip, rate=rate, seconds=seconds, lead=lead))
+    wait_three_healthy(lab, name)
+    return out
+
+
+def restart_gateway(lab: Lab, *extra: str) -> None:
+    """Stops the lbnode install() started (or the last restart) and starts one with ``extra``."""
+    old = next(p for p in lab.procs if p.name == LBNODE_PROC)
+    old.stop()
+    lab.procs.remove(old)
+    lab.procs.append(start_gateway(lab, GATEWAY, *extra))
+
+
+def print_b(label: str, rows: list[dict[str, float]], interval: float, timeout: float) -> None:
+    det = [r["detection"] for r in rows]
+    share = [r["failed_share"] for r in rows]
+    fall = 2
+    # The first probe after t0 comes within one interval; a timed-out probe counts toward fall
+    # only after its timeout; the fall-th one then flips the node and the table is rewritten.
+    lo, hi = (fall - 1) * interval + timeout, fall * interval + timeout
+    print(f"| B. {label} (trials={len(rows)}) | p50 | p99 | goal |")
+    print("|---|---|---|---|")
+    print(
+        f"| t0 → last new flow to node-2 / failed | {ms(pct(det, 50))} | {ms(pct(det, 99))} "
+        f"| ≤ 1 s (model: {lo:.1f} to {hi:.1f} s) |"
+    )
+    print(
+        f"| share failed in [t0, t0+detection] | {pct(share, 50):.0%} | {pct(share, 99):.0%} "
+        "| (≈ node-2's share, 1/3) |"
+    )
+    for k, r in enumerate(rows):
+        print(
+            f"|   trial {k + 1}: detection {ms(r['detection'])}, first bad flow at "
+            f"+{ms(r['first_bad'])}, {r['window_flows']:.0f} flows in window, failed "
+            f"{r['failed_total']:.0f}/{r['flows']:.0f} total ({r['failed_before_t0']:.0f} before "
+            f"t0), node-2 served {r['node2_before']:.0f}/{r['before']:.0f} before t0, "
+            f"node-2 answers after detection {r['after_ok_node2']:.0f}, fail_node call "
+            f"{ms(r['fail_call'])} | | | |"
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--n", type=int, default=100)
+    ap.add_argument("--etp", choices=["Cluster", "Local"], default="Cluster")
+    ap.add_argument("--trials", type=int, default=5)
+    ap.add_argument("--rate", type=float, default=200.0, help="B: new connections per second")
+    ap.add_argument("--seconds", type=float, default=7.0, help="B: length of each client loop")
+    ap.add_argument("--lead", type=float, default=1.5, help="B: seconds of flows before t0")
+    ap.add_argument("--reps", type=int, default=3, help="C: gateway/direct rounds")
+    ap.add_argument("--parts", default="ABC")
+    args = ap.parse_args()
+    cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
+    results: dict[str, Any] = {}
+    t_start = time.time()
+    lab = Lab.up(cfg)
+    try:
+        install(lab)
+        oplog = lab.workdir / "logs" / "operator.log"
+        wait_until(lambda: "first full listing" in oplog.read_text(), "the operator", 60, 0.2)
+        core = client.CoreV1Api(lab.api)
+        print(f"lab up and Portico installed in {time.time() - t_start:.0f} s", flush=True)
+        if "A" in args.parts:
+            t = time.time()
+            results["A"] = part_a(lab, core, args.n, args.etp)
+            print(f"part A took {time.time() - t:.0f} s", flush=True)
+            print_a(results["A"], args.etp)
+        if "B" in args.parts:
+            t = time.time()
+            name = "gwb-b"
+            core.create_namespaced_service(NS, service(name, NS, externalTrafficPolicy="Local"))
+            try:
+                vip = wait_until(
+                    lambda: (
+                        (s := core.read_namespaced_service(name, NS).status.load_balancer)
+                        and s.ingress
+                        and s.ingress[0].ip
+                    ),
+                    "gwb-b ingress",
+                    30,
+                )
+                b_default = part_b(lab, name, vip, args.trials, args.rate, args.seconds, args.lead)
+                print_b("node-2 link down, default probes (1 s / 1 s, fall 2)", b_default, 1, 1)
+                served_before = served_count(lab, name)
+                restart_gateway(lab, "--probe-interval", "0.2", "--probe-timeout", "0.2")
+                # The LB status still says what the old gateway wrote: wait for the new one's
+                # own "serving" line before the first trial.
+                wait_until(
+                    lambda: served_count(lab, name) > served_before, "the new gateway serves", 60
+                )
+                b_fast = part_b(lab, name, vip, args.trials, args.rate, args.seconds, args.lead)
+                print_b(
+                    "node-2 link down, --probe-interval 0.2 --probe-timeout 0.2", b_fast, 0.2, 0.2
+                )
+                results["B"] = (b_default, b_fast)
+            finally:
+                delete_services(core, [name])
+            print(f"part B took {time.time() - t:.0f} s", flush=True)
+        if "C" in args.parts:
+            t = time.time()
+            results["C"] = gateway_throughput.run(lab, args.reps)
+            print(f"part C took {time.time() - t:.0f} s", flush=True)
+            gateway_throughput.print_table(results["C"])
+    finally:
+        lab.down()
+    print(f"total {time.time() - t_start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,221 @@
+"""Throughput and connection rate through the gateway vs straight to a node.
+
+One selector-less ETP Local Service whose only endpoint is pod echo-1-1 (an EndpointSlice written
+here): port 80 -> the echo (8080), port 5201 -> an iperf3 server run in that pod (8081). With one
+endpoint, the gateway's only healthy node is node-1, so "via the gateway" (client-1 ARPs for the
+VIP) and "direct" (client-1 routes the VIP to node-1) end at the same node and the same server
+process: the difference is the gateway's hop alone. iperf3 1 stream and 4 streams, and wrk with
+`Connection: close` (each request a new connection), 5 s each, interleaved gateway/direct.
+
+    .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5]
+(gateway_e2e.py runs this as its part C in its own lab.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import statistics
+import sys
+import time
+from typing import Any
+
+from _common import wait_until
+from kubernetes import client
+from kubernetes.client.exceptions import ApiException
+from portico_lab.lab import Lab
+from portico_lab.procs import Proc
+
+NS = "default"
+NAME = "gwb-tput"
+IPERF_PORT = 5201  # the Service's port
+IPERF_TARGET = 8081  # where iperf3 listens in the pod
+POD = "echo-1-1"
+
+
+def _service_and_slice(lab: Lab) -> tuple[dict[str, Any], dict[str, Any]]:
+    pod = lab.pod(POD)
+    svc = {
+        "apiVersion": "v1",
+        "kind": "Service",
+        "metadata": {"name": NAME, "namespace": NS},
+        "spec": {
+            "type": "LoadBalancer",
+            "allocateLoadBalancerNodePorts": False,
+            "externalTrafficPolicy": "Local",
+            "ports": [
+                {"name": "http", "port": 80, "targetPort": 8080, "protocol": "TCP"},
+                {"name": "iperf", "port": IPERF_PORT, "targetPort": IPERF_TARGET},
+            ],
+        },
+    }
+    eps = {
+        "apiVersion": "discovery.k8s.io/v1",
+        "kind": "EndpointSlice",
+        "metadata": {
+            "name": f"{NAME}-1",
+            "namespace": NS,
+            "labels": {"kubernetes.io/service-name": NAME},
+        },
+        "addressType": "IPv4",
+        "ports": [
+            {"name": "http", "port": 8080, "protocol": "TCP"},
+            {"name": "iperf", "port": IPERF_TARGET, "protocol": "TCP"},
+        ],
+        "endpoints": [
+            {"addresses": [str(pod.ipv4)], "conditions": {"ready": True}, "nodeName": pod.node}
+        ],
+    }
+    return svc, eps
+
+
+def iperf_bps(lab: Lab, vip: str, streams: int, seconds: int) -> float:
+    """Receiver-side bits/s of one iperf3 run from client-1 (raises on failure)."""
+    argv = ["iperf3", "-c", vip, "-p", str(IPERF_PORT), "-t", str(seconds), "-J"]
+    if streams > 1:
+        argv += ["-P", str(streams)]
+    res = lab.exec("client-1", argv, timeout=seconds + 20)
+    doc = json.loads(res.stdout or "{}")
+    if res.returncode != 0 or "error" in doc:
+        raise RuntimeError(f"iperf3 to {vip} failed: {doc.get('error') or res.stderr[-300:]}")
+    return float(doc["end"]["sum_received"]["bits_per_second"])
+
+
+def wrk_rps(lab: Lab, vip: str, seconds: int) -> tuple[float, int]:
+    """Requests/s of wrk with a new connection per request, and its error count."""
+    argv = ["wrk", "-t2", "-c16", f"-d{seconds}s", "-H", "Connection: close", f"http://{vip}:80/"]
+    res = lab.exec("client-1", argv, timeout=seconds + 20)
+    m = re.search(r"Requests/sec:\s+([\d.]+)", res.stdout)
+    if res.returncode != 0 or not m:
+        raise RuntimeError(f"wrk to {vip} failed: {res.stdout[-300:]} {res.stderr[-300:]}")
+    errs = re.search(
+        r"Socket errors: connect (\d+), read (\d+), write (\d+), timeout (\d+)", res.stdout
+    )
+    return float(m.group(1)), sum(int(x) for x in errs.groups()) if errs else 0
+
+
+def _answers_from(lab: Lab, vip: str) -> str | None:
+    """The node of one echo answer to client-1 on port 80, or None."""
+    code = (
+        "import json,socket,sys\n"
+        "s=socket.create_connection((sys.argv[1],80),timeout=1)\n"
+        "s.sendall(b'hi\\n'); print(json.loads(s.makefile().readline())['node'])\n"
+    )
+    res = lab.exec("client-1", [sys.executable, "-S", "-c", code, vip], timeout=10)
+    return res.stdout.strip() if res.returncode == 0 else None
+
+
+def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[float]]]:
+    """Measures; returns {test: {"gateway": [...], "direct": [...]}} (bits/s or requests/s).
+    Leaves nothing behind: the Service, the slice, iperf3 and the route go in a finally."""
+    core = client.CoreV1Api(lab.api)
+    disc = client.DiscoveryV1Api(lab.api)
+    svc, eps = _service_and_slice(lab)
+    node1 = str(lab.host("node-1").ipv4)
+    iperf = Proc(
+        "gwb-iperf3",
+        ["iperf3", "-s", "-p", str(IPERF_TARGET)],
+        lab.workdir / "logs" / "gwb-iperf3.log",
+        netns=lab.netns_of(POD),
+    ).start()
+    vip = ""
+    core.create_namespaced_service(NS, svc)
+    disc.create_namespaced_endpoint_slice(NS, eps)
+    try:
+
+        def ingress() -> str:
+            st = core.read_namespaced_service(NAME, NS).status.load_balancer
+            return st.ingress[0].ip if st and st.ingress else ""
+
+        vip = wait_until(ingress, f"{NAME} ingress", 30)
+        wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
+        out: dict[str, dict[str, list[float]]] = {
+            k: {"gateway": [], "direct": []} for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s")
+        }
+        errors = {"gateway": 0, "direct": 0}
+        route = ["ip", "route", "replace", f"{vip}/32", "via", node1]
+        for _ in range(reps):
+            for path in ("gateway", "direct"):  # ABAB: the machine's noise hits both alike
+                if path == "direct":
+                    lab.exec("client-1", route, check=True)
+                try:
+                    out["iperf3 -P 1"][path].append(iperf_bps(lab, vip, 1, seconds))
+                    out["iperf3 -P 4"][path].append(iperf_bps(lab, vip, 4, seconds))
+                    rps, errs = wrk_rps(lab, vip, seconds)
+                    out["wrk conn/s"][path].append(rps)
+                    errors[path] += errs
+                finally:
+                    lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
+                    # Back on-link: the next gateway run must ARP the gateway again.
+                    lab.exec("client-1", ["ip", "neigh", "flush", "to", vip])
+        out["_wrk_socket_errors"] = {k: [float(v)] for k, v in errors.items()}
+        return out
+    finally:
+        if vip:
+            lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
+        iperf.stop()
+        for delete in (
+            lambda: disc.delete_namespaced_endpoint_slice(f"{NAME}-1", NS),
+            lambda: core.delete_namespaced_service(NAME, NS),
+        ):
+            try:
+                delete()
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def print_table(res: dict[str, dict[str, list[float]]]) -> None:
+    print(
+        "| C. through the gateway vs direct to node-1 | gateway (median) | direct (median) "
+        "| ratio | goal |"
+    )
+    print("|---|---|---|---|---|")
+    for test, goal in (("iperf3 -P 1", 0.95), ("iperf3 -P 4", 0.95), ("wrk conn/s", 0.9)):
+        g, d = statistics.median(res[test]["gateway"]), statistics.median(res[test]["direct"])
+        unit = (
+            (lambda x: f"{x / 1e9:.2f} Gbit/s")
+            if test.startswith("iperf")
+            else (lambda x: f"{x:.0f}/s")
+        )
+        runs = (
+            ", ".join(unit(x) for x in res[test]["gateway"])
+            + " | "
+            + ", ".join(unit(x) for x in res[test]["direct"])
+        )
+        print(f"| {test} | {unit(g)} | {unit(d)} | {g / d:.3f} | ≥ {goal} |")
+        print(f"|   runs (gateway / direct) | {runs} | | |")
+    errs = res.get("_wrk_socket_errors", {})
+    print(
+        f"| wrk socket errors (gateway / direct) | {errs.get('gateway', [0])[0]:.0f} "
+        f"| {errs.get('direct', [0])[0]:.0f} | | |"
+    )
+
+
+def main() -> int:
+    from portico_lab.lab import LabConfig
+    from portico_lab.portico import install
+
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--seconds", type=int, default=5)
+    args = ap.parse_args()
+    cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
+    with Lab.up(cfg) as lab:
+        install(lab)
+        wait_until(
+            lambda: "first full listing" in (lab.workdir / "logs" / "operator.log").read_text(),
+            "the operator",
+            60,
+            0.2,
+        )
+        t = time.time()
+        res = run(lab, args.reps, args.seconds)
+        print(f"(part C took {time.time() - t:.0f} s)")
+    print_table(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
