@@ -67,9 +67,18 @@ def served_timings(lab: Lab) -> dict[str, dict[str, float]]:
     return out
 
 
-def served_count(lab: Lab, name: str) -> int:
-    log = lab.workdir / "logs" / f"lbnode-{GATEWAY}.log"
-    return log.read_text().count(f'"serving {NS}/{name}"')
+def gateway_starts(lab: Lab) -> int:
+    return gateway_log(lab).count("portico-lbnode gw-1 starting")
+
+
+def programmed_since_start(lab: Lab, starts_before: int) -> bool:
+    """True once the gateway started after the ``starts_before``-th start programmed a table."""
+    parts = gateway_log(lab).split("portico-lbnode gw-1 starting")
+    return len(parts) > starts_before + 1 and '"forwarding: ' in parts[-1]
+
+
+def gateway_log(lab: Lab) -> str:
+    return (lab.workdir / "logs" / f"lbnode-{GATEWAY}.log").read_text()
 
 
 def lb_status(lab: Lab, name: str) -> dict[str, Any]:
@@ -167,6 +176,17 @@ def print_a(rows: list[dict[str, float]], etp: str) -> None:
     print(f"| (nodes already healthy when the CR was seen: {early}/{len(rows)}) | | |")
     medians = [statistics.median([r[b] - r[a] for r in rows]) for _, a, b in STAGES]
     print(f"| sum of stage medians | {ms(sum(medians))} | |")
+    # The cost of a change may grow with what the gateway already serves: the total by how
+    # many Services existed before this one.
+    print()
+    print("| Services already served | create → first answer, median | healthy → programmed |")
+    print("|---|---|---|")
+    step = max(1, len(rows) // 5)
+    for k in range(0, len(rows), step):
+        chunk = rows[k : k + step]
+        tot = statistics.median([r["answered"] - r["created"] for r in chunk])
+        prog = statistics.median([r["programmed"] - r["healthy"] for r in chunk])
+        print(f"| {k} to {k + len(chunk) - 1} | {ms(tot)} | {ms(prog)} |")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -348,12 +368,13 @@ def main() -> int:
                 )
                 b_default = part_b(lab, name, vip, args.trials, args.rate, args.seconds, args.lead)
                 print_b("node-2 link down, default probes (1 s / 1 s, fall 2)", b_default, 1, 1)
-                served_before = served_count(lab, name)
+                starts = gateway_starts(lab)
                 restart_gateway(lab, "--probe-interval", "0.2", "--probe-timeout", "0.2")
-                # The LB status still says what the old gateway wrote: wait for the new one's
-                # own "serving" line before the first trial.
+                # The LB status still says what the old gateway wrote: wait until the new one
+                # has written its first forwarding table (it logs no "serving" line for CRs it
+                # finds at start).
                 wait_until(
-                    lambda: served_count(lab, name) > served_before, "the new gateway serves", 60
+                    lambda: programmed_since_start(lab, starts), "the new gateway programs", 60
                 )
                 b_fast = part_b(lab, name, vip, args.trials, args.rate, args.seconds, args.lead)
                 print_b(

@@ -244,7 +244,8 @@ def test_arp_for_vip_answered_by_a_only_and_never_for_others(pair: Pair, announc
     assert replies_for(got, A4) == [pair.a_mac]
     stats = ann.stats()
     assert stats["answered"] == 3
-    assert stats["not_ours"] == 4  # three for .99, one for a's own address
+    # Three for .99, one for a's own address, and any the two kernels sent meanwhile.
+    assert stats["not_ours"] >= 4
 
 
 def test_b_kernel_resolves_both_vips_to_a(pair: Pair, announcer) -> None:

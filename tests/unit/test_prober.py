@@ -288,7 +288,8 @@ def test_a_hanging_node_port_in_aggregate_mode_counts_toward_fall_for_all() -> N
                 node.routes[(np_, AGGREGATE_PATH)] = HANG
                 before = node.received[(np_, AGGREGATE_PATH)]
                 await wait_until(lambda: not prober.healthy("n1", "ns/c"), "out")
-                assert node.received[(np_, AGGREGATE_PATH)] - before == 2
+                # Two timeouts took it out (a third may have left as the second ended).
+                assert 2 <= node.received[(np_, AGGREGATE_PATH)] - before <= 3
                 assert not prober.healthy("n1", "ns/a")
                 # a timeout is doubt about the node, not news that it lost the aggregate endpoint
                 assert node.received[(np_, "/healthz")] == 0
