@@ -90,7 +90,7 @@ for src in srcs:
     for sport in range(first, first + n):
         s = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
         s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        s.settimeout(1.0)
+        s.settimeout(3.0)
         try:
             s.bind((src, sport))
             s.connect((host, port))

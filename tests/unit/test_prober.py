@@ -512,3 +512,35 @@ def test_targets_from_services_prefers_ipv4() -> None:
         "n2": NodeTargets("fd00::2", {"ns/l": 31000}),
     }
     assert got["n2"].family == 6
+
+
+def test_the_same_aggregate_answer_after_a_hang_still_brings_the_node_back() -> None:
+    """Unchanged answers are skipped while the node is settled; a hang in between unsettles
+    it, so the very same answer afterwards is judged again (rise) rather than skipped."""
+
+    async def main() -> None:
+        node = FakeNode()
+        np_ = await node.listen()
+        node.route(np_, AGGREGATE_PATH, 200, aggregate({"ns/a": 1}))
+        good = node.routes[(np_, AGGREGATE_PATH)]
+        s = ProbeSettings(interval=0.05, timeout=0.1, rise=2, fall=2, node_port=np_)
+        flips: list[bool] = []
+        prober = Prober(s, on_change=lambda n, k, h: flips.append(h.healthy))
+        prober.set_targets({"n1": NodeTargets("127.0.0.1", {"ns/a": 31000})})
+        try:
+            async with running(prober):
+                await wait_until(lambda: prober.healthy("n1", "ns/a"), "healthy")
+                seen = node.received[(np_, AGGREGATE_PATH)]
+                await wait_until(
+                    lambda: node.received[(np_, AGGREGATE_PATH)] >= seen + 3, "more probes"
+                )
+                assert flips == [True], "an unchanged answer is no news"
+                node.routes[(np_, AGGREGATE_PATH)] = HANG
+                await wait_until(lambda: not prober.healthy("n1", "ns/a"), "out")
+                node.routes[(np_, AGGREGATE_PATH)] = good
+                await wait_until(lambda: prober.healthy("n1", "ns/a"), "back with the same answer")
+                assert flips == [True, False, True]
+        finally:
+            node.close()
+
+    asyncio.run(main())
