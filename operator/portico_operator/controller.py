@@ -17,14 +17,15 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
 from portico_common.noderules import Endpoint, endpoints_from_slices
 from portico_common.tasks import run_together
 
-from . import ipam
+from . import decisions, ipam
+from .decisions import Outcome
 from .errors import NotLeading
 from .lbspec import (
     NodeView,
@@ -95,18 +96,6 @@ def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
         "spec": obj.get("spec"),
         "status": obj.get("status"),
     }
-
-
-class Outcome(NamedTuple):
-    """The last allocation result of a Service, for stage two (the CR)."""
-
-    vips: tuple[Any, ...]
-    pool: str | None
-    mode: str
-    allocated: bool
-    reason: str
-    message: str
-    input_error: str | None = None
 
 
 WRITE_METHODS = ("create", "replace", "patch", "delete")
@@ -617,11 +606,12 @@ class Controller:
         t_start = time.time()
         t_received = self.received.get(key)  # the event that queued this reconcile
         view = self.services.get(key)
-        cls = self.settings.load_balancer_class
-        if view is None:
+        step = decisions.reconcile_step(view, self.settings.load_balancer_class)
+        if step is decisions.Step.FORGET:
             await self._forget_gone(key)
             return
-        if not view.served_by(cls) or view.deleting:
+        assert view is not None
+        if step is decisions.Step.WITHDRAW:
             await self._withdraw(view)
             return
         self.metrics.services.set(
@@ -647,9 +637,7 @@ class Controller:
         old = set(view.ingress_ips())
         vips = result.ips
         pools = sorted(set(result.pools))
-        message = f"{', '.join(map(str, vips))} from IPPool {', '.join(pools)}"
-        if result.warnings:
-            message += "; " + "; ".join(w.message for w in result.warnings)
+        message = decisions.allocation_message(vips, pools, (w.message for w in result.warnings))
         desired = service_status(view, vips, mode, True, "Allocated", message, now())
         t_patch = time.time()
         patched = status_differs(view, desired)
@@ -662,9 +650,7 @@ class Controller:
             for ip in set(vips) - old:
                 self.metrics.allocations.labels(f"ipv{ip.version}").inc()
             self._event(view, "Normal", "Allocated", f"Allocated {message}")
-        self.outcomes[key] = Outcome(
-            vips, pools[0] if pools else None, mode, True, "Allocated", message
-        )
+        self.outcomes[key] = decisions.allocated(vips, pools, mode, message)
         self.publish.add(key)
         if timing_log.isEnabledFor(logging.INFO):
             timing_log.info(
@@ -693,23 +679,22 @@ class Controller:
         """An annotation or field that cannot be used. A Service that has addresses keeps them
         and its last valid configuration; one that has none waits, as for any unmet request."""
         key = view.key
-        held = self.alloc.holds(key)
-        # Only what the status shows is the Service's: a pick whose write never landed is not.
-        vips = tuple(ip for ip in view.ingress_ips() if ip in held)
-        if not vips:
+        kept = decisions.kept_on_bad_input(
+            view.ingress_ips(),
+            self.alloc.holds(key),
+            self.outcomes.get(key),
+            self._announced_mode(view),
+            error,
+            self.alloc.pool_of,
+        )
+        if kept is None:
             await self._fail(view, self._announced_mode(view), reason, error, input_error=error)
             return
-        last = self.outcomes.get(key)
-        mode = last.mode if last is not None else self._announced_mode(view)
-        message = (
-            last.message
-            if last is not None and last.allocated
-            else (f"{', '.join(map(str, vips))} kept")
-        )
+        vips, mode, message = kept.vips, kept.mode, kept.message
         desired = service_status(view, vips, mode, True, "Allocated", message, now(), error)
         if status_differs(view, desired):
             view = self._observed(await self._patch_service_status(view, desired))
-        if self.last_reason.get(key) != f"{reason}:{error}":
+        if decisions.reason_changed(self.last_reason.get(key), reason, error):
             self.last_reason[key] = f"{reason}:{error}"
             self._event(
                 view,
@@ -718,17 +703,12 @@ class Controller:
                 f"{error}; the Service keeps {', '.join(map(str, vips))} and its last valid "
                 "configuration until this is fixed",
             )
-        pool = last.pool if last is not None else self.alloc.pool_of(vips[0])
-        self.outcomes[key] = Outcome(vips, pool, mode, True, "Allocated", message, error)
+        self.outcomes[key] = kept
         self.publish.add(key)
 
     def _announced_mode(self, view: ServiceView) -> str:
         """The forwarding mode in force: the CR's, or else what the ingress says."""
-        mode = ((self.lbs.get(view.key) or {}).get("spec") or {}).get("forwardingMode")
-        if mode in ("DSR", "NAT"):
-            return str(mode)
-        modes = {e.get("ipMode") for e in view.ingress}
-        return "NAT" if modes == {"Proxy"} else "DSR"
+        return decisions.mode_in_force((self.lbs.get(view.key) or {}).get("spec"), view.ingress)
 
     async def _fail(
         self,
@@ -747,10 +727,10 @@ class Controller:
         desired = service_status(view, (), mode, False, reason, message, now(), input_error)
         if status_differs(view, desired):
             view = self._observed(await self._patch_service_status(view, desired))
-        if self.last_reason.get(key) != f"{reason}:{message}":
+        if decisions.reason_changed(self.last_reason.get(key), reason, message):
             self.last_reason[key] = f"{reason}:{message}"
             self._event(view, "Warning", reason, message)
-        self.outcomes[key] = Outcome((), None, mode, False, reason, message, input_error)
+        self.outcomes[key] = decisions.failed(mode, reason, message, input_error)
         self.publish.add(key)
 
     async def publish_service(self, key: str) -> None:
@@ -850,13 +830,7 @@ class Controller:
         if (had or ours) and not view.deleting:
             # Clear only what we wrote: another implementation's status is not ours to touch.
             await self._patch_service_status(
-                view,
-                {
-                    "loadBalancer": {"ingress": []},
-                    "conditions": [
-                        c for c in view.conditions if c.get("type") not in OUR_SERVICE_CONDITIONS
-                    ],
-                },
+                view, decisions.withdrawal_status(view.conditions, OUR_SERVICE_CONDITIONS)
             )
         if key in self.lbs or self.alloc.withdrawing(key):
             await self._delete_lb(view.namespace, view.name)
