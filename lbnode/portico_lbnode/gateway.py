@@ -162,7 +162,19 @@ class Gateway:
     def _served(self) -> dict[str, GatewayService]:
         return self.services
 
-    def reconcile(self) -> None:
+    def _program(self, ports: list[Any], nat: list[Any]) -> tuple[Any, float]:
+        """Render and apply both tables (in a worker thread: a render of thousands of ports
+        takes tens of milliseconds, which probes and watches must not wait for)."""
+        t0 = time.perf_counter()
+        # NAT first: a port handed to the IP stack must find its DNAT there.
+        if self.nat.apply(render_nat(nat, self.settings.table_size)):
+            log.info("NAT table: %d ports", len(nat))
+        rules = render_fwd(
+            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
+        )
+        return self.fwd.apply(rules), t0
+
+    async def reconcile(self) -> None:
         served = self._served()
         self.prober.set_targets(targets_from_services(served.values()))
         wanted = plan.vips_to_announce(served)
@@ -170,17 +182,10 @@ class Gateway:
         keep = self.announced & wanted
         if keep != self.announced:
             self._announce(keep)
-        t0 = time.perf_counter()
         ports, nat = plan.forwarding_and_nat(
             served.values(), self.healthy, self.maglev, self.settings.zone
         )
-        # NAT first: a port handed to the IP stack must find its DNAT there.
-        if self.nat.apply(render_nat(nat, self.settings.table_size)):
-            log.info("NAT table: %d ports", len(nat))
-        rules = render_fwd(
-            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
-        )
-        result = self.fwd.apply(rules)
+        result, t0 = await asyncio.to_thread(self._program, ports, nat)
         if result.commands:
             log.info(
                 "forwarding: %d commands (%s) in %.1f ms for %d ports",
@@ -238,7 +243,7 @@ class Gateway:
         while True:
             self._dirty.clear()
             try:
-                self.reconcile()
+                await self.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")
                 await asyncio.sleep(1.0)
@@ -334,9 +339,9 @@ class Gateway:
     async def verify_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self.programmed_once and self.fwd.verify():
+            if self.programmed_once and await asyncio.to_thread(self.fwd.verify):
                 log.warning("forwarding table was changed behind our back: restored")
-            if self.programmed_once and self.nat.verify():
+            if self.programmed_once and await asyncio.to_thread(self.nat.verify):
                 log.warning("NAT table was deleted behind our back: restored")
 
     async def withdraw(self) -> None:

@@ -28,6 +28,10 @@ class MaglevCache:
         self.size = size
         self.capacity = capacity
         self._tables: OrderedDict[tuple[tuple[str, int], ...], tuple[str, ...]] = OrderedDict()
+        # The slots as addresses, by (node, weight, address): one tuple object per node set,
+        # so every Service over the same nodes shares it and the renderer turns it into text
+        # once per render, not once per port (4,093 addresses each).
+        self._slots: OrderedDict[tuple[Candidate, ...], tuple[IP, ...]] = OrderedDict()
 
     def table(self, nodes: tuple[tuple[str, int], ...]) -> tuple[str, ...]:
         found = self._tables.get(nodes)
@@ -39,12 +43,21 @@ class MaglevCache:
             self._tables.move_to_end(nodes)
         return found
 
+    def slots(self, chosen: tuple[Candidate, ...]) -> tuple[IP, ...]:
+        found = self._slots.get(chosen)
+        if found is None:
+            by_node = {c.node: c.address for c in chosen}
+            table = self.table(tuple((c.node, c.weight) for c in chosen))
+            found = self._slots[chosen] = tuple(by_node[n] for n in table)
+            while len(self._slots) > self.capacity:
+                self._slots.popitem(last=False)
+        else:
+            self._slots.move_to_end(chosen)
+        return found
+
 
 def slots_for(chosen: tuple[Candidate, ...], cache: MaglevCache) -> tuple[IP, ...]:
-    if not chosen:
-        return ()
-    by_node = {c.node: c.address for c in chosen}
-    return tuple(by_node[n] for n in cache.table(tuple((c.node, c.weight) for c in chosen)))
+    return cache.slots(chosen) if chosen else ()
 
 
 def forwarding(

@@ -100,8 +100,9 @@ for src in srcs:
                 if not chunk: break
                 data += chunk
             out[f"{src}:{sport}"] = json.loads(data.split(b"\r\n\r\n", 1)[1])["node"]
-        except OSError:
+        except OSError as e:
             out[f"{src}:{sport}"] = None
+            print(f"{src}:{sport} {type(e).__name__} {e}", file=sys.stderr)
         finally:
             s.close()
 print(json.dumps(out))
@@ -115,6 +116,8 @@ def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str
         timeout=120,
     )
     assert res.returncode == 0, res.stderr
+    if res.stderr:
+        print("failed flows:", res.stderr)
     return json.loads(res.stdout)
 
 
@@ -184,8 +187,12 @@ def test_nodes_without_ready_local_endpoints_get_no_traffic(
     ip = api.wait_ips("gw-drain")[0]
     wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2", "node-3"}, "3 nodes")
     sources = [str(lab.plan.client(1).ipv4)]
+    # node-3's pods: two not ready, and a third terminating but still serving (its /healthz
+    # says 503: terminating endpoints do not count).
+    extra = lab.add_pod("node-3")
     lab.set_pod_ready("echo-3-1", False)
-    lab.terminate_pod("echo-3-2")  # terminating but still serving: /healthz says 503
+    lab.set_pod_ready("echo-3-2", False)
+    lab.terminate_pod(extra.name)
     try:
         wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2"}, "node-3 out")
         st = status(api, "gw-drain")
@@ -197,8 +204,8 @@ def test_nodes_without_ready_local_endpoints_get_no_traffic(
         assert set(seen.values()) == {"node-1", "node-2"}, seen
     finally:
         lab.set_pod_ready("echo-3-1", True)
-        lab.remove_pod("echo-3-2")
-        lab.add_pod("node-3")
+        lab.set_pod_ready("echo-3-2", True)
+        lab.remove_pod(extra.name)
 
 
 def test_node_failure_moves_only_that_nodes_flows(
@@ -268,6 +275,11 @@ def test_nat_mode_reaches_the_pod_through_the_node_port(
     wait_for(
         lambda: api.service("gw-nat").status.load_balancer.ingress[0].ip_mode == "Proxy",
         "ipMode Proxy: the client's address is not preserved",
+    )
+    # Until the gateway has taken the switch, the VIP still answers by direct server return.
+    wait_for(
+        lambda: ip in lab.exec(GATEWAY, ["nft", "list", "table", "inet", "portico-gw-nat"]).stdout,
+        "the gateway's NAT table has the VIP",
     )
     a = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through a nodePort")
     # Masqueraded by the gateway: the pod sees the gateway's address, or a node's when the
