@@ -17,8 +17,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import aiohttp
 from portico_common.informer import list_and_watch
 from portico_common.kube import ApiError, KubeClient, group_path
+from portico_common.nftresult import NftError
 from prometheus_client import REGISTRY
 
 from . import plan
@@ -72,7 +74,6 @@ class Gateway:
         self._dirty = asyncio.Event()
         self._status_dirty: set[str] = set()
         self._status_event = asyncio.Event()
-        self._written: dict[str, dict[str, Any]] = {}  # key -> the status last applied
         self.maglev = plan.MaglevCache(settings.table_size)
         self.prober = Prober(
             settings.probe,
@@ -115,7 +116,6 @@ class Gateway:
         self.crs.pop(key, None)
         self.services.pop(key, None)
         self.invalid.pop(key, None)
-        self._written.pop(key, None)
         self._status_dirty.discard(key)
 
     def on_list(self, items: Sequence[Mapping[str, Any]]) -> None:
@@ -293,12 +293,10 @@ class Gateway:
         desired = self.desired_status(key)
         if desired is None:
             return
-        obj = self.crs[key]
-        current = obj.get("status") or {}
-        last = self._written.get(key)
-        if not status_differs(current, desired) or (
-            last is not None and not status_differs(last, desired)
-        ):
+        # The CR as last seen, or as our last write returned it: a status someone else changed
+        # (or cleared) is written again, ours coming back is not.
+        current = self.crs[key].get("status") or {}
+        if not status_differs(current, desired):
             return
         ns, name = key.split("/", 1)
         body = {
@@ -321,12 +319,11 @@ class Gateway:
                 self._status_dirty.add(key)
                 asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
-        except (OSError, TimeoutError) as e:
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("status of %s: %s (retrying)", key, e)
             self._status_dirty.add(key)
             asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
-        self._written[key] = desired
         if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):
             self.crs[key] = applied
 
@@ -339,10 +336,15 @@ class Gateway:
     async def verify_loop(self, interval: float) -> None:
         while True:
             await asyncio.sleep(interval)
-            if self.programmed_once and await asyncio.to_thread(self.fwd.verify):
-                log.warning("forwarding table was changed behind our back: restored")
-            if self.programmed_once and await asyncio.to_thread(self.nat.verify):
-                log.warning("NAT table was deleted behind our back: restored")
+            if not self.programmed_once:
+                continue
+            try:
+                if await asyncio.to_thread(self.fwd.verify):
+                    log.warning("forwarding table was changed behind our back: restored")
+                if await asyncio.to_thread(self.nat.verify):
+                    log.warning("NAT table was deleted behind our back: restored")
+            except NftError as e:
+                log.error("verify failed: %s", e)
 
     async def withdraw(self) -> None:
         """Stops announcing (a clean stop); the table stays so a restart keeps the flows."""

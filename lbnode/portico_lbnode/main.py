@@ -77,17 +77,8 @@ async def run(args: argparse.Namespace) -> int:
     )
     kube = KubeClient(load_credentials(args.kubeconfig))
     gw = Gateway(settings, kube)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-
-    async def until_stopped() -> None:
-        await stop.wait()
-
-    try:
-        await run_together(
-            until_stopped(),
+    task = asyncio.ensure_future(
+        run_together(
             gw.watch_loop(),
             gw.reconcile_loop(),
             gw.status_loop(),
@@ -95,6 +86,14 @@ async def run(args: argparse.Namespace) -> int:
             gw.prober.run(),
             *(a.run() for a in gw.announcers),
         )
+    )
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        log.info("stopping: announcements withdrawn, the forwarding table stays in force")
     finally:
         await gw.withdraw()
         await gw.prober.close()
