@@ -22,9 +22,10 @@ from portico_lbnode.maglev import (
 )
 
 M = DEFAULT_TABLE_SIZE
-# Measured worst case over random name sets at M=4093, N <= 20 is ~2.3% of the survivors' slots
-# changing hands on a removal (see bench/gateway_maglev.py); modulo hashing changes ~(N-1)/N.
-SURVIVOR_CHURN = 0.04
+# Random name sets at M=4093, N <= 20: typically <= 3% of the survivors' slots change hands on
+# a removal (bench/gateway_maglev.py), but Maglev bounds this by no theorem and hypothesis has
+# found name sets at 6%; modulo hashing changes ~(N-2)/(N-1) of them (>= 50% from N = 3).
+SURVIVOR_CHURN = 0.10
 
 node_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, max_size=20)
 
