@@ -4,7 +4,15 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 from typing import Any
+
+
+def setup_json_logging(level: str) -> None:
+    """JSON lines on stderr at ``level``, as every Portico program logs."""
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(JsonFormatter())
+    logging.basicConfig(level=level.upper(), handlers=[handler])
 
 
 class JsonFormatter(logging.Formatter):

@@ -3,8 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 from collections.abc import Coroutine
 from typing import Any
+
+
+async def run_until_signalled(coro: Coroutine[Any, Any, Any]) -> bool:
+    """Runs ``coro`` until it ends or SIGTERM/SIGINT cancels it; True when a signal did."""
+    task = asyncio.ensure_future(coro)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, task.cancel)
+    try:
+        await task
+    except asyncio.CancelledError:
+        return True
+    return False
 
 
 async def run_together(*loops: Coroutine[Any, Any, Any]) -> None:

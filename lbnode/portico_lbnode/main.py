@@ -19,13 +19,12 @@ import argparse
 import asyncio
 import logging
 import os
-import signal
 import socket
 import sys
 
 from portico_common.kube import KubeClient, load_credentials
-from portico_common.logs import JsonFormatter
-from portico_common.tasks import run_together
+from portico_common.logs import setup_json_logging
+from portico_common.tasks import run_together, run_until_signalled
 
 from .maglev import DEFAULT_TABLE_SIZE
 from .prober import ProbeSettings
@@ -77,23 +76,18 @@ async def run(args: argparse.Namespace) -> int:
     )
     kube = KubeClient(load_credentials(args.kubeconfig))
     gw = Gateway(settings, kube)
-    task = asyncio.ensure_future(
-        run_together(
-            gw.watch_loop(),
-            gw.reconcile_loop(),
-            gw.status_loop(),
-            gw.verify_loop(args.verify_interval),
-            gw.prober.run(),
-            *(a.run() for a in gw.announcers),
-        )
-    )
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, task.cancel)
     try:
-        await task
-    except asyncio.CancelledError:
-        log.info("stopping: announcements withdrawn, the forwarding table stays in force")
+        if await run_until_signalled(
+            run_together(
+                gw.watch_loop(),
+                gw.reconcile_loop(),
+                gw.status_loop(),
+                gw.verify_loop(args.verify_interval),
+                gw.prober.run(),
+                *(a.run() for a in gw.announcers),
+            )
+        ):
+            log.info("stopping: announcements withdrawn, the forwarding table stays in force")
     finally:
         await gw.withdraw()
         await gw.prober.close()
@@ -103,9 +97,7 @@ async def run(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    setup_json_logging(args.log_level)
     # httpx logs every request at INFO: one line per probe would drown the gateway's own.
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if args.cleanup:

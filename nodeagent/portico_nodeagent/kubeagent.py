@@ -9,7 +9,6 @@ import asyncio
 import datetime as dt
 import json
 import logging
-import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +24,7 @@ from portico_common.noderules import (
     NodeRulesError,
     check_service,
 )
-from portico_common.tasks import run_together
+from portico_common.tasks import run_together, run_until_signalled
 
 from .conntrack import delete_flows
 from .healthserver import HealthServers, HealthState
@@ -310,13 +309,7 @@ class KubeAgent:
 def run_kube_agent(args: argparse.Namespace) -> int:
     async def main() -> None:
         agent = KubeAgent(args)
-        task = asyncio.ensure_future(agent.run())
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, task.cancel)
-        try:
-            await task
-        except asyncio.CancelledError:
+        if await run_until_signalled(agent.run()):
             log.info("stopping: the rules stay in force")
 
     asyncio.run(main())

@@ -44,7 +44,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from portico_common.logs import JsonFormatter
+from portico_common.logs import setup_json_logging
 from portico_common.noderules import NodeRulesError, input_from_json, render_node_rules
 
 from .nft import NftError, NftTable
@@ -208,9 +208,7 @@ class Agent:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    setup_json_logging(args.log_level)
     if args.cleanup:
         try:
             NftTable().cleanup()

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import kopf
 from portico_common.kube import KubeClient, load_credentials
-from portico_common.logs import JsonFormatter
+from portico_common.logs import setup_json_logging
 
 from .controller import Controller
 from .handlers import build_registry
@@ -158,9 +158,7 @@ async def _own_signals(on_signal: Callable[[], object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter())
-    logging.basicConfig(level=args.log_level.upper(), handlers=[handler])
+    setup_json_logging(args.log_level)
     # kopf logs every handler call at INFO: at thousands of Services that is most of the CPU.
     logging.getLogger("kopf").setLevel(logging.WARNING)
     logging.getLogger("httpx").setLevel(logging.WARNING)
