@@ -9,12 +9,12 @@ the calling thread: create and use a FwdTable in the gateway's namespace.
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
 from typing import Any
 
+from portico_common.nfthandle import Libnftables
 from portico_common.nftresult import ApplyResult, NftError, Stats
 
 from .fwdrules import FAMILY, TABLE, FwdRules, Json, delete_table_json, diff_fwd, parse_listing
@@ -29,11 +29,7 @@ class FwdTable:
     verifier thread and the applier can share the one handle."""
 
     def __init__(self) -> None:
-        import nftables  # Debian's python3-nftables, on the venv's path
-
-        self._nft = nftables.Nftables()
-        self._nft.set_json_output(True)
-        self._nft.set_handle_output(False)
+        self._nft = Libnftables()
         self._lock = threading.Lock()
         self._applied: FwdRules | None = None  # what we last put in the kernel
         self.stats = Stats()
@@ -45,20 +41,11 @@ class FwdTable:
 
     # -- primitives -----------------------------------------------------------------------------
     def run(self, doc: Json) -> None:
-        if not doc.get("nftables"):
-            return
-        rc, _out, err = self._nft.json_cmd(doc)
-        if rc != 0:
-            raise NftError((err or f"libnftables returned {rc}").strip())
+        self._nft.run_json(doc)
 
     def listing(self) -> dict[str, Any] | None:
         """The kernel's JSON listing of the table, or None when there is none."""
-        rc, out, err = self._nft.cmd(f"list table {FAMILY} {TABLE}")
-        if rc != 0:
-            if "No such file or directory" in (err or ""):
-                return None
-            raise NftError((err or f"libnftables returned {rc}").strip())
-        return json.loads(out) if isinstance(out, str) else out
+        return self._nft.listing(FAMILY, TABLE)
 
     def current(self) -> FwdRules | None:
         listing = self.listing()

@@ -8,7 +8,6 @@ rewrites the one Service chain it touches, and the table is never reloaded for i
 
 from __future__ import annotations
 
-import json
 import logging
 import threading
 import time
@@ -16,6 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from portico_common import nftnames as N
+from portico_common.nfthandle import Libnftables
 from portico_common.nftresult import ApplyResult, NftError, Stats
 from portico_common.noderules import (
     RulesIndex,
@@ -41,11 +41,7 @@ class NftTable:
     by an internal lock so a verifier thread and an applier can share one handle."""
 
     def __init__(self) -> None:
-        import nftables  # Debian's python3-nftables, on the venv's path
-
-        self._nft = nftables.Nftables()
-        self._nft.set_json_output(True)
-        self._nft.set_handle_output(False)
+        self._nft = Libnftables()
         self._lock = threading.Lock()
         self._applied: RulesIndex | None = None  # what we last put in the kernel
         # The render, or how to make it (only a full replace needs the whole document).
@@ -54,20 +50,11 @@ class NftTable:
 
     # -- primitives -----------------------------------------------------------------------------
     def run(self, doc: Mapping[str, Any]) -> None:
-        if not doc.get("nftables"):
-            return
-        rc, _out, err = self._nft.json_cmd(dict(doc))
-        if rc != 0:
-            raise NftError((err or f"libnftables returned {rc}").strip())
+        self._nft.run_json(doc)
 
     def listing(self) -> dict[str, Any] | None:
         """The kernel's JSON listing of our table, or None when it does not exist."""
-        rc, out, err = self._nft.cmd(f"list table {N.FAMILY} {N.TABLE}")
-        if rc != 0:
-            if "No such file or directory" in (err or ""):
-                return None
-            raise NftError((err or f"libnftables returned {rc}").strip())
-        return json.loads(out) if isinstance(out, str) else out
+        return self._nft.listing(N.FAMILY, N.TABLE)
 
     def current(self) -> RulesIndex:
         listing = self.listing()
