@@ -159,9 +159,6 @@ class Gateway:
         return plan.NodeHealth(h.healthy, h.message, rfc3339(h.since))
 
     # -- programming ------------------------------------------------------------------------
-    def _served(self) -> dict[str, GatewayService]:
-        return self.services
-
     def _program(self, ports: list[Any], nat: list[Any]) -> tuple[Any, float]:
         """Render and apply both tables (in a worker thread: a render of thousands of ports
         takes tens of milliseconds, which probes and watches must not wait for)."""
@@ -175,7 +172,7 @@ class Gateway:
         return self.fwd.apply(rules), t0
 
     async def reconcile(self) -> None:
-        served = self._served()
+        served = self.services
         self.prober.set_targets(targets_from_services(served.values()))
         wanted = plan.vips_to_announce(served)
         # Withdraw first: a VIP going away is never answered for while its rules go.
@@ -238,7 +235,7 @@ class Gateway:
         await self.synced.wait()
         # After a restart, the nodes' first answers decide the first table: wait for them
         # (bounded), rather than program every Service as fail-closed for a moment.
-        self.prober.set_targets(targets_from_services(self._served().values()))
+        self.prober.set_targets(targets_from_services(self.services.values()))
         await self.prober.first_round(self.settings.first_probe_wait)
         while True:
             self._dirty.clear()
