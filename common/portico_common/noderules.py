@@ -6,20 +6,25 @@ needs it) into the libnftables JSON that builds Portico's one table, ``inet port
 kernel's own listing and a render) into the commands that change only what differs: map
 elements, and the few per-Service chains whose rules changed.
 
-The layout is kube-proxy's nftables proxier's (pkg/proxy/nftables/proxier.go), for the
-LoadBalancer part only:
+The dispatch is kube-proxy's nftables proxier's (pkg/proxy/nftables/proxier.go), for the
+LoadBalancer part only; endpoint choice is flat, so that the table does not grow a chain per
+endpoint:
 
 * ``nat-prerouting`` / ``nat-output`` jump to ``services``, which looks the packet up once in a
   verdict map keyed on ``daddr . l4proto . dport`` (``vips4`` / ``vips6``; and
   ``l4proto . dport`` in ``nodeports4/6`` for Services in the gateway's NAT mode), so the cost of
   a packet does not grow with the number of Services.
-* Each Service port (per family) has a chain ``svc-…`` that first honours ClientIP affinity
-  (``ip saddr @aff-… goto ep-…``) and then picks an endpoint with
-  ``numgen random mod (N-i) == 0 goto ep-i`` for i < N-1, then ``goto ep-(N-1)`` (uniform; no
-  anonymous sets, which the kernel makes costly by the thousand).
-* Each endpoint has a chain ``ep-…``: masquerade when the endpoint is on another node (Cluster
-  policy only; Local never leaves the node) or when a pod reaches itself (hairpin), record the
-  affinity, DNAT to ``podIP:targetPort``.
+* A Service port with N endpoints goes to the shared chain ``pick4-N``: it saves the packet mark
+  in the conntrack mark, puts a random slot ``SLOT_BASE + (0..N-1)`` in the packet mark and DNATs
+  through ``endpoint-addrs4`` / ``endpoint-ports4``, keyed ``daddr . l4proto . dport . mark``
+  (slot i = the i-th endpoint by address; uniform). ``slot-prerouting`` / ``slot-output`` (just
+  after DNAT, before routing) give the mark back and mark for masquerading what went to an
+  endpoint on another node (``remote-endpoints4``; Cluster policy only: Local never leaves the
+  node) or to the pod that sent it (``hairpin4``). An endpoint change is a few map elements.
+* ClientIP affinity pins a client to an endpoint, so those Services keep kube-proxy's layout:
+  a chain per Service port (``ip saddr @aff-… goto ep-…``, then
+  ``numgen random mod (N-i) == 0 goto ep-i``) and a chain per endpoint (masquerade, record the
+  pin, DNAT).
 * ``filter-prerouting`` checks ``loadBalancerSourceRanges`` through ``firewall4/6`` before DNAT;
   ``filter-input/forward/output`` drop (Local, no local endpoint) or reject (no endpoint at all:
   TCP reset, ICMP port unreachable) through ``noendpoints4/6``. When the node's address is
@@ -338,7 +343,7 @@ class _Table:
     def rule(self, chain: str, *expr: Json) -> None:
         self.rules[chain].append(list(expr))
 
-    def map(self, name: str, key_type: list[str], value: str = "verdict") -> None:
+    def map(self, name: str, key_type: list[str] | str, value: str = "verdict") -> None:
         self.maps[name] = {"name": name, "type": key_type, "map": value}
         self.elements[name] = {}
 
@@ -387,6 +392,7 @@ def _fixed(t: _Table, node: NodeInfo) -> None:
         N.REJECT,
         N.MARK_MASQ,
         N.MASQUERADING,
+        N.SLOT_RESTORE,
     ):
         t.chain(name)
     for fam in (4, 6):
@@ -395,6 +401,17 @@ def _fixed(t: _Table, node: NodeInfo) -> None:
             t.map(m[fam], addr)
         for m in (N.NODEPORTS, N.NO_ENDPOINT_NODEPORTS):
             t.map(m[fam], ["inet_proto", "inet_service"])
+        np_key = ["inet_proto", "inet_service"]
+        t.map(N.ENDPOINT_COUNTS[fam], addr, "mark")
+        t.map(N.NODEPORT_ENDPOINT_COUNTS[fam], np_key, "mark")
+        t.map(N.PICKS[fam], "mark")
+        t.map(N.NODEPORT_PICKS[fam], "mark")
+        t.map(N.ENDPOINT_ADDRS[fam], [*addr, "mark"], N.ADDR_TYPE[fam])
+        t.map(N.ENDPOINT_PORTS[fam], [*addr, "mark"], "inet_service")
+        t.map(N.NODEPORT_ENDPOINT_ADDRS[fam], [*np_key, "mark"], N.ADDR_TYPE[fam])
+        t.map(N.NODEPORT_ENDPOINT_PORTS[fam], [*np_key, "mark"], "inet_service")
+        t.map(N.REMOTE_ENDPOINTS[fam], N.ADDR_TYPE[fam], "mark")
+        t.map(N.HAIRPIN[fam], [N.ADDR_TYPE[fam], N.ADDR_TYPE[fam]], "mark")
 
     mark = _meta("mark")
     local_ips = {fam: _node_ip(node, fam) for fam in (4, 6)}
@@ -421,13 +438,34 @@ def _fixed(t: _Table, node: NodeInfo) -> None:
     t.rule(N.NAT_PREROUTING, _jump(N.SERVICES))
     t.rule(N.NAT_OUTPUT, _jump(N.SERVICES))
     t.rule(N.NAT_POSTROUTING, _jump(N.MASQUERADING))
+    ct_mark = {"ct": {"key": "mark"}}
     for fam in (4, 6):
-        t.rule(N.SERVICES, {"vmap": {"key": _dispatch_key(fam), "data": "@" + N.VIPS[fam]}})
-        t.rule(
-            N.SERVICES,
-            *_nodeport_match(fam),
-            {"vmap": {"key": _nodeport_key(), "data": "@" + N.NODEPORTS[fam]}},
-        )
+        # ClientIP-affinity Service ports: their own chains; all others: N endpoints -> pick-N
+        # (the packet mark saved in the conntrack mark first, see N.SLOT_BASE).
+        for key, vmap, counts, picks, match in (
+            (_dispatch_key(fam), N.VIPS, N.ENDPOINT_COUNTS, N.PICKS, []),
+            (
+                _nodeport_key(),
+                N.NODEPORTS,
+                N.NODEPORT_ENDPOINT_COUNTS,
+                N.NODEPORT_PICKS,
+                _nodeport_match(fam),
+            ),
+        ):
+            t.rule(N.SERVICES, *match, {"vmap": {"key": key, "data": "@" + vmap[fam]}})
+            t.rule(
+                N.SERVICES,
+                *match,
+                _match(key, "@" + counts[fam]),
+                {"mangle": {"key": ct_mark, "value": mark}},
+                {
+                    "mangle": {
+                        "key": mark,
+                        "value": {"map": {"key": key, "data": "@" + counts[fam]}},
+                    }
+                },
+                {"vmap": {"key": mark, "data": "@" + picks[fam]}},
+            )
         t.rule(
             N.FIREWALL_CHECK, {"vmap": {"key": _dispatch_key(fam), "data": "@" + N.FIREWALL[fam]}}
         )
@@ -446,6 +484,58 @@ def _fixed(t: _Table, node: NodeInfo) -> None:
     t.rule(N.MASQUERADING, _match({"&": [mark, N.MASQ_MARK]}, 0), {"return": None})
     t.rule(N.MASQUERADING, {"mangle": {"key": mark, "value": {"^": [mark, N.MASQ_MARK]}}})
     t.rule(N.MASQUERADING, {"masquerade": {"flags": "fully-random"}})
+    for chain in (N.SLOT_PREROUTING, N.SLOT_OUTPUT):
+        t.rule(
+            chain,
+            _match(mark, {"prefix": {"addr": N.SLOT_BASE, "len": N.SLOT_PREFIX_LEN}}),
+            _goto(N.SLOT_RESTORE),
+        )
+    t.rule(
+        N.SLOT_RESTORE,
+        {"mangle": {"key": mark, "value": ct_mark}},
+        {"mangle": {"key": ct_mark, "value": 0}},
+    )
+    for fam in (4, 6):
+        ipx = N.IP_PROTO[fam]
+        daddr = _payload(ipx, "daddr")
+        t.rule(N.SLOT_RESTORE, _match(daddr, "@" + N.REMOTE_ENDPOINTS[fam]), _jump(N.MARK_MASQ))
+        pair = {"concat": [_payload(ipx, "saddr"), daddr]}
+        t.rule(N.SLOT_RESTORE, _match(pair, "@" + N.HAIRPIN[fam]), _jump(N.MARK_MASQ))
+        for count in range(1, N.PICKS_ALWAYS + 1):
+            for nodeport in (False, True):
+                _pick_chain(t, fam, count, nodeport=nodeport, fixed=True)
+
+
+def _pick_chain(t: _Table, family: int, count: int, *, nodeport: bool, fixed: bool = False) -> None:
+    """The shared chain that sends a new connection to one of ``count`` endpoint slots, and its
+    element in the picks map (``fixed``: the fixed part's, for 1..PICKS_ALWAYS)."""
+    prefix = N.NODEPORT_PICK_PREFIX if nodeport else N.PICK_PREFIX
+    name = f"{prefix}{family}-{count}"
+    if name in t.chains or (count <= N.PICKS_ALWAYS and not fixed):
+        return  # made already, or one of the fixed part's (which a Service's fragment lacks)
+    t.chain(name)
+    picks = N.NODEPORT_PICKS[family] if nodeport else N.PICKS[family]
+    t.element(picks, count, _goto(name))
+    mark = _meta("mark")
+    ipx = N.IP_PROTO[family]
+    if nodeport:
+        key: Json = {"concat": [_meta("l4proto"), _payload("th", "dport"), mark]}
+        addrs, ports = N.NODEPORT_ENDPOINT_ADDRS[family], N.NODEPORT_ENDPOINT_PORTS[family]
+    else:
+        key = {"concat": [*_dispatch_key(family)["concat"], mark]}
+        addrs, ports = N.ENDPOINT_ADDRS[family], N.ENDPOINT_PORTS[family]
+    slot = {"numgen": {"mode": "random", "mod": count, "offset": N.SLOT_BASE}}
+    t.rule(
+        name,
+        {"mangle": {"key": mark, "value": slot}},
+        {
+            "dnat": {
+                "family": ipx,
+                "addr": {"map": {"key": key, "data": "@" + addrs}},
+                "port": {"map": {"key": key, "data": "@" + ports}},
+            }
+        },
+    )
 
 
 def check_service(svc: LBService) -> tuple[dict[int, list[str]], dict[int, list[Any]]]:
@@ -515,15 +605,11 @@ def _sorted_values(values: list[Any]) -> list[Any]:
     return sorted(values, key=key)
 
 
-def _service_port(
-    t: _Table,
-    svc: LBService,
-    port: ServicePort,
-    family: int,
-    node: NodeInfo,
-) -> tuple[str | None, Selection]:
-    """Adds the Service port's chains for one family; returns the chain to send VIP traffic to
-    (None when this node has no endpoint for it) and the selection."""
+def _port_selection(
+    svc: LBService, port: ServicePort, family: int, node: NodeInfo
+) -> tuple[Selection, dict[Endpoint, int]]:
+    """The endpoints this node sends the Service port's traffic of one family to, and the port
+    each is DNATed to (endpoints that do not serve the port are left out)."""
     candidates = []
     targets: dict[Endpoint, int] = {}
     for e in svc.endpoints:
@@ -534,9 +620,20 @@ def _service_port(
             continue
         candidates.append(e)
         targets[e] = target
-    sel = select_endpoints(candidates, svc.external_traffic_policy, node)
-    if not sel.endpoints:
-        return None, sel
+    return select_endpoints(candidates, svc.external_traffic_policy, node), targets
+
+
+def _affinity_chains(
+    t: _Table,
+    svc: LBService,
+    port: ServicePort,
+    family: int,
+    node: NodeInfo,
+    sel: Selection,
+    targets: Mapping[Endpoint, int],
+) -> str:
+    """A ClientIP-affinity Service port's chains (kube-proxy's layout: the pins are per
+    endpoint); returns the chain to send its traffic to."""
     chain = service_chain(svc, port, family)
     t.chain(chain)
     ipx = N.IP_PROTO[family]
@@ -576,7 +673,45 @@ def _service_port(
         numgen = {"numgen": {"mode": "random", "mod": left, "offset": 0}}
         t.rule(chain, _match(numgen, 0), _goto(ep_chain))
     t.rule(chain, _goto(ep_chains[-1]))
-    return chain, sel
+    return chain
+
+
+def _flat_port(
+    t: _Table,
+    svc: LBService,
+    family: int,
+    node: NodeInfo,
+    sel: Selection,
+    targets: Mapping[Endpoint, int],
+    keys: list[Json],
+    np_key: Json | None,
+) -> None:
+    """A Service port's endpoints in the flat maps, for its VIP keys and its nodePort key: the
+    count (which picks the chain) and a slot per endpoint, 0..N-1 in address order."""
+    count = len(sel.endpoints)
+    addrs = [(str(ipaddress.ip_address(e.address)), targets[e]) for e in sel.endpoints]
+    slots = [N.SLOT_BASE + i for i in range(count)]
+    dispatch = [(N.ENDPOINT_COUNTS, N.ENDPOINT_ADDRS, N.ENDPOINT_PORTS, k) for k in keys]
+    if np_key is not None:
+        maps = (N.NODEPORT_ENDPOINT_COUNTS, N.NODEPORT_ENDPOINT_ADDRS, N.NODEPORT_ENDPOINT_PORTS)
+        dispatch.append((*maps, np_key))
+    for counts, addr_map, port_map, key in dispatch:
+        t.element(counts[family], key, count)
+        for slot, (addr, target) in zip(slots, addrs, strict=True):
+            slot_key = {"concat": [*key["concat"], slot]}
+            t.element(addr_map[family], slot_key, addr)
+            t.element(port_map[family], slot_key, target)
+    if keys:
+        _pick_chain(t, family, count, nodeport=False)
+    if np_key is not None:
+        _pick_chain(t, family, count, nodeport=True)
+    # Decided by the endpoint's address after DNAT: a pod IP is on one node. (Should stale
+    # slices name one IP on two nodes, it is in both maps, masqueraded, until they agree.)
+    for e, (addr, _) in zip(sel.endpoints, addrs, strict=True):
+        if svc.external_traffic_policy != LOCAL and e.node != node.name:
+            t.element(N.REMOTE_ENDPOINTS[family], addr, N.IN_SET)  # on another node
+        else:
+            t.element(N.HAIRPIN[family], {"concat": [addr, addr]}, N.IN_SET)  # itself
 
 
 def render_node_rules(services: Iterable[LBService], node: NodeInfo) -> Json:
@@ -615,21 +750,25 @@ def _render_service(t: _Table, svc: LBService, node: NodeInfo, claimed: set[str]
                     claimed.add(f"{fam}{_canon(np_key)}")
             if not keys and np_key is None:
                 continue  # another Service holds these addresses: nothing of this one
-            if fw and keys and fw not in t.chains:
-                _firewall(t, svc, ranges, vips, node)
-            chain, sel = _service_port(t, svc, port, fam, node)
-            if chain:
-                verdict, dispatch = _goto(chain), N.VIPS[fam]
-                np_map = N.NODEPORTS[fam]
+            if fw is not None:
+                if keys and fw not in t.chains:
+                    _firewall(t, svc, ranges, vips, node)
+                for key in keys:
+                    t.element(N.FIREWALL[fam], key, _goto(fw))
+            sel, targets = _port_selection(svc, port, fam, node)
+            if sel.endpoints and svc.affinity_timeout is None:
+                _flat_port(t, svc, fam, node, sel, targets, keys, np_key)
+                continue
+            if sel.endpoints:
+                verdict = _goto(_affinity_chains(t, svc, port, fam, node, sel, targets))
+                dispatch, np_map = N.VIPS[fam], N.NODEPORTS[fam]
             else:
                 verdict = DROP if sel.has_any else _goto(N.REJECT)
                 dispatch, np_map = N.NO_ENDPOINTS[fam], N.NO_ENDPOINT_NODEPORTS[fam]
             for key in keys:
                 t.element(dispatch, key, verdict)
-                if not chain and not sel.has_any and N.REJECT_LOCAL[fam] in t.maps:
+                if not sel.endpoints and not sel.has_any and N.REJECT_LOCAL[fam] in t.maps:
                     t.element(N.REJECT_LOCAL[fam], key, _goto(N.REJECT_DNAT[fam]))
-                if fw:
-                    t.element(N.FIREWALL[fam], key, _goto(fw))
             if np_key is not None:
                 t.element(np_map, np_key, verdict)
 

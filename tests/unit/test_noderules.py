@@ -9,6 +9,7 @@ unchanged is checked in tests/lab/test_nodeagent_nft.py.
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -35,6 +36,8 @@ from portico_common.noderules import (
 
 
 def _e(x: Any) -> str:
+    if isinstance(x, int) and x >= N.SLOT_BASE:
+        return hex(x)  # an endpoint slot
     if isinstance(x, (str, int)):
         return str(x)
     if not isinstance(x, dict) or len(x) != 1:
@@ -51,7 +54,10 @@ def _e(x: Any) -> str:
     if k == "concat":
         return " . ".join(_e(i) for i in v)
     if k == "prefix":
-        return f"{v['addr']}/{v['len']}"
+        addr = hex(v["addr"]) if isinstance(v["addr"], int) else v["addr"]
+        return f"{addr}/{v['len']}"
+    if k == "map":
+        return f"{_e(v['key'])} map {v['data']}"
     if k == "set":
         return (
             "{ "
@@ -60,7 +66,7 @@ def _e(x: Any) -> str:
         )
     if k == "numgen":
         return f"numgen {v['mode']} mod {v['mod']}" + (
-            f" offset {v['offset']}" if v["offset"] else ""
+            f" offset {hex(v['offset'])}" if v["offset"] else ""
         )
     if k in ("&", "|", "^"):
         return f"{_e(v[0])} {k} {hex(v[1])}"
@@ -95,6 +101,8 @@ def stmt(s: dict) -> str:
             else f"reject with {v['type']} {v['expr']}"
         )
     if k == "dnat":
+        if isinstance(v["addr"], dict):  # the flat endpoint maps
+            return f"dnat {v['family']} to {_e(v['addr'])} : {_e(v['port'])}"
         addr = f"[{v['addr']}]" if ":" in v["addr"] else v["addr"]
         return f"dnat {v['family']} to {addr}" + (f":{v['port']}" if "port" in v else "")
     if k == "set":
@@ -118,16 +126,15 @@ def dump(doc: dict) -> str:
             )
             lines.append(f"{verb} chain {where} {o['name']}{base}")
         elif kind == "map":
-            lines.append(
-                f"{verb} map {where} {o['name']} {{ type {' . '.join(o['type'])} : {o['map']} ; }}"
-            )
+            typ = o["type"] if isinstance(o["type"], str) else " . ".join(o["type"])
+            lines.append(f"{verb} map {where} {o['name']} {{ type {typ} : {o['map']} ; }}")
         elif kind == "set":
             lines.append(
                 f"{verb} set {where} {o['name']} {{ type {o['type']} ; flags {','.join(o['flags'])} ; timeout {o['timeout']}s ; }}"
             )
         elif kind == "element":
             items = ", ".join(
-                f"{_e(k)} : {stmt(v)}" if verb == "add" else _e(k)
+                f"{_e(k)} : {stmt(v) if isinstance(v, dict) else v}" if verb == "add" else _e(k)
                 for k, v in ([i, None] if verb != "add" else i for i in o["elem"])
             )
             lines.append(f"{verb} element {where} {o['name']} {{ {items} }}")
@@ -147,11 +154,31 @@ add map inet portico firewall4 { type ipv4_addr . inet_proto . inet_service : ve
 add map inet portico noendpoints4 { type ipv4_addr . inet_proto . inet_service : verdict ; }
 add map inet portico nodeports4 { type inet_proto . inet_service : verdict ; }
 add map inet portico noendpoint-nodeports4 { type inet_proto . inet_service : verdict ; }
+add map inet portico endpoint-counts4 { type ipv4_addr . inet_proto . inet_service : mark ; }
+add map inet portico nodeport-endpoint-counts4 { type inet_proto . inet_service : mark ; }
+add map inet portico picks4 { type mark : verdict ; }
+add map inet portico nodeport-picks4 { type mark : verdict ; }
+add map inet portico endpoint-addrs4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr ; }
+add map inet portico endpoint-ports4 { type ipv4_addr . inet_proto . inet_service . mark : inet_service ; }
+add map inet portico nodeport-endpoint-addrs4 { type inet_proto . inet_service . mark : ipv4_addr ; }
+add map inet portico nodeport-endpoint-ports4 { type inet_proto . inet_service . mark : inet_service ; }
+add map inet portico remote-endpoints4 { type ipv4_addr : mark ; }
+add map inet portico hairpin4 { type ipv4_addr . ipv4_addr : mark ; }
 add map inet portico vips6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
 add map inet portico firewall6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
 add map inet portico noendpoints6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
 add map inet portico nodeports6 { type inet_proto . inet_service : verdict ; }
 add map inet portico noendpoint-nodeports6 { type inet_proto . inet_service : verdict ; }
+add map inet portico endpoint-counts6 { type ipv6_addr . inet_proto . inet_service : mark ; }
+add map inet portico nodeport-endpoint-counts6 { type inet_proto . inet_service : mark ; }
+add map inet portico picks6 { type mark : verdict ; }
+add map inet portico nodeport-picks6 { type mark : verdict ; }
+add map inet portico endpoint-addrs6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr ; }
+add map inet portico endpoint-ports6 { type ipv6_addr . inet_proto . inet_service . mark : inet_service ; }
+add map inet portico nodeport-endpoint-addrs6 { type inet_proto . inet_service . mark : ipv6_addr ; }
+add map inet portico nodeport-endpoint-ports6 { type inet_proto . inet_service . mark : inet_service ; }
+add map inet portico remote-endpoints6 { type ipv6_addr : mark ; }
+add map inet portico hairpin6 { type ipv6_addr . ipv6_addr : mark ; }
 add chain inet portico filter-prerouting { type filter hook prerouting priority -110 ; policy accept ; }
 add chain inet portico filter-input { type filter hook input priority -110 ; policy accept ; }
 add chain inet portico filter-forward { type filter hook forward priority -110 ; policy accept ; }
@@ -159,12 +186,83 @@ add chain inet portico filter-output { type filter hook output priority -110 ; p
 add chain inet portico nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }
 add chain inet portico nat-output { type nat hook output priority -100 ; policy accept ; }
 add chain inet portico nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }
+add chain inet portico slot-prerouting { type filter hook prerouting priority -90 ; policy accept ; }
+add chain inet portico slot-output { type filter hook output priority -90 ; policy accept ; }
 add chain inet portico services
 add chain inet portico firewall-check
 add chain inet portico endpoints-check
 add chain inet portico reject-chain
 add chain inet portico mark-for-masquerade
 add chain inet portico masquerading
+add chain inet portico slot-restore
+add chain inet portico pick4-1
+add chain inet portico nodeport-pick4-1
+add chain inet portico pick4-2
+add chain inet portico nodeport-pick4-2
+add chain inet portico pick4-3
+add chain inet portico nodeport-pick4-3
+add chain inet portico pick4-4
+add chain inet portico nodeport-pick4-4
+add chain inet portico pick4-5
+add chain inet portico nodeport-pick4-5
+add chain inet portico pick4-6
+add chain inet portico nodeport-pick4-6
+add chain inet portico pick4-7
+add chain inet portico nodeport-pick4-7
+add chain inet portico pick4-8
+add chain inet portico nodeport-pick4-8
+add chain inet portico pick4-9
+add chain inet portico nodeport-pick4-9
+add chain inet portico pick4-10
+add chain inet portico nodeport-pick4-10
+add chain inet portico pick4-11
+add chain inet portico nodeport-pick4-11
+add chain inet portico pick4-12
+add chain inet portico nodeport-pick4-12
+add chain inet portico pick4-13
+add chain inet portico nodeport-pick4-13
+add chain inet portico pick4-14
+add chain inet portico nodeport-pick4-14
+add chain inet portico pick4-15
+add chain inet portico nodeport-pick4-15
+add chain inet portico pick4-16
+add chain inet portico nodeport-pick4-16
+add chain inet portico pick6-1
+add chain inet portico nodeport-pick6-1
+add chain inet portico pick6-2
+add chain inet portico nodeport-pick6-2
+add chain inet portico pick6-3
+add chain inet portico nodeport-pick6-3
+add chain inet portico pick6-4
+add chain inet portico nodeport-pick6-4
+add chain inet portico pick6-5
+add chain inet portico nodeport-pick6-5
+add chain inet portico pick6-6
+add chain inet portico nodeport-pick6-6
+add chain inet portico pick6-7
+add chain inet portico nodeport-pick6-7
+add chain inet portico pick6-8
+add chain inet portico nodeport-pick6-8
+add chain inet portico pick6-9
+add chain inet portico nodeport-pick6-9
+add chain inet portico pick6-10
+add chain inet portico nodeport-pick6-10
+add chain inet portico pick6-11
+add chain inet portico nodeport-pick6-11
+add chain inet portico pick6-12
+add chain inet portico nodeport-pick6-12
+add chain inet portico pick6-13
+add chain inet portico nodeport-pick6-13
+add chain inet portico pick6-14
+add chain inet portico nodeport-pick6-14
+add chain inet portico pick6-15
+add chain inet portico nodeport-pick6-15
+add chain inet portico pick6-16
+add chain inet portico nodeport-pick6-16
+add element inet portico picks4 { 1 : goto pick4-1, 2 : goto pick4-2, 3 : goto pick4-3, 4 : goto pick4-4, 5 : goto pick4-5, 6 : goto pick4-6, 7 : goto pick4-7, 8 : goto pick4-8, 9 : goto pick4-9, 10 : goto pick4-10, 11 : goto pick4-11, 12 : goto pick4-12, 13 : goto pick4-13, 14 : goto pick4-14, 15 : goto pick4-15, 16 : goto pick4-16 }
+add element inet portico nodeport-picks4 { 1 : goto nodeport-pick4-1, 2 : goto nodeport-pick4-2, 3 : goto nodeport-pick4-3, 4 : goto nodeport-pick4-4, 5 : goto nodeport-pick4-5, 6 : goto nodeport-pick4-6, 7 : goto nodeport-pick4-7, 8 : goto nodeport-pick4-8, 9 : goto nodeport-pick4-9, 10 : goto nodeport-pick4-10, 11 : goto nodeport-pick4-11, 12 : goto nodeport-pick4-12, 13 : goto nodeport-pick4-13, 14 : goto nodeport-pick4-14, 15 : goto nodeport-pick4-15, 16 : goto nodeport-pick4-16 }
+add element inet portico picks6 { 1 : goto pick6-1, 2 : goto pick6-2, 3 : goto pick6-3, 4 : goto pick6-4, 5 : goto pick6-5, 6 : goto pick6-6, 7 : goto pick6-7, 8 : goto pick6-8, 9 : goto pick6-9, 10 : goto pick6-10, 11 : goto pick6-11, 12 : goto pick6-12, 13 : goto pick6-13, 14 : goto pick6-14, 15 : goto pick6-15, 16 : goto pick6-16 }
+add element inet portico nodeport-picks6 { 1 : goto nodeport-pick6-1, 2 : goto nodeport-pick6-2, 3 : goto nodeport-pick6-3, 4 : goto nodeport-pick6-4, 5 : goto nodeport-pick6-5, 6 : goto nodeport-pick6-6, 7 : goto nodeport-pick6-7, 8 : goto nodeport-pick6-8, 9 : goto nodeport-pick6-9, 10 : goto nodeport-pick6-10, 11 : goto nodeport-pick6-11, 12 : goto nodeport-pick6-12, 13 : goto nodeport-pick6-13, 14 : goto nodeport-pick6-14, 15 : goto nodeport-pick6-15, 16 : goto nodeport-pick6-16 }
 add rule inet portico filter-prerouting ct state new jump firewall-check
 add rule inet portico filter-input ct state new jump endpoints-check
 add rule inet portico filter-forward ct state new jump endpoints-check
@@ -173,10 +271,16 @@ add rule inet portico filter-output ct state new jump firewall-check
 add rule inet portico nat-prerouting jump services
 add rule inet portico nat-output jump services
 add rule inet portico nat-postrouting jump masquerading
+add rule inet portico slot-prerouting meta mark 0x200000/16 goto slot-restore
+add rule inet portico slot-output meta mark 0x200000/16 goto slot-restore
 add rule inet portico services ip daddr . meta l4proto . th dport vmap @vips4
+add rule inet portico services ip daddr . meta l4proto . th dport @endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @endpoint-counts4 meta mark vmap @picks4
 add rule inet portico services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports4
+add rule inet portico services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @nodeport-endpoint-counts4 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts4 meta mark vmap @nodeport-picks4
 add rule inet portico services ip6 daddr . meta l4proto . th dport vmap @vips6
+add rule inet portico services ip6 daddr . meta l4proto . th dport @endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @endpoint-counts6 meta mark vmap @picks6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6
+add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport @nodeport-endpoint-counts6 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts6 meta mark vmap @nodeport-picks6
 add rule inet portico firewall-check ip daddr . meta l4proto . th dport vmap @firewall4
 add rule inet portico firewall-check ip6 daddr . meta l4proto . th dport vmap @firewall6
 add rule inet portico endpoints-check ip daddr . meta l4proto . th dport vmap @noendpoints4
@@ -189,6 +293,75 @@ add rule inet portico mark-for-masquerade meta mark set meta mark | 0x400000
 add rule inet portico masquerading meta mark & 0x400000 == 0 return
 add rule inet portico masquerading meta mark set meta mark ^ 0x400000
 add rule inet portico masquerading masquerade fully-random
+add rule inet portico slot-restore meta mark set ct mark ct mark set 0
+add rule inet portico slot-restore ip daddr @remote-endpoints4 jump mark-for-masquerade
+add rule inet portico slot-restore ip saddr . ip daddr @hairpin4 jump mark-for-masquerade
+add rule inet portico slot-restore ip6 daddr @remote-endpoints6 jump mark-for-masquerade
+add rule inet portico slot-restore ip6 saddr . ip6 daddr @hairpin6 jump mark-for-masquerade
+add rule inet portico pick4-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick4-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
+add rule inet portico nodeport-pick4-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico pick6-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico pick6-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
+add rule inet portico nodeport-pick6-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
 """
 
 
@@ -245,23 +418,36 @@ def test_golden_skeleton() -> None:
 
 
 def test_golden_local_policy_on_a_node_with_ready_endpoints() -> None:
-    # Only node-1's ready endpoints; the not-ready one and node-2's are not used; no
-    # masquerade but for a pod reaching itself; DSR mode: no nodePort element.
+    # Only node-1's ready endpoints, one slot each (2 endpoints: pick4-2); the not-ready one
+    # and node-2's are not used; no masquerade but for a pod reaching itself; DSR mode: no
+    # nodePort element.
     assert (
         lines(render([LOCAL_WEB]))
         == """
-add chain inet portico svc-OKSJDLRX-v4/shop/web/tcp/http
-add chain inet portico ep-RPHPNCLW-v4/shop/web/tcp/http__198.19.1.2/8080
-add chain inet portico ep-JUXDCKBO-v4/shop/web/tcp/http__198.19.1.4/8080
-add element inet portico vips4 { 198.18.32.10 . tcp . 80 : goto svc-OKSJDLRX-v4/shop/web/tcp/http }
-add rule inet portico svc-OKSJDLRX-v4/shop/web/tcp/http numgen random mod 2 == 0 goto ep-RPHPNCLW-v4/shop/web/tcp/http__198.19.1.2/8080
-add rule inet portico svc-OKSJDLRX-v4/shop/web/tcp/http goto ep-JUXDCKBO-v4/shop/web/tcp/http__198.19.1.4/8080
-add rule inet portico ep-RPHPNCLW-v4/shop/web/tcp/http__198.19.1.2/8080 ip saddr 198.19.1.2 jump mark-for-masquerade
-add rule inet portico ep-RPHPNCLW-v4/shop/web/tcp/http__198.19.1.2/8080 meta l4proto tcp dnat ip to 198.19.1.2:8080
-add rule inet portico ep-JUXDCKBO-v4/shop/web/tcp/http__198.19.1.4/8080 ip saddr 198.19.1.4 jump mark-for-masquerade
-add rule inet portico ep-JUXDCKBO-v4/shop/web/tcp/http__198.19.1.4/8080 meta l4proto tcp dnat ip to 198.19.1.4:8080
+add element inet portico endpoint-counts4 { 198.18.32.10 . tcp . 80 : 2 }
+add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x200000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.4 }
+add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x200000 : 8080, 198.18.32.10 . tcp . 80 . 0x200001 : 8080 }
+add element inet portico hairpin4 { 198.19.1.2 . 198.19.1.2 : 1, 198.19.1.4 . 198.19.1.4 : 1 }
 """.strip()
     )
+
+
+def test_golden_more_endpoints_than_the_fixed_pick_chains() -> None:
+    many = tuple(Endpoint(f"198.19.2.{i}", "node-2", "zone-b") for i in range(2, 2 + 17))
+    big = LBService("shop", "big", ("198.18.32.13",), (ServicePort("", "UDP", 53),), many)
+    out = lines(render([big]))
+    assert out.splitlines()[0] == "add chain inet portico pick4-17"  # DSR: no nodePort one
+    assert "nodeport-pick4-17" not in out
+    assert "add element inet portico endpoint-counts4 { 198.18.32.13 . udp . 53 : 17 }" in out
+    assert "16 : goto pick4-16, 17 : goto pick4-17 }" in out
+    assert "198.18.32.13 . udp . 53 . 0x200010 : 198.19.2.18" in out  # slot 16, the 17th
+    assert (
+        "add rule inet portico pick4-17 meta mark set numgen random mod 17 offset 0x200000 "
+        "dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : "
+        "ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4"
+    ) in out
+    # all on node-2: masqueraded from node-1
+    assert "add element inet portico remote-endpoints4 { 198.19.2.2 : 1, 198.19.2.3 : 1," in out
 
 
 def test_golden_local_policy_on_a_node_without_endpoints_drops() -> None:
@@ -363,10 +549,36 @@ def chains(doc: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
+def flat_targets(doc: dict[str, Any]) -> dict[str, list[str]]:
+    """The flat endpoint maps read back: "vip . proto . port" -> ["addr:port", ...] in slot
+    order (and "proto . nodePort" for the nodePort maps)."""
+    idx = index_rules(doc)
+    out: dict[str, list[str]] = {}
+    for fam in (4, 6):
+        for addrs, ports in (
+            (N.ENDPOINT_ADDRS[fam], N.ENDPOINT_PORTS[fam]),
+            (N.NODEPORT_ENDPOINT_ADDRS[fam], N.NODEPORT_ENDPOINT_PORTS[fam]),
+        ):
+            a, p = idx.elements[addrs], idx.elements[ports]
+            assert a.keys() == p.keys()  # every slot has an address and a port
+            for key in sorted(a, key=lambda k: json.loads(k)["concat"][-1]):
+                *dispatch, slot = json.loads(key)["concat"]
+                addr = json.loads(a[key])
+                addr = f"[{addr}]" if ":" in addr else addr
+                slots = out.setdefault(" . ".join(map(str, dispatch)), [])
+                assert slot == N.SLOT_BASE + len(slots)  # slots 0..N-1, none missing
+                slots.append(f"{addr}:{json.loads(p[key])}")
+    return out
+
+
 def dnat_targets(doc: dict[str, Any]) -> list[str]:
-    return sorted(
+    """Every endpoint the render DNATs to: from affinity Services' endpoint chains and from the
+    flat maps' VIP entries."""
+    in_chains = [
         r.split(" to ", 1)[1] for rules in chains(doc).values() for r in rules if " dnat " in r
-    )
+    ]
+    flat = [t for key, ts in flat_targets(doc).items() if key.count(".") >= 2 for t in ts]
+    return sorted(t for t in in_chains + flat if "map @" not in t)
 
 
 def elements(doc: dict[str, Any], name: str) -> dict[str, str]:
@@ -384,9 +596,14 @@ def svc(*eps: Endpoint, **kw: Any) -> LBService:
 
 
 def test_cluster_masquerades_only_toward_other_nodes() -> None:
-    doc = render(
-        [svc(ep("198.19.1.2", "node-1"), ep("198.19.2.2", "node-2"), ep("198.19.3.2", None))]
-    )
+    eps = (ep("198.19.1.2", "node-1"), ep("198.19.2.2", "node-2"), ep("198.19.3.2", None))
+    doc = render([svc(*eps)])
+    # no node known: treated as remote
+    assert sorted(elements(doc, N.REMOTE_ENDPOINTS[4])) == ['"198.19.2.2"', '"198.19.3.2"']
+    assert list(elements(doc, N.HAIRPIN[4])) == ['{"concat":["198.19.1.2","198.19.1.2"]}']
+    assert "ip daddr @remote-endpoints4 jump mark-for-masquerade" in chains(doc)[N.SLOT_RESTORE]
+    # ClientIP affinity keeps a chain per endpoint, which decides the same way
+    doc = render([svc(*eps, session_affinity="ClientIP")])
     ep_chains = {n: r for n, r in chains(doc).items() if n.startswith("ep-")}
     first = {n.rsplit("__", 1)[1]: r[0] for n, r in ep_chains.items()}
     assert first == {
@@ -491,13 +708,27 @@ def test_protocols_and_families() -> None:
         ),
     )
     doc = render([s])
-    assert sorted(elements(doc, "vips4")) == [
-        '{"concat":["198.18.32.20","sctp",99]}',
-        '{"concat":["198.18.32.20","tcp",80]}',
-        '{"concat":["198.18.32.20","udp",53]}',
+    assert elements(doc, "endpoint-counts4") == {
+        '{"concat":["198.18.32.20","sctp",99]}': "1",
+        '{"concat":["198.18.32.20","tcp",80]}': "1",
+        '{"concat":["198.18.32.20","udp",53]}': "1",
+    }
+    assert len(elements(doc, "endpoint-counts6")) == 3
+    assert flat_targets(doc) == {
+        "198.18.32.20 . tcp . 80": ["198.19.1.2:80"],
+        "198.18.32.20 . udp . 53": ["198.19.1.2:53"],
+        "198.18.32.20 . sctp . 99": ["198.19.1.2:99"],
+        "fd00:18::a:20 . tcp . 80": ["[fd00:19:0:1::2]:80"],
+        "fd00:18::a:20 . udp . 53": ["[fd00:19:0:1::2]:53"],
+        "fd00:18::a:20 . sctp . 99": ["[fd00:19:0:1::2]:99"],
+    }
+    # with affinity, the endpoint chains DNAT per protocol
+    rules = [
+        r
+        for rs in chains(render([replace(s, session_affinity="ClientIP")])).values()
+        for r in rs
+        if " dnat " in r
     ]
-    assert len(elements(doc, "vips6")) == 3
-    rules = [r for rs in chains(doc).values() for r in rs if " dnat " in r]
     assert "meta l4proto sctp dnat ip to 198.19.1.2:99" in rules
     assert "meta l4proto udp dnat ip6 to [fd00:19:0:1::2]:53" in rules
 
@@ -505,7 +736,7 @@ def test_protocols_and_families() -> None:
 def test_family_without_endpoints_rejects_for_that_family_only() -> None:
     s = svc(ep("198.19.1.2", "node-1"), vips=("198.18.32.20", "fd00:18::a:20"))
     doc = render([s])
-    assert len(elements(doc, "vips4")) == 1 and not elements(doc, "vips6")
+    assert len(elements(doc, "endpoint-counts4")) == 1 and not elements(doc, "endpoint-counts6")
     assert list(elements(doc, "noendpoints6").values()) == ['{"goto":{"target":"reject-chain"}}']
 
 
@@ -664,26 +895,30 @@ def test_diff_of_equal_renders_is_empty() -> None:
     }
 
 
-def test_endpoint_change_touches_one_service_chain_and_no_map() -> None:
+def test_endpoint_change_is_a_few_elements_and_no_chain() -> None:
     before = render([LOCAL_WEB, CLUSTER_API])
     eps = (*LOCAL_WEB.endpoints[:2], Endpoint("198.19.1.9", "node-1", "zone-a", ports=HTTP))
-    after = render([LOCAL_WEB.__class__(**{**LOCAL_WEB.__dict__, "endpoints": eps}), CLUSTER_API])
+    after = render([replace(LOCAL_WEB, endpoints=eps), CLUSTER_API])
     change = diff_rules(before, after)
+    # 198.19.1.4 (slot 1) is replaced by 198.19.1.9: that slot's address and the hairpin entry
     assert sorted(verbs(change)) == [
-        "add chain",
-        "add rule",
-        "add rule",
-        "add rule",
-        "add rule",
-        "delete chain",
-        "flush chain",
-        "flush chain",
+        "add element",
+        "add element",
+        "delete element",
+        "delete element",
     ]
     text = dump({"nftables": [c for c in change["nftables"] if "add" in c]})
-    assert "dnat ip to 198.19.1.9:8080" in text
-    flushed = [c["flush"]["chain"]["name"] for c in change["nftables"] if "flush" in c]
-    assert any(n.startswith("svc-") for n in flushed)  # the Service's chain is refilled
-    assert not [c for c in change["nftables"] if "element" in next(iter(c.values()))]
+    assert "198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.9" in text
+    assert "198.19.1.9 . 198.19.1.9 : 1" in text
+    # one more endpoint: a new count (the next pick chain), one slot more, still no chain
+    more = (*LOCAL_WEB.endpoints, Endpoint("198.19.1.9", "node-1", "zone-a", ports=HTTP))
+    change = diff_rules(before, render([replace(LOCAL_WEB, endpoints=more), CLUSTER_API]))
+    assert sorted(verbs(change)) == ["add element"] * 4 + ["delete element"]
+    text = dump({"nftables": [c for c in change["nftables"] if "add" in c]})
+    assert "endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }" in text
+    assert "198.18.32.10 . tcp . 80 . 0x200002 : 198.19.1.9" in text
+    # no verdict element either (adding one makes the kernel re-validate every jump)
+    assert not [c for c in change["nftables"] if "goto" in json.dumps(c)]
 
 
 def test_losing_the_last_local_endpoint_moves_the_element() -> None:
@@ -698,9 +933,16 @@ def test_losing_the_last_local_endpoint_moves_the_element() -> None:
         for c in change["nftables"]
         if "element" in c.get("delete", {})
     ]
-    assert (adds, deletes) == (["noendpoints4"], ["vips4"])
-    # the element that pointed at the chain is deleted before the chain
-    order = verbs(change)
+    assert adds == ["noendpoints4"]
+    assert sorted(deletes) == [
+        "endpoint-addrs4",
+        "endpoint-counts4",
+        "endpoint-ports4",
+        "hairpin4",
+    ]
+    # an affinity Service's element that pointed at its chain goes before the chain
+    aff = replace(LOCAL_WEB, session_affinity="ClientIP")
+    order = verbs(diff_rules(render([aff]), render([replace(aff, endpoints=gone.endpoints)])))
     assert order.index("delete element") < order.index("delete chain")
 
 

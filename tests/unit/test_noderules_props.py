@@ -7,7 +7,7 @@ import json
 import random
 from typing import Any
 
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from portico_common import nftnames as N
 from portico_common.noderules import (
@@ -122,7 +122,7 @@ def services(draw: Any) -> list[LBService]:
                 f"s{i}",
                 vips,
                 tuple(ports),
-                tuple(draw(endpoints(max_size=4, v6=dual))),
+                tuple(draw(endpoints(max_size=draw(st.sampled_from([4, 4, 4, 19])), v6=dual))),
                 draw(st.sampled_from(["Local", "Cluster"])),
                 draw(st.sampled_from(["None", "ClientIP"])),
                 draw(st.sampled_from([None, 60])),
@@ -279,3 +279,55 @@ def test_render_integrity(svcs: list[LBService], node: NodeInfo) -> None:
                 assert ep.node == node.name and not masq_always
             else:
                 assert masq_always == (ep.node != node.name)
+
+
+@settings(max_examples=150, deadline=None)
+@given(services(), nodes)
+def test_flat_endpoint_slots(svcs: list[LBService], node: NodeInfo) -> None:
+    """Every VIP entry that goes to ``pick<fam>-N`` has exactly the slots 0..N-1 in both endpoint
+    maps, each an endpoint of that Service; what goes to another node is masqueraded (Cluster
+    only), what stays is masqueraded only for a pod reaching itself."""
+    # The masquerade decision is by address: a pod IP is on one node. (The generator reuses
+    # addresses across Services with any node, which a cluster does not.)
+    where: dict[str, set[str | None]] = {}
+    for s in svcs:
+        for e in s.endpoints:
+            where.setdefault(e.address, set()).add(e.node)
+    assume(all(len(n) == 1 for n in where.values()))
+    idx = index_rules(render_node_rules(svcs, node))
+    owner: dict[str, LBService] = {}
+    for s in sorted(svcs, key=lambda s: (s.namespace, s.name)):
+        for v in s.vips:
+            owner.setdefault(v, s)
+    for fam in (4, 6):
+        remote = {json.loads(k) for k in idx.elements[N.REMOTE_ENDPOINTS[fam]]}
+        hairpin = {tuple(json.loads(k)["concat"]) for k in idx.elements[N.HAIRPIN[fam]]}
+        addrs, ports = idx.elements[N.ENDPOINT_ADDRS[fam]], idx.elements[N.ENDPOINT_PORTS[fam]]
+        assert addrs.keys() == ports.keys()
+        used = 0
+        picks = idx.elements[N.PICKS[fam]]
+        for key, count in idx.elements[N.ENDPOINT_COUNTS[fam]].items():
+            n = int(count)
+            target = json.loads(picks[str(n)])["goto"]["target"]
+            assert target == f"{N.PICK_PREFIX}{fam}-{n}" and target in idx.chains
+            (rule,) = idx.rules[target]
+            assert json.loads(rule)[0]["mangle"]["value"]["numgen"]["mod"] == n
+            dispatch = json.loads(key)["concat"]
+            assert key not in idx.elements[N.VIPS[fam]]  # one way or the other
+            mine = {
+                json.loads(k)["concat"][3]: json.loads(a)
+                for k, a in addrs.items()
+                if json.loads(k)["concat"][:3] == dispatch
+            }
+            assert sorted(mine) == [N.SLOT_BASE + i for i in range(n)]
+            used += n
+            svc = owner[dispatch[0]]
+            assert svc.affinity_timeout is None
+            for addr in mine.values():
+                e = next(e for e in svc.endpoints if e.address == addr)
+                if svc.external_traffic_policy == "Local":
+                    assert e.node == node.name and addr not in remote
+                else:
+                    assert (addr in remote) == (e.node != node.name)
+                assert (addr in remote) != ((addr, addr) in hairpin)
+        assert used == len(addrs)  # no slot outside a VIP entry
