@@ -42,6 +42,7 @@ PreferSameNode); the field itself is carried for status, not read here.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
@@ -120,8 +121,8 @@ class LBService:
     forwarding_mode: str = "DSR"
     health_check_node_port: int | None = None  # served by the node agent, not a rule
 
-    @property
-    def key(self) -> str:
+    @functools.cached_property
+    def key(self) -> str:  # cached: an agent looks 10,000 of them up on every change
         return f"{self.namespace}/{self.name}"
 
     @property
@@ -782,62 +783,220 @@ class _Fragment:
     claims: frozenset[str]
 
 
+# Maps whose elements several Services may put in (an endpoint address, an endpoint count):
+# counted, so that one Service leaving does not take them from the others. Every other element
+# is keyed by a claimed VIP port or nodePort, and so has one owner.
+_SHARED_MAPS = frozenset(
+    m[f] for m in (N.REMOTE_ENDPOINTS, N.HAIRPIN, N.PICKS, N.NODEPORT_PICKS) for f in (4, 6)
+)
+
+
+@dataclass
+class Touched:
+    """What may differ between two renders (so a diff need not compare the rest): chains
+    (with their rules), sets, and elements by map."""
+
+    chains: set[str] = field(default_factory=set)
+    sets: set[str] = field(default_factory=set)
+    elements: dict[str, set[str]] = field(default_factory=dict)  # map -> canonical keys
+
+
+@dataclass(frozen=True)
+class Render:
+    """One render of a node's table: its index; how to build the whole document (only a full
+    replace needs it); and, when it was made from the renderer's previous render, that render's
+    index and what may differ from it, so ``diff_rules(base, index, touched)`` costs the change,
+    not the table. Indexes are never modified once returned."""
+
+    index: RulesIndex
+    document: Callable[[], Json]
+    base: RulesIndex | None = None
+    touched: Touched | None = None
+
+
+def _by_name(svc: LBService) -> tuple[str, str]:
+    return (svc.namespace, svc.name)
+
+
 class NodeRenderer:
     """``render_node_rules`` and ``index_rules`` of its result, for an agent that renders after
     every change: each Service's part is rendered and indexed once and reused until that Service
-    (or the node) changes, so a change costs the changed Services plus merging, not a render of
-    every Service. The result is the same as the full render's (tests compare them); when two
-    Services claim one address it falls back to the full render, whose order decides."""
+    (or the node) changes, and the table's index is updated by the parts that changed, so a
+    change costs the changed Services, not every Service. The result is the same as the full
+    render's (tests compare them); when two Services claim one address it falls back to the
+    full render, whose order decides. Services are told apart by key and compared by identity
+    first: a caller that keeps unchanged Services as the same objects pays nothing for them."""
 
     def __init__(self) -> None:
-        self._fragments: dict[tuple[LBService, NodeInfo], _Fragment] = {}
-        self._fixed: dict[NodeInfo, tuple[_Table, RulesIndex]] = {}
+        self._node: NodeInfo | None = None
+        self._fixed = _Table()
+        self._fixed_index = RulesIndex()
+        self._parts: dict[str, tuple[LBService, _Fragment]] = {}  # by Service key
+        self._index: RulesIndex | None = None  # the last render's, when built from the parts
+        self._claims: dict[str, str] = {}  # VIP port / nodePort claimed -> Service key
+        self._refs: dict[tuple[str, str], int] = {}  # chains, sets, shared elements -> parts
 
-    def _fragment(self, svc: LBService, node: NodeInfo, fixed: _Table) -> _Fragment:
-        key = (svc, node)
-        frag = self._fragments.get(key)
-        if frag is None:
-            t = _Table()
-            # The fixed maps exist (elements go into them); nothing else of the fixed part.
-            for name, m in fixed.maps.items():
-                t.maps[name] = m
-                t.elements[name] = {}
-            claimed: set[str] = set()
-            _render_service(t, svc, node, claimed)
-            frag = _Fragment(t, _index_of(t, maps=False), frozenset(claimed))
-            self._fragments[key] = frag
-        return frag
+    def render(self, services: Iterable[LBService], node: NodeInfo) -> Render:
+        services = list(services)
+        if node != self._node:
+            self._node, self._fixed = node, _Table()
+            _fixed(self._fixed, node)
+            self._fixed_index = _index_of(self._fixed)
+            self._parts, self._index = {}, None
+        live = {s.key: s for s in services}
+        gone = [k for k in self._parts if k not in live]
+        parts = self._parts
+        changed = {
+            k: (s, self._fragment(s))
+            for k, s in live.items()
+            if (part := parts.get(k)) is None or part[0] is not s
+        }
+        base, touched = self._index, Touched()
+        if base is not None and self._move_claims(gone, changed):
+            index: RulesIndex | None = self._update(base, gone, changed, touched)
+        else:
+            for k in gone:
+                del self._parts[k]
+            self._parts.update(changed)
+            base, index = None, self._rebuild(sorted(services, key=_by_name))
+        self._index = index
+        if index is None:  # two Services claim one address: the full render decides
+            full = render_node_rules(services, node)
+            return Render(index_rules(full), lambda: full)
+        fixed, now = self._fixed, dict(self._parts)
 
-    def render(
-        self, services: Iterable[LBService], node: NodeInfo
-    ) -> tuple[Callable[[], Json], RulesIndex]:
-        """The render (as a function that builds it: an incremental apply needs only the index)
-        and its index."""
-        if node not in self._fixed:
-            t0 = _Table()
-            _fixed(t0, node)
-            self._fixed = {node: (t0, _index_of(t0))}
-        fixed, fixed_index = self._fixed[node]
-        ordered = sorted(services, key=lambda s: (s.namespace, s.name))
-        frags = [self._fragment(svc, node, fixed) for svc in ordered]
-        # Forget Services that are gone (or changed): the cache holds the current ones only.
-        live = {(svc, node) for svc in ordered}
-        for key in [k for k in self._fragments if k not in live]:
-            del self._fragments[key]
+        def document() -> Json:  # only a full replace needs it
+            ordered = sorted(now.values(), key=lambda part: _by_name(part[0]))
+            return _combined(fixed, [frag.table for _, frag in ordered]).doc()
+
+        return Render(index, document, base, touched if base is not None else None)
+
+    def _fragment(self, svc: LBService) -> _Fragment:
+        part = self._parts.get(svc.key)
+        if part is not None and part[0] == svc:
+            return part[1]
+        assert self._node is not None
+        t = _Table()
+        # The fixed maps exist (elements go into them); nothing else of the fixed part.
+        for name, m in self._fixed.maps.items():
+            t.maps[name] = m
+            t.elements[name] = {}
         claimed: set[str] = set()
-        shared = False
-        for f in frags:
-            shared = shared or not claimed.isdisjoint(f.claims)
-            claimed |= f.claims
-        if shared:
-            full = render_node_rules(ordered, node)
-            return (lambda: full), index_rules(full)
-        idx = _combined(fixed_index, [f.index for f in frags])
+        _render_service(t, svc, self._node, claimed)
+        return _Fragment(t, _index_of(t, maps=False), frozenset(claimed))
 
-        def document() -> Json:
-            return _combined(fixed, [f.table for f in frags]).doc()
+    def _move_claims(
+        self, gone: list[str], changed: Mapping[str, tuple[LBService, _Fragment]]
+    ) -> bool:
+        """Releases the claims of the parts that go or change and takes the new parts' claims;
+        False (and nothing changed) when one is held by another Service."""
+        claims = dict(self._claims)
+        for k in [*gone, *(k for k in changed if k in self._parts)]:
+            for c in self._parts[k][1].claims:
+                del claims[c]
+        for k, (_, frag) in changed.items():
+            for c in frag.claims:
+                if claims.setdefault(c, k) != k:
+                    return False
+        self._claims = claims
+        return True
 
-        return document, idx
+    def _rebuild(self, ordered: list[LBService]) -> RulesIndex | None:
+        """The index from every part; None when two claim one address."""
+        claims: dict[str, str] = {}
+        self._refs = {}
+        frags = [self._parts[s.key][1] for s in ordered]
+        for svc, frag in zip(ordered, frags, strict=True):
+            for c in frag.claims:
+                if claims.setdefault(c, svc.key) != svc.key:
+                    self._claims = {}
+                    return None
+            for key in self._counted(frag.index):
+                self._refs[key] = self._refs.get(key, 0) + 1
+        self._claims = claims
+        return _combined(self._fixed_index, [f.index for f in frags])
+
+    @staticmethod
+    def _counted(part: RulesIndex) -> Iterable[tuple[str, str]]:
+        yield from ((":chain", c) for c in part.chains)
+        yield from ((":set", st) for st in part.sets)
+        for m in _SHARED_MAPS:
+            yield from ((m, k) for k in part.elements.get(m, ()))
+
+    def _update(
+        self,
+        base: RulesIndex,
+        gone: list[str],
+        changed: Mapping[str, tuple[LBService, _Fragment]],
+        touched: Touched,
+    ) -> RulesIndex:
+        """A new index: ``base`` less the parts that go or change, plus the changed ones.
+        Copies only what it modifies (``base`` is the index in force: never modified)."""
+        idx = replace(
+            base,
+            chains=dict(base.chains),
+            rules=dict(base.rules),
+            elements=dict(base.elements),
+            sets=dict(base.sets),
+        )
+        copied: set[str] = set()
+
+        def elements(m: str) -> dict[str, str]:
+            touched.elements.setdefault(m, set())
+            if m not in copied:
+                idx.elements[m] = dict(idx.elements[m])
+                copied.add(m)
+            return idx.elements[m]
+
+        for k in [*gone, *(k for k in changed if k in self._parts)]:
+            part = self._parts.pop(k)[1].index
+            for c in part.chains:
+                if self._unref((":chain", c)):
+                    del idx.chains[c], idx.rules[c]
+                    touched.chains.add(c)
+            for st in part.sets:
+                if self._unref((":set", st)):
+                    del idx.sets[st]
+                    touched.sets.add(st)
+            for m, elems in part.elements.items():
+                shared = m in _SHARED_MAPS
+                for key in elems:
+                    if not shared or self._unref((m, key)):
+                        del elements(m)[key]
+                        touched.elements[m].add(key)
+        for k, (svc, frag) in changed.items():
+            part = frag.index
+            for c in part.chains:
+                if self._ref((":chain", c)):
+                    idx.chains[c], idx.rules[c] = part.chains[c], part.rules[c]
+                    touched.chains.add(c)
+            for st in part.sets:
+                if self._ref((":set", st)):
+                    idx.sets[st] = part.sets[st]
+                    touched.sets.add(st)
+            for m, elems in part.elements.items():
+                shared = m in _SHARED_MAPS
+                for key, value in elems.items():
+                    if not shared or self._ref((m, key)):
+                        elements(m)[key] = value
+                        touched.elements[m].add(key)
+            self._parts[k] = (svc, frag)
+        return idx
+
+    def _ref(self, key: tuple[str, str]) -> bool:
+        """Counts one more holder; True for the first."""
+        n = self._refs.get(key, 0)
+        self._refs[key] = n + 1
+        return n == 0
+
+    def _unref(self, key: tuple[str, str]) -> bool:
+        """Counts one holder less; True when it was the last."""
+        n = self._refs[key] - 1
+        if n:
+            self._refs[key] = n
+        else:
+            del self._refs[key]
+        return n == 0
 
 
 # ==============================================================================================
@@ -979,16 +1138,38 @@ def _as_index(x: RulesIndex | Mapping[str, Any]) -> RulesIndex:
     return x if isinstance(x, RulesIndex) else index_rules(x)
 
 
-def diff_rules(old: RulesIndex | Mapping[str, Any], new: RulesIndex | Mapping[str, Any]) -> Json:
+def _restricted(idx: RulesIndex, touched: Touched) -> RulesIndex:
+    """Only what ``touched`` names of ``idx`` (and all its maps' definitions)."""
+    return RulesIndex(
+        table=idx.table,
+        chains={c: idx.chains[c] for c in touched.chains if c in idx.chains},
+        rules={c: idx.rules[c] for c in touched.chains if c in idx.rules},
+        maps=idx.maps,
+        elements={
+            m: {k: elems[k] for k in touched.elements.get(m, ()) if k in elems}
+            for m, elems in idx.elements.items()
+        },
+        sets={st: idx.sets[st] for st in touched.sets if st in idx.sets},
+    )
+
+
+def diff_rules(
+    old: RulesIndex | Mapping[str, Any],
+    new: RulesIndex | Mapping[str, Any],
+    touched: Touched | None = None,
+) -> Json:
     """The libnftables JSON that turns table ``old`` (a render, or the kernel's listing) into
     ``new`` in one transaction, touching only what differs: map elements are added and deleted
     one by one, a chain whose rules changed is flushed and refilled, chains and sets that appear
     or go are added or deleted. Dynamic set contents (ClientIP affinity pins) are kept. An empty
-    command list means the two are the same.
+    command list means the two are the same. With ``touched`` (a ``Render``'s, from its base),
+    only what it names is compared: everything else must be the same in both.
 
     A fixed object whose definition changed (a base chain's hook or priority, a map's type) is
     deleted and added again; an old table missing entirely gives the full render."""
     o, n = _as_index(old), _as_index(new)
+    if touched is not None:
+        o, n = _restricted(o, touched), _restricted(n, touched)
     where = {"family": N.FAMILY, "table": N.TABLE}
     cmds: list[Json] = []
     if not n.table:

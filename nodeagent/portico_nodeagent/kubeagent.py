@@ -102,7 +102,7 @@ def usable(
     keeps its last good version in force, and is reported."""
     out, bad = [], {}
     for svc in services:
-        if last_good.get(svc.key) == svc:
+        if last_good.get(svc.key) is svc:
             out.append(svc)  # checked when it last changed: not again on every change
             continue
         try:
@@ -186,8 +186,8 @@ class KubeAgent:
     async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> bool:
         t0 = time.perf_counter()
         try:
-            doc, index = await asyncio.to_thread(self.renderer.render, services, node)
-            result = await asyncio.to_thread(self.table.apply, doc, index)
+            render = await asyncio.to_thread(self.renderer.render, services, node)
+            result = await asyncio.to_thread(self.table.apply, render)
         except (NodeRulesError, NftError) as e:
             # The rules in force stay; the applier tries again.
             log.error("cannot apply rules: %s", e)

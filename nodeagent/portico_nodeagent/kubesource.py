@@ -51,7 +51,8 @@ class Services:
     generations: dict[str, int] = field(default_factory=dict)  # shard -> metadata.generation
 
     def set_shard(self, name: str, obj: Mapping[str, Any] | None) -> None:
-        for key in self.shards.pop(name, {}):
+        before = self.shards.pop(name, {})
+        for key in before:
             self.errors.pop(key, None)
         self.generations.pop(name, None)
         if obj is None:
@@ -60,7 +61,11 @@ class Services:
         parsed: dict[str, LBService] = {}
         for key, entry in ((obj.get("spec") or {}).get("services") or {}).items():
             try:
-                parsed[key] = service_from_entry(entry)
+                svc = service_from_entry(entry)
+                # An unchanged entry keeps its object: the renderer and the stale-flow check
+                # tell unchanged Services by identity, which costs nothing per Service.
+                old = before.get(key)
+                parsed[key] = old if old == svc else svc
             except (KeyError, TypeError, ValueError) as e:
                 self.errors[key] = f"{type(e).__name__}: {e}"
                 log.error("NodeRules %s: entry %s is malformed (%s): skipped", name, key, e)

@@ -18,6 +18,7 @@ from portico_common import nftnames as N
 from portico_common.nfthandle import Libnftables
 from portico_common.nftresult import ApplyResult, NftError, Stats
 from portico_common.noderules import (
+    Render,
     RulesIndex,
     delete_table,
     diff_rules,
@@ -61,17 +62,25 @@ class NftTable:
         return index_rules(listing) if listing is not None else RulesIndex()
 
     # -- the agent's operations -----------------------------------------------------------------
-    def apply(self, doc: Doc, desired: RulesIndex | None = None) -> ApplyResult:
-        """Makes the table hold ``doc`` (a render). Incremental against what was last applied;
-        on the first call (a restart) against the kernel's own listing, so a table that is
-        already right is left untouched. Falls back to a one-transaction replace if the
-        incremental change fails. ``desired``, when given, must be ``index_rules(doc)``."""
+    def apply(self, doc: Doc | Render, desired: RulesIndex | None = None) -> ApplyResult:
+        """Makes the table hold ``doc`` (a render, or a ``NodeRenderer``'s ``Render``).
+        Incremental against what was last applied (when that is the ``Render``'s base, only
+        what it touched is compared); on the first call (a restart) against the kernel's own
+        listing, so a table that is already right is left untouched. Falls back to a
+        one-transaction replace if the incremental change fails. ``desired``, when given, must
+        be ``index_rules(doc)``."""
         with self._lock:
-            if desired is None:  # else the caller has it already (``NodeRenderer``)
+            touched = None
+            if isinstance(doc, Render):
+                desired = doc.index
+                if doc.base is not None and doc.base is self._applied:
+                    touched = doc.touched
+                doc = doc.document
+            elif desired is None:
                 desired = index_rules(_document(doc))
             t0 = time.perf_counter()
             base = self._applied if self._applied is not None else self.current()
-            change = diff_rules(base, desired)
+            change = diff_rules(base, desired, touched)
             mode = "incremental" if change["nftables"] else "none"
             t_run = time.perf_counter()
             try:

@@ -43,5 +43,15 @@ def _targets(services: Iterable[LBService], node: NodeInfo) -> set[StaleFlow]:
 def stale_flows(
     before: Iterable[LBService], after: Iterable[LBService], node: NodeInfo
 ) -> list[StaleFlow]:
-    """Flows (VIP port → endpoint) the old rules sent and the new ones do not."""
-    return sorted(_targets(before, node) - _targets(after, node))
+    """Flows (VIP port → endpoint) the old rules sent and the new ones do not. A Service that
+    is the same object in both sends the same flows, so only the others are looked at (and
+    those of the unchanged ones that share their VIPs)."""
+    old = {s.key: s for s in before}
+    new = {s.key: s for s in after}
+    went = [s for k, s in old.items() if new.get(k) is not s]
+    came = [s for k, s in new.items() if old.get(k) is not s]
+    if not went:
+        return []
+    vips = {v for s in went for v in s.vips}
+    kept = [s for k, s in new.items() if old.get(k) is s and not vips.isdisjoint(s.vips)]
+    return sorted(_targets(went, node) - _targets([*came, *kept], node))

@@ -3,18 +3,25 @@ changes (cached parts reused) and when two Services claim one address (the fallb
 
 from __future__ import annotations
 
+import json
 from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from portico_common import nftnames as N
 from portico_common.noderules import (
+    Endpoint,
     LBService,
     NodeInfo,
     NodeRenderer,
+    Render,
+    ServicePort,
+    diff_rules,
     index_rules,
     render_node_rules,
 )
 
+from .test_noderules_props import Kernel
 from .test_rulesdoc import services as one_service
 
 NODES = [
@@ -40,11 +47,26 @@ def service_lists(draw, unique_vips: bool) -> list[LBService]:
     return out
 
 
-def assert_same(renderer: NodeRenderer, svcs: list[LBService], node: NodeInfo) -> None:
-    doc, idx = renderer.render(svcs, node)
+def assert_same(renderer: NodeRenderer, svcs: list[LBService], node: NodeInfo) -> Render:
+    r = renderer.render(svcs, node)
     full = render_node_rules(svcs, node)
-    assert doc() == full
-    assert idx.same_as(index_rules(full)), idx.differences(index_rules(full))
+    assert r.document() == full
+    assert r.index.same_as(index_rules(full)), r.index.differences(index_rules(full))
+    if r.base is not None:
+        # made from the previous render: what it touched is all that differs (the same
+        # commands as a diff of the whole, maybe in another order, and a valid one)
+        quick = diff_rules(r.base, r.index, r.touched)
+        assert sorted(map(canon, quick["nftables"])) == sorted(
+            map(canon, diff_rules(r.base, r.index)["nftables"])
+        )
+        kernel = Kernel(r.base)
+        kernel.run(quick)
+        assert kernel.same_as(r.index)
+    return r
+
+
+def canon(cmd: dict) -> str:
+    return json.dumps(cmd, sort_keys=True)
 
 
 @settings(max_examples=150, deadline=None)
@@ -66,3 +88,28 @@ def test_cached_render_is_the_full_render(
         assert_same(r, changed, node)
     assert_same(r, second, node)  # shared addresses: the fallback decides as the full render
     assert_same(r, first, other)  # another node
+
+
+def test_shared_chains_and_elements_stay_while_a_holder_remains() -> None:
+    # Two Services with 17 endpoints each (a pick chain beyond the fixed ones) on the same
+    # pods (one remote-endpoints element per pod): they share both.
+    pods = tuple(Endpoint(f"198.19.2.{i}", "node-2", "zone-b") for i in range(2, 19))
+    a = LBService("ns", "a", ("198.18.32.1",), (ServicePort("", "TCP", 80),), pods)
+    b = replace(a, name="b", vips=("198.18.32.2",))
+    r, node = NodeRenderer(), NODES[0]
+    both = assert_same(r, [a, b], node)
+    assert "pick4-17" in both.index.chains and len(both.index.elements["remote-endpoints4"]) == 17
+    one = assert_same(r, [a], node)
+    assert one.base is both.index  # made from the previous render
+    assert "pick4-17" in one.index.chains and len(one.index.elements["remote-endpoints4"]) == 17
+    assert "pick4-17" in both.index.chains  # the index in force is never modified
+    none = assert_same(r, [], node)
+    assert "pick4-17" not in none.index.chains and not none.index.elements["remote-endpoints4"]
+    assert none.touched is not None and "pick4-17" in none.touched.chains
+    # and back, one changed: only that Service's elements are looked at
+    again = assert_same(r, [a, b], node)
+    eps = again.index.elements[N.ENDPOINT_ADDRS[4]]
+    moved = assert_same(r, [a, replace(b, endpoints=pods[:16])], node)
+    assert moved.touched is not None
+    assert all('"198.18.32.2"' in k for k in moved.touched.elements[N.ENDPOINT_ADDRS[4]])
+    assert len(moved.index.elements[N.ENDPOINT_ADDRS[4]]) == len(eps) - 1

@@ -3,8 +3,13 @@ to and the new ones do not."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+from typing import Any
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from portico_common.noderules import Endpoint, LBService, NodeInfo, ServicePort
-from portico_nodeagent.stale import StaleFlow, stale_flows
+from portico_nodeagent.stale import StaleFlow, _targets, stale_flows
 
 NODE = NodeInfo("node-1", "zone-a")
 PORTS = (ServicePort("dns", "UDP", 53, None, 5353), ServicePort("web", "TCP", 80, None, 8080))
@@ -42,3 +47,31 @@ def test_a_deleted_service_leaves_all_its_udp_flows_stale() -> None:
         StaleFlow("UDP", "198.18.32.5", 53, A.address),
         StaleFlow("UDP", "198.18.32.5", 53, B.address),
     ]
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_only_changed_services_are_looked_at_and_the_answer_is_the_same(data: Any) -> None:
+    # Services s0..s3 on two VIPs (so that one can move between Services); "after" keeps some
+    # as the same objects, changes or drops others, adds new ones.
+    eps = st.lists(st.sampled_from([A, B, Endpoint("198.19.1.3", "node-1", "zone-a")]))
+    vip = st.sampled_from(["198.18.32.5", "198.18.32.6"])
+
+    def one(i: int) -> LBService:
+        return LBService(
+            "default", f"s{i}", (data.draw(vip),), PORTS, tuple(data.draw(eps, label=f"eps{i}"))
+        )
+
+    before = [one(i) for i in range(data.draw(st.integers(0, 4)))]
+    after = []
+    for s in before:
+        what = data.draw(st.sampled_from(["same", "equal copy", "changed", "gone"]))
+        if what == "same":
+            after.append(s)
+        elif what == "equal copy":
+            after.append(replace(s))
+        elif what == "changed":
+            after.append(replace(s, endpoints=tuple(data.draw(eps))))
+    after += [one(i) for i in range(4, 4 + data.draw(st.integers(0, 2)))]
+    naive = sorted(_targets(before, NODE) - _targets(after, NODE))
+    assert stale_flows(before, after, NODE) == naive
