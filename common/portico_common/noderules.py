@@ -776,9 +776,9 @@ def _render_service(t: _Table, svc: LBService, node: NodeInfo, claimed: set[str]
 
 @dataclass
 class _Fragment:
-    """One Service's part of a render, with its index form computed once."""
+    """One Service's part of a render, in index form (the JSON it was made from is not kept:
+    only a full replace needs a document, which ``document_of`` makes from the index)."""
 
-    table: _Table
     index: RulesIndex
     claims: frozenset[str]
 
@@ -863,13 +863,9 @@ class NodeRenderer:
         if index is None:  # two Services claim one address: the full render decides
             full = render_node_rules(services, node)
             return Render(index_rules(full), lambda: full)
-        fixed, now = self._fixed, dict(self._parts)
-
-        def document() -> Json:  # only a full replace needs it
-            ordered = sorted(now.values(), key=lambda part: _by_name(part[0]))
-            return _combined(fixed, [frag.table for _, frag in ordered]).doc()
-
-        return Render(index, document, base, touched if base is not None else None)
+        return Render(
+            index, lambda: document_of(index), base, touched if base is not None else None
+        )
 
     def _fragment(self, svc: LBService) -> _Fragment:
         part = self._parts.get(svc.key)
@@ -883,7 +879,7 @@ class NodeRenderer:
             t.elements[name] = {}
         claimed: set[str] = set()
         _render_service(t, svc, self._node, claimed)
-        return _Fragment(t, _index_of(t, maps=False), frozenset(claimed))
+        return _Fragment(_index_of(t, maps=False), frozenset(claimed))
 
     def _move_claims(
         self, gone: list[str], changed: Mapping[str, tuple[LBService, _Fragment]]
@@ -1132,6 +1128,13 @@ def _index_of(t: _Table, *, maps: bool = True) -> RulesIndex:
             "timeout": st.get("timeout"),
         }
     return idx
+
+
+def document_of(idx: RulesIndex) -> Json:
+    """The ``add`` commands that build the table ``idx`` describes (what ``diff_rules`` gives
+    from nothing), in the order ``_Table.doc`` uses: table, sets, maps, chains, elements,
+    rules."""
+    return diff_rules(RulesIndex(), idx)
 
 
 def _as_index(x: RulesIndex | Mapping[str, Any]) -> RulesIndex:

@@ -12,6 +12,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +23,11 @@ from portico_common.noderules import (
     LBService,
     NodeInfo,
     ServicePort,
+    document_of,
     endpoints_from_slices,
     index_rules,
     render_node_rules,
+    replace_table,
 )
 from portico_lab.lab import Lab
 from portico_lab.procs import netns_argv
@@ -142,12 +145,24 @@ def test_rules_list_back_as_rendered_and_reapply_changes_nothing(
         session_affinity="ClientIP",
         source_ranges=("198.18.0.0/15", "fd00::/8"),
     )
-    doc = render_node_rules([svc], node_info(lab, "node-1"))
+    # and one without affinity (the flat maps), with NAT mode's nodePort too
+    flat = echo_service(slices, "agent-a-flat", (vip(lab, 11), vip(lab, 11, 6)))
+    flat = replace(
+        flat,
+        forwarding_mode="NAT",
+        ports=tuple(replace(p, node_port=31180 + i) for i, p in enumerate(flat.ports)),
+    )
+    doc = render_node_rules([svc, flat], node_info(lab, "node-1"))
     first = apply_once(lab, "node-1", doc, workdir)
     assert first["error"] is None and first["commands"] > 0
     assert kernel_index(lab, "node-1").differences(index_rules(doc)) == []
     again = apply_once(lab, "node-1", doc, workdir)  # a restart: nothing to change
     assert (again["mode"], again["commands"]) == ("none", 0)
+    # a full replace made from the index alone (the agent's fallback) builds the same table
+    replacement = workdir / "replace.json"
+    replacement.write_text(json.dumps(replace_table(document_of(index_rules(doc)))))
+    lab.exec("node-1", ["nft", "-j", "-f", str(replacement)], check=True)
+    assert kernel_index(lab, "node-1").differences(index_rules(doc)) == []
     # Portico touches no other table
     tables = lab.exec("node-1", ["nft", "-j", "list", "tables"], check=True).stdout
     ours = [t["table"] for t in json.loads(tables)["nftables"] if "table" in t]
