@@ -1,12 +1,13 @@
 """The operator's I/O shell: its view of the cluster, leadership, and the reconcilers' writes.
 
-kopf feeds ``observe_*`` and ``forget_*`` from its watches (every replica keeps a warm view);
-a periodic fresh listing (``resync``) makes that view converge even across watch gaps. Only a
+kopf feeds ``apply_event`` from its watches: the caches (``cache.ClusterCache``, which every
+replica keeps warm) record the event, and the leader queues what depends on it. A periodic fresh
+listing (``resync``) makes the caches converge even across watch gaps. Only a
 leader allocates: when it takes the lead it lists everything afresh and rebuilds its allocator
 from the cluster's state (``restore.build_allocator``) before any worker runs, and when it loses
 the lead its workers are cancelled and the allocator is dropped. Every write is gated on the
-Lease still being valid. What to decide is pure (ipam, restore, resync, service, lbspec,
-noderules_push); what the node agents get is written by ``rules_writer``.
+Lease still being valid. What to decide is pure (decisions, ipam, restore, resync, service,
+lbspec, noderules_push); what the node agents get is written by ``rules_writer``.
 """
 
 from __future__ import annotations
@@ -21,17 +22,16 @@ from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
-from portico_common.noderules import Endpoint, endpoints_from_slices
+from portico_common.noderules import Endpoint
 from portico_common.tasks import run_together
 
 from . import decisions, ipam
+from .cache import LISTINGS, OPTIONAL_LISTINGS, ClusterCache, object_key, slim
 from .decisions import Outcome
 from .errors import NotLeading
 from .lbspec import (
-    NodeView,
     condition,
     node_ports_condition,
-    parse_node,
     pool_status_differs,
     render_pool_status,
     render_spec,
@@ -42,9 +42,8 @@ from .lbspec import (
 )
 from .metrics import Metrics
 from .noderules_push import node_rules_entry
-from .pools import Pool, parse_pool
+from .pools import Pool
 from .restore import build_allocator
-from .resync import plan_resync, rv_newer
 from .rules_writer import NodeRulesWriter
 from .service import ServiceView, parse_service
 from .settings import FIELD_MANAGER, FINALIZER, OUR_SERVICE_CONDITIONS, OperatorSettings
@@ -80,24 +79,6 @@ def pool_path(name: str | None = None) -> str:
     return group_path(API_GROUP, API_VERSION, "ippools", None, name)
 
 
-def _slice_service_key(obj: Mapping[str, Any]) -> str | None:
-    """'namespace/service' of the Service an EndpointSlice belongs to, or None."""
-    meta = obj.get("metadata") or {}
-    svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
-    return f"{meta.get('namespace')}/{svc}" if svc else None
-
-
-def slim(obj: Mapping[str, Any]) -> dict[str, Any]:
-    """What the operator needs of its own CRs: a full object with managedFields is ~10x larger,
-    and there is one per Service."""
-    meta = obj.get("metadata") or {}
-    return {
-        "metadata": {"generation": meta.get("generation")},
-        "spec": obj.get("spec"),
-        "status": obj.get("status"),
-    }
-
-
 WRITE_METHODS = ("create", "replace", "patch", "delete")
 
 
@@ -121,26 +102,6 @@ class GatedKube:
             return await attr(*args, **kwargs)
 
         return gated
-
-
-# The kinds the operator caches, with where a fresh listing comes from.
-LISTINGS = {
-    "services": core_path("services"),
-    "namespaces": core_path("namespaces"),
-    "nodes": core_path("nodes"),
-    "slices": group_path("discovery.k8s.io", "v1", "endpointslices"),
-    "pools": group_path(API_GROUP, API_VERSION, "ippools"),
-    "lbs": group_path(API_GROUP, API_VERSION, "loadbalancers"),
-    "agents": group_path(API_GROUP, API_VERSION, "nodeagents"),
-}
-# Kinds whose CRD an older install may lack: listed as empty rather than failing the listing.
-OPTIONAL_LISTINGS = {"agents"}
-
-
-def object_key(obj: Mapping[str, Any]) -> str:
-    meta = obj.get("metadata") or {}
-    ns = meta.get("namespace")
-    return f"{ns}/{meta.get('name')}" if ns else str(meta.get("name"))
 
 
 class Controller:
@@ -172,14 +133,14 @@ class Controller:
             on_written=lambda key: self.publish.add(key) if key in self.services else None,
             recheck_after=lambda key, delay: self.publish.add_after(key, delay),
         )
-        self.services: dict[str, ServiceView] = {}
+        # The view of the cluster (every replica keeps it warm); these names are its dicts.
+        self.cache = ClusterCache()
+        self.services = self.cache.services
         self.good: dict[str, ServiceView] = {}  # each Service's last valid configuration
-        self.namespaces: dict[str, dict[str, str]] = {}
-        self.nodes: dict[str, NodeView] = {}
-        self.slices: dict[str, dict[str, tuple[Endpoint, ...]]] = {}  # service -> slices
-        self.slice_owner: dict[str, str] = {}  # "ns/slice" -> "ns/service"
-        self.lbs: dict[str, dict[str, Any]] = {}  # our LoadBalancer CRs, as last seen
-        self.pool_objs: dict[str, dict[str, Any]] = {}
+        self.namespaces = self.cache.namespaces
+        self.nodes = self.cache.nodes
+        self.slices = self.cache.slices
+        self.lbs = self.cache.lbs  # our LoadBalancer CRs, as last seen
         self.pending: set[str] = set()  # Services waiting for an address
         self.last_reason: dict[str, str] = {}  # last failure reported, to not repeat Events
         self.dirty_pools = True
@@ -187,134 +148,11 @@ class Controller:
         self.leading = False  # True only while this replica leads *and* has rebuilt its view
         self.failures: dict[str, int] = {}
         self.received: dict[str, float] = {}  # key -> wall time its last event arrived
-        # For resync: per kind, each key's resourceVersion and last watch stamp (tombstones too).
-        self.stamp = 0
-        self.versions: dict[str, dict[str, str]] = {k: {} for k in LISTINGS}
-        self.stamps: dict[str, dict[str, int]] = {k: {} for k in LISTINGS}
         self._lead_task: asyncio.Task[None] | None = None
         self._want_lead = False
 
-    # =========================================================================================
-    # observation (cheap, synchronous, called for every watch event)
-    # =========================================================================================
-    def _older_than_cached(self, kind: str, key: str, rv: str | None) -> bool:
-        """An event older than what is cached: a listing may have brought a newer version (or
-        a newer incarnation of the name) before a lagging watch delivers the older one."""
-        cached = self.versions[kind].get(key)
-        return bool(rv and cached and rv != cached and not rv_newer(rv, cached))
-
-    def _touch(self, kind: str, key: str, rv: str | None) -> bool:
-        """Stamps a watch event; False for an event older than what is cached."""
-        if self._older_than_cached(kind, key, rv):
-            return False
-        self.stamp += 1
-        self.stamps[kind][key] = self.stamp
-        if rv is None:
-            self.versions[kind].pop(key, None)
-        else:
-            self.versions[kind][key] = rv
-        return True
-
-    @staticmethod
-    def _rv(obj: Mapping[str, Any]) -> str:
-        return str((obj.get("metadata") or {}).get("resourceVersion") or "")
-
-    def observe_service(self, obj: Mapping[str, Any]) -> bool:
-        view = parse_service(obj)
-        if not self._touch("services", view.key, view.resource_version):
-            return False
-        self.services[view.key] = view
-        return True
-
-    def forget_service(self, namespace: str, name: str) -> None:
-        key = f"{namespace}/{name}"
-        self._touch("services", key, None)
-        self.services.pop(key, None)
-        self.received.pop(key, None)
-        if self.leading:
-            self.queue.add(key)
-
-    def observe_namespace(self, obj: Mapping[str, Any]) -> bool:
-        meta = obj.get("metadata") or {}
-        name = meta.get("name", "")
-        if not self._touch("namespaces", name, self._rv(obj)):
-            return False
-        labels = dict(meta.get("labels") or {})
-        changed = self.namespaces.get(name) != labels
-        self.namespaces[name] = labels
-        return changed
-
-    def forget_namespace(self, name: str) -> None:
-        self._touch("namespaces", name, None)
-        self.namespaces.pop(name, None)
-
-    def observe_node(self, obj: Mapping[str, Any]) -> bool:
-        view = parse_node(obj)
-        if not self._touch("nodes", view.name, self._rv(obj)):
-            return False
-        changed = self.nodes.get(view.name) != view
-        self.nodes[view.name] = view
-        return changed
-
-    def forget_node(self, name: str) -> None:
-        self._touch("nodes", name, None)
-        self.nodes.pop(name, None)
-
-    def observe_slice(self, obj: Mapping[str, Any]) -> str | None:
-        key = _slice_service_key(obj)
-        skey = object_key(obj)
-        if key is None or not self._touch("slices", skey, self._rv(obj)):
-            return None
-        name = (obj.get("metadata") or {}).get("name", "")
-        self.slices.setdefault(key, {})[name] = endpoints_from_slices([obj])
-        self.slice_owner[skey] = key
-        return key
-
-    def forget_slice(self, obj: Mapping[str, Any]) -> str | None:
-        skey = object_key(obj)
-        key = self.slice_owner.pop(skey, None) or _slice_service_key(obj)
-        self._touch("slices", skey, None)
-        if key is not None:
-            self.slices.get(key, {}).pop((obj.get("metadata") or {}).get("name", ""), None)
-            if not self.slices.get(key):
-                self.slices.pop(key, None)
-        return key
-
-    def observe_lb(self, obj: Mapping[str, Any]) -> None:
-        key = object_key(obj)
-        if self._touch("lbs", key, self._rv(obj)):
-            self.lbs[key] = slim(obj)
-
-    def forget_lb(self, namespace: str, name: str) -> None:
-        key = f"{namespace}/{name}"
-        self._touch("lbs", key, None)
-        self.lbs.pop(key, None)
-        view = self.services.get(key)
-        if self.leading and (view is None or not view.has_finalizer):
-            # Nothing announces what the CR carried any more. While our finalizer holds the
-            # Service, its status may still show the address: the withdrawal finishes it then.
-            self._finish_withdrawal(key, (), view)
-
-    def observe_pool(self, obj: Mapping[str, Any]) -> bool:
-        """Records the pool; True when its spec changed (not for our own status writes, which
-        happen every second while addresses change and must not re-examine every Service)."""
-        name = obj["metadata"]["name"]
-        if not self._touch("pools", name, self._rv(obj)):
-            return False
-        old = self.pool_objs.get(name)
-        self.pool_objs[name] = dict(obj)
-        if old is not None and old.get("spec") == obj.get("spec"):
-            return False
-        self._set_pools()
-        return True
-
-    def forget_pool(self, name: str) -> None:
-        self._touch("pools", name, None)
-        self.pool_objs.pop(name, None)
-        self._set_pools()
-
     def parsed_pools(self) -> list[Pool]:
-        return [parse_pool(n, o.get("spec")) for n, o in self.pool_objs.items()]
+        return self.cache.parsed_pools()
 
     def _set_pools(self) -> None:
         self.alloc.set_pools(self.parsed_pools())
@@ -342,85 +180,56 @@ class Controller:
     async def resync(self) -> list[tuple[str, str]]:
         """Lists everything afresh and makes the caches agree: takes what the watch missed,
         forgets what vanished unseen. Returns the (kind, key) pairs that changed."""
-        since = self.stamp
+        since = self.cache.stamp
         listing = await self.list_everything()
         changed: list[tuple[str, str]] = []
-        for kind, items in listing.items():
-            by_key = {object_key(o): o for o in items}
-            if kind == "slices":
-                by_key = {k: o for k, o in by_key.items() if _slice_service_key(o)}
-            take, drop = plan_resync(
-                self.stamps[kind],
-                self.versions[kind],
-                {k: self._rv(o) for k, o in by_key.items()},
-                since,
-            )
-            for key in take:
-                self.apply_event(kind, "MODIFIED", by_key[key])
-            for key in drop:
-                ns, _, name = key.rpartition("/")
-                meta = {"name": name, **({"namespace": ns} if ns else {})}
-                self.apply_event(kind, "DELETED", {"metadata": meta})
-            changed += [(kind, k) for k in (*take, *drop)]
-            stamps = self.stamps[kind]
-            for key in [
-                k for k, t in stamps.items() if t <= since and k not in self.versions[kind]
-            ]:
-                del stamps[key]  # tombstones older than this listing are no longer needed
+        for kind, event_type, obj in self.cache.corrections(listing, since):
+            self.apply_event(kind, event_type, obj)
+            changed.append((kind, object_key(obj)))
         return changed
 
     def apply_event(self, kind: str, event_type: str | None, obj: Mapping[str, Any]) -> None:
         """One watch event (or a listing's correction): update the view and, on the leader,
         queue what depends on it. kopf's handlers and ``resync`` both come through here."""
-        meta = obj.get("metadata") or {}
-        deleted = event_type == "DELETED"
-        if deleted and self._older_than_cached(kind, object_key(obj), self._rv(obj)):
-            # A lagging watch's deletion of an older incarnation (a Service deleted and created
-            # again under its name, the new one already listed) must not drop the new one. A
-            # listing's corrections carry no resourceVersion and always apply.
+        change = self.cache.apply(kind, event_type, obj)
+        if change is None:
             return
+        key = change.key
         if kind == "services":
-            key = object_key(obj)
-            if deleted:
-                self.forget_service(meta.get("namespace", ""), meta.get("name", ""))
-            elif self.observe_service(obj) and self.leading:
+            if change.deleted:
+                self.received.pop(key, None)
+            elif self.leading:
                 self.received[key] = time.time()
+            if self.leading:
                 self.queue.add(key)
         elif kind == "namespaces":
-            if deleted:
-                self.forget_namespace(meta.get("name", ""))
-            elif self.observe_namespace(obj) and self.leading:
-                self.enqueue_namespace(meta.get("name", ""))
+            if change.changed and not change.deleted and self.leading:
+                self.enqueue_namespace(key)
         elif kind == "pools":
-            if deleted:
-                self.forget_pool(meta.get("name", ""))
-            if (deleted or self.observe_pool(obj)) and self.leading:
-                self.enqueue_all()
+            if change.changed:
+                self._set_pools()
+                if self.leading:
+                    self.enqueue_all()
         elif kind == "nodes":
-            if deleted:
-                self.forget_node(meta.get("name", ""))
-            if (deleted or self.observe_node(obj)) and self.leading:
+            if change.changed and self.leading:
                 self.publish_all()  # backends changed: the CRs, not the allocations
         elif kind == "slices":
-            svc = self.forget_slice(obj) if deleted else self.observe_slice(obj)
-            if svc and self.leading and svc in self.services:
-                self.publish.add(svc)
+            if change.changed and self.leading and key in self.services:
+                self.publish.add(key)
         elif kind == "agents":
-            name = meta.get("name", "")
-            if not self._touch("agents", name, None if deleted else self._rv(obj)):
-                return
-            changed = self.rules.observe_agent(name, None if deleted else obj)
+            changed = self.rules.observe_agent(key, None if change.deleted else obj)
             if changed and self.leading:
-                for key in self.rules.keys_in(changed):
-                    if key in self.services:
-                        self.publish.add(key)  # Programmed may have changed
-        elif kind == "lbs":
-            if not deleted:
-                self.observe_lb(obj)
-                return
-            key = object_key(obj)
-            self.forget_lb(meta.get("namespace", ""), meta.get("name", ""))
-            if self.leading and key in self.services:
+                for k in self.rules.keys_in(changed):
+                    if k in self.services:
+                        self.publish.add(k)  # Programmed may have changed
+        elif kind == "lbs" and change.deleted and self.leading:
+            view = self.services.get(key)
+            if view is None or not view.has_finalizer:
+                # Nothing announces what the CR carried any more. While our finalizer holds
+                # the Service, its status may still show the address: the withdrawal finishes
+                # it then.
+                self._finish_withdrawal(key, (), view)
+            if key in self.services:
                 self.publish.add(key)  # someone deleted our CR: put it back
 
     async def _resync_loop(self) -> None:
@@ -670,7 +479,7 @@ class Controller:
 
     def _observed(self, obj: Mapping[str, Any]) -> ServiceView:
         """Takes our own write's answer as the newest view (the watch brings it again)."""
-        self.observe_service(obj)
+        self.cache.apply("services", "MODIFIED", obj)
         return self.services.get(object_key(obj)) or parse_service(obj)
 
     async def _bad_input(
@@ -1019,7 +828,7 @@ class Controller:
             if not (self.dirty_pools and self.leading):
                 continue
             self.dirty_pools = False
-            for name in list(self.pool_objs):
+            for name in list(self.cache.pool_objs):
                 try:
                     await self.reconcile_pool(name)
                 except ApiError as e:
@@ -1038,7 +847,7 @@ class Controller:
         return status
 
     async def reconcile_pool(self, name: str) -> None:
-        obj = self.pool_objs.get(name)
+        obj = self.cache.pool_objs.get(name)
         if obj is None:
             return
         pool = self.alloc.pools.get(name)
@@ -1057,7 +866,7 @@ class Controller:
                 "status": desired,
             },
         )
-        self.pool_objs[name] = updated
+        self.cache.pool_objs[name] = updated
         for c in desired["conditions"]:
             bad = (c["type"] == "Valid" and c["status"] == "False") or (
                 c["type"] == "Conflicting" and c["status"] == "True"

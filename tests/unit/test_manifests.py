@@ -396,8 +396,17 @@ def render(helm: Path, *args: str) -> list[dict[str, Any]]:
     return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
-def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
-    (doc,) = [d for d in docs if d["kind"] == kind]
+def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
+    """The one object of ``kind`` (of that app.kubernetes.io/component, when given)."""
+    (doc,) = [
+        d
+        for d in docs
+        if d["kind"] == kind
+        and (
+            component is None
+            or d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == component
+        )
+    ]
     return doc
 
 
@@ -424,10 +433,12 @@ def test_render_defaults(helm):
     assert Counter(d["kind"] for d in docs) == Counter(
         {
             "CustomResourceDefinition": 4,
-            "ServiceAccount": 1,
-            "ClusterRole": 1,
-            "ClusterRoleBinding": 1,
+            # The operator's and the node agent's.
+            "ServiceAccount": 2,
+            "ClusterRole": 2,
+            "ClusterRoleBinding": 2,
             "Deployment": 1,
+            "DaemonSet": 1,
             "Service": 1,
         }
     )
@@ -471,11 +482,11 @@ def test_render_defaults(helm):
     assert term["podAffinityTerm"]["labelSelector"]["matchLabels"] == selector
     assert selector.items() <= deploy["spec"]["template"]["metadata"]["labels"].items()
 
-    sa = one(docs, "ServiceAccount")
+    sa = one(docs, "ServiceAccount", "operator")
     assert pod["serviceAccountName"] == sa["metadata"]["name"]
     assert sa["metadata"]["namespace"] == "portico-system"
-    binding = one(docs, "ClusterRoleBinding")
-    assert binding["roleRef"]["name"] == one(docs, "ClusterRole")["metadata"]["name"]
+    binding = one(docs, "ClusterRoleBinding", "operator")
+    assert binding["roleRef"]["name"] == one(docs, "ClusterRole", "operator")["metadata"]["name"]
     assert binding["subjects"] == [
         {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "portico-system"}
     ]
@@ -513,7 +524,7 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
     ],
 )
 def test_cluster_role(helm, group, resources, verbs):
-    rules = one(render(helm), "ClusterRole")["rules"]
+    rules = one(render(helm), "ClusterRole", "operator")["rules"]
     for resource in resources:
         for verb in verbs:
             assert allowed(rules, group, resource, verb), (group, resource, verb)
@@ -596,3 +607,286 @@ def test_render_rejects_a_pool_without_addresses(helm):
     )
     assert proc.returncode != 0
     assert "pools[0].addresses" in proc.stderr
+
+
+# --- The node agent's DaemonSet --------------------------------------------------------------
+
+NODEAGENT_SRC = REPO / "nodeagent" / "portico_nodeagent"
+
+# What portico-node-agent does to the API, read from its code; its ClusterRole must allow exactly
+# this, no more. (group, resource, verb):
+NODE_AGENT_ACCESS = {
+    # kubesource.py:90 list_and_watch(kube, rulesdoc.path(), ...): GET then watch of every
+    # NodeRules shard (informer.py:40 kube.get, :45 kube.watch).
+    (GROUP, "noderules", "list"),
+    (GROUP, "noderules", "watch"),
+    # kubesource.py:93 list_and_watch(kube, core_path("nodes"), ...,
+    # fieldSelector=metadata.name=<node>): a list and a watch of nodes, never a get.
+    ("", "nodes", "list"),
+    ("", "nodes", "watch"),
+    # kubeagent.py:249 self.kube.get(path): its NodeAgent, what a previous run reported.
+    (GROUP, "nodeagents", "get"),
+    # kubeagent.py:277 self.kube.create(collection, body): the NodeAgent when it is missing.
+    (GROUP, "nodeagents", "create"),
+    # kubeagent.py:267/278 self.kube.patch(path + "/status", ...): a merge patch of its status.
+    (GROUP, "nodeagents/status", "patch"),
+}
+# The KubeClient calls in the agent's code behind NODE_AGENT_ACCESS: a new one needs the role
+# (and the list above) changed too.
+NODE_AGENT_KUBE_CALLS = Counter({"get": 1, "create": 1, "patch": 2, "list_and_watch": 2})
+DOWNWARD_API = {"spec.nodeName": "node-from-downward-api", "metadata.namespace": "portico-system"}
+
+
+def node_agent_container(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (container,) = one(docs, "DaemonSet")["spec"]["template"]["spec"]["containers"]
+    return container
+
+
+def agent_args(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> Any:
+    """The container's command as portico-node-agent parses it in the pod: its environment set
+    (downward API values filled in) and $(VAR) references expanded, as the kubelet does."""
+    from portico_nodeagent.main import parse_args
+
+    env: dict[str, str] = {}
+    for e in container.get("env", []):
+        if "value" in e:
+            env[e["name"]] = e["value"]
+        else:
+            env[e["name"]] = DOWNWARD_API[e["valueFrom"]["fieldRef"]["fieldPath"]]
+    for name in ("NODE_NAME", "KUBECONFIG"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    cmd = [re.sub(r"\$\((\w+)\)", lambda m: env.get(m[1], m[0]), a) for a in container["command"]]
+    assert cmd[0] == "portico-node-agent"
+    assert "args" not in container
+    return parse_args(cmd[1:])
+
+
+def test_node_agent_entry_point():
+    scripts = load_toml(REPO / "pyproject.toml")["project"]["scripts"]
+    assert scripts["portico-node-agent"] == "portico_nodeagent.main:main"
+
+
+def load_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    with path.open("rb") as f:
+        return tomllib.load(f)
+
+
+def test_node_agent_daemonset_defaults(helm, monkeypatch):
+    docs = render(helm)
+    ds = one(docs, "DaemonSet")
+    assert ds["metadata"]["name"] == "portico-node-agent"
+    assert ds["metadata"]["namespace"] == "portico-system"
+    assert ds["spec"]["updateStrategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxUnavailable": 1},
+    }
+    selector = ds["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+    # Its pods are not the operator's (the metrics Service and anti-affinity select those).
+    operator_selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    assert selector != operator_selector
+    assert not operator_selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
+
+    pod = ds["spec"]["template"]["spec"]
+    assert pod["hostNetwork"] is True
+    assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
+    assert pod["priorityClassName"] == "system-node-critical"
+    assert pod["tolerations"] == [{"operator": "Exists"}]  # every node, whatever its taints
+    assert "nodeSelector" not in pod
+    assert pod["terminationGracePeriodSeconds"] >= 10
+
+    container = node_agent_container(docs)
+    assert (
+        container["image"]
+        == one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+    )
+    assert container["imagePullPolicy"] == "IfNotPresent"
+    sc = container["securityContext"]
+    assert sc["capabilities"] == {"drop": ["ALL"], "add": ["NET_ADMIN"]}  # no NET_RAW
+    assert not sc.get("privileged")
+    assert sc["allowPrivilegeEscalation"] is False
+    assert sc["readOnlyRootFilesystem"] is True
+    assert container["resources"]["requests"] and container["resources"]["limits"]["memory"]
+
+    # A restart must leave the table in force: nothing runs --cleanup.
+    assert "lifecycle" not in container
+    assert "--cleanup" not in yaml.safe_dump(ds)
+
+    args = agent_args(container, monkeypatch)
+    assert args.from_cluster and not args.cleanup and not args.once
+    assert args.kubeconfig is None  # in-cluster credentials, its own ServiceAccount
+    assert args.node_name == DOWNWARD_API["spec.nodeName"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
+    # The agent's own defaults.
+    assert (args.healthz_port, args.metrics_port, args.verify_interval) == (10256, 0, 5.0)
+    assert args.log_level == "info"
+
+    # The probes ask the port the agent serves; /healthz, which is 200 without any Service.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 10256}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": args.healthz_port}
+    assert container["ports"] == [{"name": "healthz", "containerPort": 10256, "protocol": "TCP"}]
+
+
+@pytest.mark.parametrize(("health", "metrics"), [(10266, 9465), (20256, 0)])
+def test_node_agent_ports_follow_values(helm, monkeypatch, health, metrics):
+    docs = render(
+        helm,
+        "--set",
+        f"nodeAgent.healthPort={health}",
+        "--set",
+        f"nodeAgent.metricsPort={metrics}",
+    )
+    container = node_agent_container(docs)
+    args = agent_args(container, monkeypatch)
+    assert (args.healthz_port, args.metrics_port) == (health, metrics)
+    assert container["readinessProbe"]["httpGet"]["port"] == args.healthz_port
+    assert container["livenessProbe"]["tcpSocket"]["port"] == args.healthz_port
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == ({"healthz": health, "metrics": metrics} if metrics else {"healthz": health})
+
+
+def test_node_agent_without_health_port_has_no_probes(helm, monkeypatch):
+    container = node_agent_container(render(helm, "--set", "nodeAgent.healthPort=0"))
+    assert agent_args(container, monkeypatch).healthz_port == 0
+    assert "readinessProbe" not in container
+    assert "livenessProbe" not in container
+    assert "ports" not in container
+
+
+def test_node_agent_overrides(helm, monkeypatch, tmp_path):
+    values = tmp_path / "values.yaml"
+    values.write_text(
+        yaml.safe_dump(
+            {
+                "image": {"tag": "op"},
+                "nodeAgent": {
+                    "image": {"repository": "registry.local/agent", "pullPolicy": "Always"},
+                    "logLevel": "debug",
+                    "verifyInterval": 2.5,
+                    "extraArgs": ["--status", "/tmp/status.json"],
+                    "extraEnv": [{"name": "EXTRA", "value": "1"}],
+                    "priorityClassName": "",
+                    "tolerations": [],
+                    "nodeSelector": {"kubernetes.io/os": "linux"},
+                    "podAnnotations": {"a": "b"},
+                    "podLabels": {"team": "net"},
+                    "resources": {"requests": {"cpu": "10m"}},
+                    "serviceAccount": {"annotations": {"x": "z"}},
+                },
+            }
+        )
+    )
+    docs = render(helm, "-f", str(values))
+    ds = one(docs, "DaemonSet")
+    pod = ds["spec"]["template"]["spec"]
+    container = node_agent_container(docs)
+    assert container["image"] == "registry.local/agent:op"
+    assert container["imagePullPolicy"] == "Always"
+    args = agent_args(container, monkeypatch)
+    assert args.node_name == DOWNWARD_API["spec.nodeName"]
+    assert (args.log_level, args.verify_interval, args.status) == (
+        "debug",
+        2.5,
+        Path("/tmp/status.json"),
+    )
+    assert {"name": "EXTRA", "value": "1"} in container["env"]
+    assert "priorityClassName" not in pod
+    assert "tolerations" not in pod
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
+    assert ds["spec"]["template"]["metadata"]["annotations"] == {"a": "b"}
+    assert ds["spec"]["template"]["metadata"]["labels"]["team"] == "net"
+    assert container["resources"]["requests"]["cpu"] == "10m"  # merged into the defaults
+    assert one(docs, "ServiceAccount", "node-agent")["metadata"]["annotations"] == {"x": "z"}
+    # The operator keeps the chart's image.
+    (op,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert op["image"] == "ghcr.io/portico-lb/portico:op"
+
+
+def rule_triples(rules: list[dict[str, Any]]) -> set[tuple[str, str, str]]:
+    out = set()
+    for r in rules:
+        assert set(r) == {"apiGroups", "resources", "verbs"}, r  # no resourceNames, no URLs
+        for group in r["apiGroups"]:
+            for resource in r["resources"]:
+                for verb in r["verbs"]:
+                    out.add((group, resource, verb))
+    return out
+
+
+def test_node_agent_kube_calls_are_the_listed_ones():
+    calls: Counter[str] = Counter()
+    for path in NODEAGENT_SRC.glob("*.py"):
+        text = path.read_text()
+        calls.update(m for m in re.findall(r"\bkube\.(\w+)\(", text) if m != "close")
+        calls.update(re.findall(r"\b(list_and_watch)\(", text))
+    assert calls == NODE_AGENT_KUBE_CALLS, "update NODE_AGENT_ACCESS and nodeagent-rbac.yaml"
+
+
+def test_node_agent_rbac(helm):
+    docs = render(helm)
+    role = one(docs, "ClusterRole", "node-agent")
+    assert role["metadata"]["name"] == "portico-node-agent"
+    assert rule_triples(role["rules"]) == NODE_AGENT_ACCESS
+    assert not any("*" in t for t in rule_triples(role["rules"]))
+    sa = one(docs, "ServiceAccount", "node-agent")
+    assert sa["metadata"] == {**sa["metadata"], "name": "portico-node-agent"}
+    assert sa["metadata"]["namespace"] == "portico-system"
+    pod = one(docs, "DaemonSet")["spec"]["template"]["spec"]
+    assert pod["serviceAccountName"] == sa["metadata"]["name"]
+    assert sa["metadata"]["name"] != one(docs, "ServiceAccount", "operator")["metadata"]["name"]
+    binding = one(docs, "ClusterRoleBinding", "node-agent")
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "ClusterRole",
+        "name": role["metadata"]["name"],
+    }
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": "portico-system"}
+    ]
+    # The operator's binding does not name the agent's ServiceAccount.
+    op_binding = one(docs, "ClusterRoleBinding", "operator")
+    assert all(s["name"] != sa["metadata"]["name"] for s in op_binding["subjects"])
+
+
+def test_node_agent_disabled(helm):
+    docs = render(helm, "--set", "nodeAgent.enabled=false")
+    assert not [d for d in docs if d["kind"] == "DaemonSet"]
+    agent = [
+        d
+        for d in docs
+        if d["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "node-agent"
+        or "node-agent" in d["metadata"]["name"]
+    ]
+    assert agent == []
+    kinds = Counter(d["kind"] for d in docs if d["kind"] != "CustomResourceDefinition")
+    assert kinds == Counter(
+        {
+            "ServiceAccount": 1,
+            "ClusterRole": 1,
+            "ClusterRoleBinding": 1,
+            "Deployment": 1,
+            "Service": 1,
+        }
+    )
+
+
+def test_node_agent_without_rbac_or_service_account(helm):
+    docs = render(
+        helm,
+        "--set",
+        "rbac.create=false",
+        "--set",
+        "nodeAgent.serviceAccount.create=false",
+        "--set",
+        "nodeAgent.serviceAccount.name=agent-sa",
+    )
+    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
+    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"] == [
+        "portico-operator"
+    ]
+    assert one(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "agent-sa"

@@ -44,3 +44,31 @@ app.kubernetes.io/component: operator
 {{- define "portico.image" -}}
 {{- printf "%s:%s" .Values.image.repository (default .Chart.AppVersion (toString .Values.image.tag)) -}}
 {{- end -}}
+
+{{/* The node agent's resource names (DaemonSet, ServiceAccount, RBAC). */}}
+{{- define "portico.nodeAgentName" -}}
+{{- printf "%s-node-agent" (include "portico.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The node agent's pod selector. */}}
+{{- define "portico.nodeAgentSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "portico.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: node-agent
+{{- end -}}
+
+{{- define "portico.nodeAgentServiceAccountName" -}}
+{{- if .Values.nodeAgent.serviceAccount.create -}}
+{{- default (include "portico.nodeAgentName" .) .Values.nodeAgent.serviceAccount.name -}}
+{{- else -}}
+{{- required "nodeAgent.serviceAccount.name is required when nodeAgent.serviceAccount.create is false" .Values.nodeAgent.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The node agent's image: nodeAgent.image.* where set, else the chart's image. */}}
+{{- define "portico.nodeAgentImage" -}}
+{{- $img := .Values.nodeAgent.image | default dict -}}
+{{- $repo := default .Values.image.repository $img.repository -}}
+{{- $tag := default (default .Chart.AppVersion (toString .Values.image.tag)) (toString (default "" $img.tag)) -}}
+{{- printf "%s:%s" $repo $tag -}}
+{{- end -}}
