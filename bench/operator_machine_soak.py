@@ -18,7 +18,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from portico_operator import controller as controller_module
-from portico_operator import rules_writer
+from portico_operator import rules_writer, workers
 
 from tests.unit.test_operator_machine import scenario
 
@@ -30,8 +30,8 @@ def main() -> int:
     ap.add_argument("--first-seed", type=int, default=0)
     args = ap.parse_args()
     logging.disable(logging.CRITICAL)
-    controller_module.RETRY_SECONDS = (0.001,) * 7
-    controller_module.CONFLICT_RETRY_SECONDS = 0.001
+    workers.RETRY_SECONDS = (0.001,) * 7
+    workers.CONFLICT_RETRY_SECONDS = 0.001
     controller_module.POOL_FLUSH_SECONDS = 0.005
     rules_writer.RULES_GATHER_SECONDS = 0.001
     rules_writer.RULES_MIN_INTERVAL = 0.002

@@ -14,13 +14,17 @@ endpoint:
   verdict map keyed on ``daddr . l4proto . dport`` (``vips4`` / ``vips6``; and
   ``l4proto . dport`` in ``nodeports4/6`` for Services in the gateway's NAT mode), so the cost of
   a packet does not grow with the number of Services.
-* A Service port with N endpoints goes to the shared chain ``pick4-N``: it saves the packet mark
-  in the conntrack mark, puts a random slot ``SLOT_BASE + (0..N-1)`` in the packet mark and DNATs
+* A Service port's endpoint count N is a data element (``endpoint-counts4``): ``services`` saves
+  the packet mark in the conntrack mark and goes, through ``picks4``, to the shared chain
+  ``pick4-N``, which puts a random slot ``SLOT_BASE + (0..N-1)`` in the packet mark and DNATs
   through ``endpoint-addrs4`` / ``endpoint-ports4``, keyed ``daddr . l4proto . dport . mark``
   (slot i = the i-th endpoint by address; uniform). ``slot-prerouting`` / ``slot-output`` (just
   after DNAT, before routing) give the mark back and mark for masquerading what went to an
   endpoint on another node (``remote-endpoints4``; Cluster policy only: Local never leaves the
-  node) or to the pod that sent it (``hairpin4``). An endpoint change is a few map elements.
+  node) or to the pod that sent it (``hairpin4``). An endpoint change is a few data elements,
+  which the kernel commits without re-validating every jump of the table. (A locally sent
+  packet is re-routed by the NAT hook itself, with the slot still in its mark: a node that
+  routes by fwmark sees it there.)
 * ClientIP affinity pins a client to an endpoint, so those Services keep kube-proxy's layout:
   a chain per Service port (``ip saddr @aff-… goto ep-…``, then
   ``numgen random mod (N-i) == 0 goto ep-i``) and a chain per endpoint (masquerade, record the

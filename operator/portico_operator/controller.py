@@ -30,15 +30,15 @@ from .cache import LISTINGS, OPTIONAL_LISTINGS, ClusterCache, object_key, slim
 from .decisions import Outcome
 from .errors import NotLeading
 from .lbspec import (
-    condition,
-    node_ports_condition,
+    lb_conditions,
+    lb_spec_body,
+    lb_status_body,
+    lb_status_current,
     pool_status_differs,
     render_pool_status,
     render_spec,
-    same_conditions,
     service_status,
     status_differs,
-    valid_condition,
 )
 from .metrics import Metrics
 from .noderules_push import node_rules_entry
@@ -47,6 +47,7 @@ from .restore import build_allocator
 from .rules_writer import NodeRulesWriter
 from .service import ServiceView, parse_service
 from .settings import FIELD_MANAGER, FINALIZER, OUR_SERVICE_CONDITIONS, OperatorSettings
+from .workers import run_worker
 from .workqueue import WorkQueue
 
 log = logging.getLogger("portico.operator")
@@ -54,14 +55,6 @@ log = logging.getLogger("portico.operator")
 timing_log = logging.getLogger("portico.timing")
 
 POOL_FLUSH_SECONDS = 1.0
-OPERATOR_CONDITIONS = (
-    "Allocated",
-    "NodePorts",
-    "Programmed",
-    "Valid",
-)  # the LoadBalancer conditions written here
-RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
-CONFLICT_RETRY_SECONDS = 0.05  # a 409: the watch brings the newer object within milliseconds
 # Allocation errors that are the user's typo, not the cluster's state: an addressed Service
 # keeps its address through them.
 BAD_INPUT_REASONS = (ipam.INVALID_REQUEST, ipam.WRONG_FAMILY)
@@ -377,36 +370,16 @@ class Controller:
     async def _worker(
         self, queue: WorkQueue, fn: Callable[[str], Awaitable[None]], kind: str
     ) -> None:
-        depth = self.metrics.queue_depth.labels(kind)
-        while True:
-            depth.set(len(queue))
-            key = await queue.get()
-            depth.set(len(queue))
-            fkey = f"{kind}:{key}"
-            try:
-                if self.leading:
-                    t0 = time.perf_counter()
-                    await fn(key)
-                    self.metrics.reconcile_seconds.labels(kind).observe(time.perf_counter() - t0)
-                self.failures.pop(fkey, None)
-            except NotLeading:
-                # This term is over: the elector steps down too, and a next term starts afresh.
-                log.info("%s %s: the Lease deadline passed; not writing", kind, key)
-                self.set_leading(False)
-            except ApiError as e:
-                n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
-                delay = RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1]
-                if e.status != 409:
-                    log.warning("%s %s: %s (retry in %ss)", kind, key, e, delay)
-                # A conflict means our view was stale: the watch brings the new one at once.
-                retry = CONFLICT_RETRY_SECONDS if e.status == 409 and n < 3 else delay
-                queue.add_after(key, retry)
-            except Exception:
-                n = self.failures[fkey] = self.failures.get(fkey, 0) + 1
-                log.exception("%s %s failed", kind, key)
-                queue.add_after(key, RETRY_SECONDS[min(n, len(RETRY_SECONDS)) - 1])
-            finally:
-                queue.done(key)
+        await run_worker(
+            queue,
+            fn,
+            kind,
+            leading=lambda: self.leading,
+            step_down=lambda: self.set_leading(False),
+            failures=self.failures,
+            depth=self.metrics.queue_depth.labels(kind),
+            seconds=self.metrics.reconcile_seconds.labels(kind),
+        )
 
     # =========================================================================================
     # reconciling one Service
@@ -703,30 +676,10 @@ class Controller:
         current = self.lbs.get(view.key) or {}
         generation = (current.get("metadata") or {}).get("generation")
         if current.get("spec") != spec:
-            body = {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": "LoadBalancer",
-                "metadata": {
-                    "name": view.name,
-                    "namespace": view.namespace,
-                    "labels": {f"{API_GROUP}/service": view.name},
-                    "ownerReferences": [
-                        {
-                            "apiVersion": "v1",
-                            "kind": "Service",
-                            "name": view.name,
-                            "uid": view.uid,
-                            "controller": True,
-                            "blockOwnerDeletion": False,
-                        }
-                    ],
-                },
-                "spec": spec,
-            }
             self.metrics.api_writes.labels("loadbalancer_spec").inc()
             applied = await self.kube.patch(
                 lb_path(view.namespace, view.name),
-                body,
+                lb_spec_body(view, spec),
                 kind="apply",
                 field_manager=FIELD_MANAGER,
                 force=True,
@@ -734,33 +687,26 @@ class Controller:
             current = self.lbs[view.key] = slim(applied)
             generation = applied["metadata"].get("generation")
         previous = (current.get("status") or {}).get("conditions") or []
-        t = now()
-        conds = [
-            condition("Allocated", allocated, reason, message, generation or 0, t, previous),
-            valid_condition(outcome.input_error, generation or 0, t, previous),
-        ]
-        ports = node_ports_condition(basis, mode, generation or 0, t, previous)
-        if ports is not None:
-            conds.append(ports)
-        prog = self.rules.programmed_condition(view.key, vips, spec, generation or 0, t, previous)
-        if prog is not None:
-            conds.append(prog)
-        mine = [c for c in previous if c.get("type") in OPERATOR_CONDITIONS]
-        observed = (current.get("status") or {}).get("observedGeneration")
-        if same_conditions(mine, conds) and observed == generation:
+        t, gen = now(), generation or 0
+        programmed = self.rules.programmed_condition(view.key, vips, spec, gen, t, previous)
+        conds = lb_conditions(
+            basis,
+            allocated,
+            reason,
+            message,
+            outcome.input_error,
+            mode,
+            gen,
+            t,
+            previous,
+            programmed,
+        )
+        if lb_status_current(current.get("status"), conds, generation):
             return
-        body = {
-            "apiVersion": f"{API_GROUP}/{API_VERSION}",
-            "kind": "LoadBalancer",
-            "metadata": {"name": view.name, "namespace": view.namespace},
-            # Server-side apply: conditions this manager no longer sends (NodePorts after a
-            # switch back to DSR) are removed; other writers' conditions are left alone.
-            "status": {"observedGeneration": generation, "conditions": conds},
-        }
         self.metrics.api_writes.labels("loadbalancer_status").inc()
         applied = await self.kube.patch(
             lb_path(view.namespace, view.name) + "/status",
-            body,
+            lb_status_body(view, generation, conds),
             kind="apply",
             field_manager=FIELD_MANAGER,
             force=True,

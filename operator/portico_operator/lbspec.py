@@ -7,6 +7,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from portico_common import API_GROUP, API_VERSION
 from portico_common.conditions import condition, same_conditions
 from portico_common.noderules import Endpoint
 
@@ -19,6 +20,11 @@ from .settings import (
     VALID_CONDITION,
     ZONE_LABEL,
 )
+
+LB_API_VERSION = f"{API_GROUP}/{API_VERSION}"
+# The LoadBalancer conditions the operator writes (under its field manager); the gateways
+# write others (Announced, Healthy) under theirs.
+OPERATOR_CONDITIONS = ("Allocated", "NodePorts", "Programmed", "Valid")
 
 
 @dataclass(frozen=True)
@@ -281,3 +287,77 @@ def pool_status_differs(current: Mapping[str, Any], desired: Mapping[str, Any]) 
         same_conditions(current.get("conditions") or [], desired["conditions"])
         and all(current.get(k) == desired[k] for k in ("ipv4", "ipv6", "observedGeneration"))
     )
+
+
+def lb_spec_body(view: ServiceView, spec: Mapping[str, Any]) -> dict[str, Any]:
+    """The server-side apply body of a Service's LoadBalancer CR: named after the Service, in
+    its namespace, owned by it (so it goes with the Service whatever happens to the operator)."""
+    return {
+        "apiVersion": LB_API_VERSION,
+        "kind": "LoadBalancer",
+        "metadata": {
+            "name": view.name,
+            "namespace": view.namespace,
+            "labels": {f"{API_GROUP}/service": view.name},
+            "ownerReferences": [
+                {
+                    "apiVersion": "v1",
+                    "kind": "Service",
+                    "name": view.name,
+                    "uid": view.uid,
+                    "controller": True,
+                    "blockOwnerDeletion": False,
+                }
+            ],
+        },
+        "spec": dict(spec),
+    }
+
+
+def lb_conditions(
+    basis: ServiceView,
+    allocated: bool,
+    reason: str,
+    message: str,
+    input_error: str | None,
+    mode: str,
+    generation: int,
+    now: str,
+    previous: Sequence[Mapping[str, Any]],
+    programmed: Mapping[str, Any] | None,
+) -> list[dict[str, Any]]:
+    """The operator's conditions of a LoadBalancer CR: Allocated, Valid, NodePorts (NAT mode
+    only) and Programmed (once the node agents report)."""
+    conds = [
+        condition("Allocated", allocated, reason, message, generation, now, previous),
+        valid_condition(input_error, generation, now, previous),
+    ]
+    ports = node_ports_condition(basis, mode, generation, now, previous)
+    if ports is not None:
+        conds.append(ports)
+    if programmed is not None:
+        conds.append(dict(programmed))
+    return conds
+
+
+def lb_status_current(
+    status: Mapping[str, Any] | None, conds: Sequence[Mapping[str, Any]], generation: int | None
+) -> bool:
+    """Whether a CR's status already says ``conds`` for ``generation`` (the gateways'
+    conditions beside them do not count)."""
+    status = status or {}
+    mine = [c for c in status.get("conditions") or [] if c.get("type") in OPERATOR_CONDITIONS]
+    return same_conditions(mine, conds) and status.get("observedGeneration") == generation
+
+
+def lb_status_body(
+    view: ServiceView, generation: int | None, conds: Sequence[Mapping[str, Any]]
+) -> dict[str, Any]:
+    """Server-side apply of the status: conditions this manager no longer sends (NodePorts after
+    a switch back to DSR) are removed; other writers' conditions are left alone."""
+    return {
+        "apiVersion": LB_API_VERSION,
+        "kind": "LoadBalancer",
+        "metadata": {"name": view.name, "namespace": view.namespace},
+        "status": {"observedGeneration": generation, "conditions": list(conds)},
+    }

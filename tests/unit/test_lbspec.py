@@ -278,3 +278,47 @@ def test_pool_status_counts_and_conditions() -> None:
     bad = parse_pool("b", {"addresses": ["nope"]})
     v = render_pool_status(bad, obj, {4: 0, 6: 0}, [], "t")["conditions"][0]
     assert (v["status"], v["reason"]) == ("False", "Invalid")
+
+
+def test_lb_spec_body_is_owned_by_its_service() -> None:
+    from portico_operator.lbspec import lb_spec_body
+
+    body = lb_spec_body(parse_service(svc()), {"vips": ["198.18.32.10"]})
+    assert (body["apiVersion"], body["kind"]) == ("portico.dev/v1alpha1", "LoadBalancer")
+    meta = body["metadata"]
+    assert (meta["name"], meta["namespace"]) == ("web", "shop")
+    assert meta["labels"] == {"portico.dev/service": "web"}
+    (owner,) = meta["ownerReferences"]
+    # the garbage collector deletes the CR with its Service, whatever the operator does
+    assert (owner["kind"], owner["name"], owner["uid"], owner["controller"]) == (
+        "Service",
+        "web",
+        "u1",
+        True,
+    )
+    assert body["spec"] == {"vips": ["198.18.32.10"]}
+
+
+def test_lb_conditions_and_when_the_status_is_current() -> None:
+    from portico_operator.lbspec import lb_conditions, lb_status_body, lb_status_current
+
+    view = parse_service(svc())
+    prog = condition("Programmed", True, "Programmed", "every node", 4, "t0")
+    conds = lb_conditions(view, True, "Allocated", "198.18.32.10", None, "DSR", 4, "t1", [], prog)
+    assert [c["type"] for c in conds] == ["Allocated", "Valid", "Programmed"]  # no NodePorts
+    nat = lb_conditions(view, False, "PoolExhausted", "full", "bad", "NAT", 4, "t1", [], None)
+    assert [(c["type"], c["status"]) for c in nat] == [
+        ("Allocated", "False"),
+        ("Valid", "False"),
+        ("NodePorts", "True"),
+    ]
+    # the gateways' conditions beside ours do not make a write; a new generation does
+    gateway = condition("Announced", True, "Announced", "gw-1", 4, "t0")
+    status = {"observedGeneration": 4, "conditions": [gateway, *conds]}
+    assert lb_status_current(status, conds, 4)
+    assert not lb_status_current(status, conds, 5)
+    assert not lb_status_current(status, nat, 4)
+    assert not lb_status_current(None, conds, 4)
+    body = lb_status_body(view, 4, conds)
+    assert body["status"] == {"observedGeneration": 4, "conditions": conds}
+    assert body["metadata"] == {"name": "web", "namespace": "shop"}

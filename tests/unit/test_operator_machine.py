@@ -18,7 +18,7 @@ from typing import Any
 
 import pytest
 from portico_operator import controller as controller_module
-from portico_operator import rules_writer
+from portico_operator import rules_writer, workers
 from portico_operator.controller import Controller
 from portico_operator.metrics import Metrics
 from portico_operator.settings import OperatorSettings
@@ -295,8 +295,8 @@ async def scenario(seed: int, steps: int) -> World:
 
 @pytest.fixture(autouse=True)
 def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(controller_module, "RETRY_SECONDS", (0.001,) * 7)
-    monkeypatch.setattr(controller_module, "CONFLICT_RETRY_SECONDS", 0.001)
+    monkeypatch.setattr(workers, "RETRY_SECONDS", (0.001,) * 7)
+    monkeypatch.setattr(workers, "CONFLICT_RETRY_SECONDS", 0.001)
     monkeypatch.setattr(controller_module, "POOL_FLUSH_SECONDS", 0.005)
     monkeypatch.setattr(rules_writer, "RULES_GATHER_SECONDS", 0.001)
     monkeypatch.setattr(rules_writer, "RULES_MIN_INTERVAL", 0.002)
