@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kubectl) and
+# Builds the pinned control plane (etcd, kube-apiserver, kube-controller-manager, kubectl), the
+# same version's kube-proxy (the lab runs it beside Portico's agent on request) and
 # helm from the Go module proxy into a cache outside the repo. Rebuilds only when pins change.
 # Usage: hack/build-controlplane.sh            -> prints the cache dir on its last line
 set -euo pipefail
@@ -11,7 +12,7 @@ STAGING_VERSION="v0.${K8S_VERSION#v1.}"
 
 CACHE_ROOT="${PORTICO_CACHE:-$HOME/.cache/portico}"
 BIN_DIR="$CACHE_ROOT/k8s-$K8S_VERSION-etcd-$ETCD_VERSION-helm-$HELM_VERSION/bin"
-WANT=(etcd kube-apiserver kube-controller-manager kubectl helm)
+WANT=(etcd kube-apiserver kube-controller-manager kubectl kube-proxy helm)
 
 have_all() { for b in "${WANT[@]}"; do [[ -x "$BIN_DIR/$b" ]] || return 1; done; }
 if have_all; then echo "$BIN_DIR"; exit 0; fi
@@ -54,7 +55,7 @@ SRC
 }
 
 build_k8s() {
-  [[ -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/kubectl" ]] && return 0
+  [[ -x "$BIN_DIR/kube-apiserver" && -x "$BIN_DIR/kube-controller-manager" && -x "$BIN_DIR/kubectl" && -x "$BIN_DIR/kube-proxy" ]] && return 0
   local d="$WORK/k8s"; mkdir -p "$d"; cd "$d"
   local staging=(api apiextensions-apiserver apimachinery apiserver cli-runtime client-go
     cloud-provider cluster-bootstrap code-generator component-base component-helpers controller-manager
@@ -76,12 +77,13 @@ package tools
 import (
 	_ "k8s.io/kubernetes/cmd/kube-apiserver"
 	_ "k8s.io/kubernetes/cmd/kube-controller-manager"
+	_ "k8s.io/kubernetes/cmd/kube-proxy"
 	_ "k8s.io/kubernetes/cmd/kubectl"
 )
 SRC
   go mod tidy >/dev/null 2>&1
   local ld="-s -w -X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION"
-  for c in kube-apiserver kube-controller-manager kubectl; do
+  for c in kube-apiserver kube-controller-manager kubectl kube-proxy; do
     [[ -x "$BIN_DIR/$c" ]] && continue
     go build -mod=mod -ldflags "$ld" -o "$BIN_DIR/$c.tmp" "k8s.io/kubernetes/cmd/$c"
     mv "$BIN_DIR/$c.tmp" "$BIN_DIR/$c"

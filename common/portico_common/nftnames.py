@@ -22,6 +22,11 @@ TABLE = "portico"
 # nftables' standard priorities (nft(8), "CHAINS"): dstnat = -100, srcnat = 100.
 PRIO_DSTNAT = -100
 PRIO_SRCNAT = 100
+# Our DNAT runs one step before the standard one, where kube-proxy's (nftables or iptables
+# mode) is: a connection's NAT is set by the first NAT chain that acts, and the kernel skips
+# the later ones, so where kube-proxy also programs a VIP (ipMode VIP) Portico's rules handle
+# it, whichever program started first. (At equal priorities the order is registration order.)
+PRIO_NAT = PRIO_DSTNAT - 1
 # Filtering must see the pre-DNAT destination (the VIP), so it runs just before DNAT.
 PRIO_FILTER = PRIO_DSTNAT - 10
 
@@ -43,8 +48,8 @@ BASE_CHAINS: tuple[tuple[str, str, str, int], ...] = (
     (FILTER_INPUT, "filter", "input", PRIO_FILTER),
     (FILTER_FORWARD, "filter", "forward", PRIO_FILTER),
     (FILTER_OUTPUT, "filter", "output", PRIO_FILTER),
-    (NAT_PREROUTING, "nat", "prerouting", PRIO_DSTNAT),
-    (NAT_OUTPUT, "nat", "output", PRIO_DSTNAT),
+    (NAT_PREROUTING, "nat", "prerouting", PRIO_NAT),
+    (NAT_OUTPUT, "nat", "output", PRIO_NAT),
     (NAT_POSTROUTING, "nat", "postrouting", PRIO_SRCNAT),
     (SLOT_PREROUTING, "filter", "prerouting", PRIO_SLOT_RESTORE),
     (SLOT_OUTPUT, "filter", "output", PRIO_SLOT_RESTORE),

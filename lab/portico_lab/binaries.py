@@ -8,7 +8,7 @@ from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUILD_SCRIPT = REPO_ROOT / "hack" / "build-controlplane.sh"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "helm")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl", "kube-proxy", "helm")
 
 
 def bin_dir(build: bool = True) -> Path:

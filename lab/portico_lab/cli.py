@@ -49,6 +49,13 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument("--clients", type=int, default=2, help="client hosts (default 2)")
     up.add_argument("--detach", action="store_true", help="run in the background and return")
     up.add_argument(
+        "--kube-proxy",
+        choices=("nftables", "iptables"),
+        default=None,
+        help="also run kube-proxy (the control plane's version) on every node, in this mode, "
+        "as kind does: Portico's rules take the VIPs first, kube-proxy holds the health ports",
+    )
+    up.add_argument(
         "--no-portico",
         action="store_true",
         help="only the lab: no CRDs, IPPool, operator or demo Service",
@@ -137,6 +144,11 @@ def _cmd_up(args: argparse.Namespace) -> int:
     lab = Lab.up(cfg)
     try:
         _print_ready(lab)
+        if args.kube_proxy:
+            from . import portico
+
+            lab.procs.extend(portico.start_kube_proxies(lab, args.kube_proxy))
+            print(f"kube-proxy ({args.kube_proxy} mode) runs on every node.")
         if not args.no_portico:
             from . import portico
 
@@ -180,6 +192,7 @@ def _detach(args: argparse.Namespace) -> int:
         f"--gateways={args.gateways}",
         f"--clients={args.clients}",
         *(["--no-portico"] if args.no_portico else []),
+        *(["--kube-proxy", args.kube_proxy] if args.kube_proxy else []),
     ]
     log = Path("/tmp") / f"portico-lab-up-{os.getpid()}.log"
     with log.open("wb") as out:

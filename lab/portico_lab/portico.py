@@ -10,7 +10,7 @@ import sys
 import time
 from pathlib import Path
 
-from .binaries import REPO_ROOT
+from .binaries import REPO_ROOT, bin_dir
 from .lab import Lab, LabError
 from .procs import Proc
 
@@ -63,6 +63,53 @@ def start_node_agents(lab: Lab, *extra: str) -> list[Proc]:
             ).start()
         )
     return procs
+
+
+KUBE_PROXY_MODES = ("nftables", "iptables")
+
+
+def kube_proxy_argv(lab: Lab, node: str, mode: str) -> list[str]:
+    """kube-proxy (the control plane's version) for lab node ``node``, as kind or kubeadm would
+    run it: host network, every Service, the lab's pod ranges as the cluster CIDR."""
+    if mode not in KUBE_PROXY_MODES:
+        raise LabError(f"kube-proxy mode {mode!r}: want one of {', '.join(KUBE_PROXY_MODES)}")
+    # Every node's pod range (node i: 198.19.(64*slot + i).0/24, fd00:19:slot:i::/64).
+    pods = [
+        lab.plan.pod_cidr_v4(1).supernet(new_prefix=19),
+        lab.plan.pod_cidr_v6(1).supernet(new_prefix=48),
+    ]
+    return [
+        str(bin_dir() / "kube-proxy"),
+        f"--kubeconfig={lab.kubeconfig}",
+        f"--hostname-override={node}",
+        f"--proxy-mode={mode}",
+        f"--cluster-cidr={','.join(map(str, pods))}",
+        # A network namespace's conntrack table size is the host's to set.
+        "--conntrack-max-per-core=0",
+        "--healthz-bind-address=0.0.0.0:10256",
+        "--metrics-bind-address=127.0.0.1:10249",
+        "--v=1",
+    ]
+
+
+def start_kube_proxies(lab: Lab, mode: str) -> list[Proc]:
+    """kube-proxy on every node, beside Portico's agents (it holds what it binds first:
+    healthCheckNodePorts and :10256); logs in the lab's logs/."""
+    return [
+        Proc(
+            f"kube-proxy-{node}",
+            kube_proxy_argv(lab, node, mode),
+            lab.workdir / "logs" / f"kube-proxy-{node}.log",
+            netns=lab.netns_of(node),
+        ).start()
+        for node in lab.node_names()
+    ]
+
+
+def cleanup_kube_proxy(lab: Lab) -> None:
+    """Removes kube-proxy's rules (every mode's) from every node, as ``kube-proxy --cleanup``."""
+    for node in lab.node_names():
+        lab.exec(node, [str(bin_dir() / "kube-proxy"), "--cleanup"], check=False)
 
 
 def gateway_argv(lab: Lab, gateway: str, *extra: str) -> list[str]:

@@ -82,7 +82,9 @@ class HealthServers:
         self.state = state
         self.node_port = node_port
         self._servers: dict[tuple[int, int], asyncio.Server] = {}  # (port, family) -> server
-        self.conflicts: dict[int, str] = {}  # port -> why we could not listen
+        # (port, family) -> why we could not listen. Per family: kube-proxy may hold a port's
+        # IPv4 side only, and serving its IPv6 side must not hide that.
+        self._held: dict[tuple[int, int], str] = {}
 
     # -- answers -----------------------------------------------------------------------------
     def service_answer(self, port: int, family: int) -> Callable[[str, str], bytes]:
@@ -135,6 +137,14 @@ class HealthServers:
         }
 
     # -- listeners ---------------------------------------------------------------------------
+    @property
+    def conflicts(self) -> dict[int, str]:
+        """Port -> why this agent cannot serve it (some family of it), for the status."""
+        out: dict[int, list[str]] = {}
+        for (port, family), why in sorted(self._held.items()):
+            out.setdefault(port, []).append(f"IPv{family}: {why}")
+        return {port: "; ".join(whys) for port, whys in out.items()}
+
     async def start_node(self) -> None:
         if self.node_port:
             for family in self.state.families:
@@ -148,22 +158,27 @@ class HealthServers:
             if key[0] != self.node_port and key not in wanted:
                 server = self._servers.pop(key)
                 server.close()
-        for port in list(self.conflicts):
+        for port, family in list(self._held):
             if port not in self.state.services and port != self.node_port:
-                del self.conflicts[port]
+                del self._held[(port, family)]
         for port, family in sorted(wanted - set(self._servers)):
             await self._listen(port, family, self.service_answer(port, family))
+        # The node port too: kube-proxy may have held it at start and let it go since.
+        if self.node_port:
+            for family in self.state.families:
+                if (self.node_port, family) not in self._servers:
+                    await self._listen(self.node_port, family, self.node_answer)
 
     async def _listen(self, port: int, family: int, answer: Callable[[str, str], bytes]) -> None:
         try:
             sock = _socket(family, port)
         except OSError as e:
             # Another program (kube-proxy, where it runs) holds it: we serve nothing there.
-            if self.conflicts.get(port) != str(e):
+            if self._held.get((port, family)) != str(e):
                 log.warning("cannot listen on port %d (IPv%d): %s", port, family, e)
-            self.conflicts[port] = str(e)
+            self._held[(port, family)] = str(e)
             return
-        self.conflicts.pop(port, None)
+        self._held.pop((port, family), None)
         self._servers[(port, family)] = await asyncio.start_server(
             lambda r, w: _serve(r, w, answer), sock=sock, limit=REQUEST_LIMIT
         )

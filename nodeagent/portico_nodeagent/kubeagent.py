@@ -178,10 +178,11 @@ class KubeAgent:
                 # A failed transaction is tried again (also without a new change).
                 asyncio.get_running_loop().call_later(APPLY_RETRY_SECONDS, self.changed.set)
             self.last_bad = bad
-            self.status_dirty.set()
             self.state.deleting, self.state.taints = node.deleting, node.taints
             self.state.services = local_health_ports(services)
             await self.health.sync()
+            # After the listeners: the status names the health ports another program holds.
+            self.status_dirty.set()
 
     async def apply(self, services: list[LBService], node: NodeInfo, bad: dict[str, str]) -> bool:
         t0 = time.perf_counter()

@@ -53,5 +53,5 @@ def stale_flows(
     if not went:
         return []
     vips = {v for s in went for v in s.vips}
-    kept = [s for k, s in new.items() if old.get(k) is s and not vips.isdisjoint(s.vips)]
+    kept = [s for k, s in new.items() if k in old and old[k] is s and not vips.isdisjoint(s.vips)]
     return sorted(_targets(went, node) - _targets([*came, *kept], node))

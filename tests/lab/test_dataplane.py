@@ -10,13 +10,14 @@ address they saw.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 from portico_lab.lab import Lab
-from portico_lab.procs import Proc
+from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
     answered,
@@ -296,3 +297,59 @@ def test_programmed_names_the_node_whose_agent_lags(
         lambda: _condition(api.lb("dp-prog"), "Programmed").get("status") == "True",
         "Programmed True again once node-3 caught up",
     )
+
+
+HOLDER = """
+import socket, sys, time
+s = socket.socket(); s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("0.0.0.0", int(sys.argv[1]))); s.listen(8)
+print("held", flush=True)
+deadline = time.time() + 120  # bounded, whatever happens to the test
+s.settimeout(0.5)
+while time.time() < deadline:
+    try:
+        c, _ = s.accept()
+    except TimeoutError:
+        continue
+    c.settimeout(2); c.recv(4096)  # the request first: closing with it unread sends a reset
+    c.sendall(b"HTTP/1.1 418 I'm a teapot\\r\\nContent-Length: 0\\r\\n\\r\\n"); c.close()
+"""
+
+
+def test_a_health_port_another_program_holds_is_left_to_it_reported_and_taken_once_free(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    # kube-proxy, where it runs, holds every healthCheckNodePort: here a stand-in on node-3.
+    port = 32111
+    holder = subprocess.Popen(
+        netns_argv(lab.netns_of("node-3"), [sys.executable, "-c", HOLDER, str(port)]),
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        create(api, services, "dp-held", externalTrafficPolicy="Local", healthCheckNodePort=port)
+        api.wait_ips("dp-held")
+        node3, node2 = str(lab.host("node-3").ipv4), str(lab.host("node-2").ipv4)
+        wait_for(lambda: http(lab, "client-1", node2, port).get("status") == 200, "node-2 serves")
+
+        def reported() -> Any:
+            agent = api.custom.get_cluster_custom_object(
+                "portico.dev", "v1alpha1", "nodeagents", "node-3"
+            )
+            return (agent.get("status") or {}).get("healthPortConflicts", {}).get(str(port))
+
+        why = wait_for(reported, "node-3's NodeAgent names the held port")
+        assert "in use" in why.lower()
+        assert http(lab, "client-1", node3, port).get("status") == 418  # left to its holder
+    finally:
+        holder.kill()
+        holder.wait()
+    # Freed: the agent takes it at its next change (any Service's).
+    create(api, services, "dp-held-2")
+    ok = wait_for(
+        lambda: (r := http(lab, "client-1", node3, port)).get("status") == 200 and r,
+        "node-3 serves the port once free",
+    )
+    assert json.loads(ok["body"])["service"] == {"namespace": NS, "name": "dp-held"}
+    wait_for(lambda: reported() is None, "the conflict is no longer reported")

@@ -183,8 +183,8 @@ add chain inet portico filter-prerouting { type filter hook prerouting priority 
 add chain inet portico filter-input { type filter hook input priority -110 ; policy accept ; }
 add chain inet portico filter-forward { type filter hook forward priority -110 ; policy accept ; }
 add chain inet portico filter-output { type filter hook output priority -110 ; policy accept ; }
-add chain inet portico nat-prerouting { type nat hook prerouting priority -100 ; policy accept ; }
-add chain inet portico nat-output { type nat hook output priority -100 ; policy accept ; }
+add chain inet portico nat-prerouting { type nat hook prerouting priority -101 ; policy accept ; }
+add chain inet portico nat-output { type nat hook output priority -101 ; policy accept ; }
 add chain inet portico nat-postrouting { type nat hook postrouting priority 100 ; policy accept ; }
 add chain inet portico slot-prerouting { type filter hook prerouting priority -90 ; policy accept ; }
 add chain inet portico slot-output { type filter hook output priority -90 ; policy accept ; }
