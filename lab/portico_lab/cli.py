@@ -144,14 +144,12 @@ def _cmd_up(args: argparse.Namespace) -> int:
     lab = Lab.up(cfg)
     try:
         _print_ready(lab)
-        if args.kube_proxy:
-            from . import portico
+        from . import portico
 
+        if args.kube_proxy:
             lab.procs.extend(portico.start_kube_proxies(lab, args.kube_proxy))
             print(f"kube-proxy ({args.kube_proxy} mode) runs on every node.")
         if not args.no_portico:
-            from . import portico
-
             t0 = time.monotonic()
             portico.install(lab)
             ip = portico.demo_service(lab)
