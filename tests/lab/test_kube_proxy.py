@@ -42,6 +42,7 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
 @pytest.fixture(scope="module", params=["nftables", "iptables"])
 def kube_proxy(request: pytest.FixtureRequest, lab: Lab, agents: list[Proc]) -> Iterator[str]:
     mode = request.param
+    before = {node: tables(lab, node) for node in lab.node_names()}
     procs = start_kube_proxies(lab, mode)
     try:
         yield mode
@@ -49,6 +50,16 @@ def kube_proxy(request: pytest.FixtureRequest, lab: Lab, agents: list[Proc]) -> 
         for p in procs:
             p.stop()
         cleanup_kube_proxy(lab)
+        # iptables-nft leaves its (empty) tables behind: the nodes go back to what they had.
+        for node, had in before.items():
+            for family, name in sorted(tables(lab, node) - had):
+                lab.exec(node, ["nft", "delete", "table", family, name], check=True)
+
+
+def tables(lab: Lab, node: str) -> set[tuple[str, str]]:
+    out = lab.exec(node, ["nft", "-j", "list", "tables"], check=True).stdout
+    items = json.loads(out)["nftables"]
+    return {(t["table"]["family"], t["table"]["name"]) for t in items if "table" in t}
 
 
 @pytest.fixture()
