@@ -35,13 +35,17 @@ def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
 
 @pytest.fixture(scope="module")
 def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
-    with running_agents(lab) as procs:
+    with running_agents(lab, "--verify-interval", "0.5") as procs:
         yield procs
 
 
 @pytest.fixture(scope="module", params=["nftables", "iptables"])
 def kube_proxy(request: pytest.FixtureRequest, lab: Lab, agents: list[Proc]) -> Iterator[str]:
     mode = request.param
+    # Portico's table first, kube-proxy's after: a base chain registered later at the same
+    # priority runs first, so from here only Portico's priority puts it ahead.
+    for node in lab.node_names():
+        wait_for(lambda n=node: ("inet", "portico") in tables(lab, n), f"{node}'s table")
     before = {node: tables(lab, node) for node in lab.node_names()}
     procs = start_kube_proxies(lab, mode)
     try:
