@@ -26,7 +26,7 @@ PRIO_SRCNAT = 100
 # mode) is: a connection's NAT is set by the first NAT chain that acts, and the kernel skips
 # the later ones, so where kube-proxy also programs a VIP (ipMode VIP) Portico's rules handle
 # it, whichever program started first. (At equal priorities the base chain registered last
-# runs first: a kube-proxy restart would otherwise take the VIPs over.)
+# runs first: kube-proxy's chains, made after ours, would otherwise take the VIPs.)
 PRIO_NAT = PRIO_DSTNAT - 1
 # Filtering must see the pre-DNAT destination (the VIP), so it runs just before DNAT.
 PRIO_FILTER = PRIO_DSTNAT - 10
