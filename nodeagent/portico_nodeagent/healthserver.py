@@ -146,9 +146,12 @@ class HealthServers:
         return {port: "; ".join(whys) for port, whys in out.items()}
 
     async def start_node(self) -> None:
+        """The node-level port, on each family not served yet (kube-proxy may have held it at
+        start and let it go since: ``sync`` tries again)."""
         if self.node_port:
             for family in self.state.families:
-                await self._listen(self.node_port, family, self.node_answer)
+                if (self.node_port, family) not in self._servers:
+                    await self._listen(self.node_port, family, self.node_answer)
 
     async def sync(self) -> None:
         """Listens on exactly the ports of the current Local Services: a port whose Service
@@ -163,11 +166,7 @@ class HealthServers:
                 del self._held[(port, family)]
         for port, family in sorted(wanted - set(self._servers)):
             await self._listen(port, family, self.service_answer(port, family))
-        # The node port too: kube-proxy may have held it at start and let it go since.
-        if self.node_port:
-            for family in self.state.families:
-                if (self.node_port, family) not in self._servers:
-                    await self._listen(self.node_port, family, self.node_answer)
+        await self.start_node()
 
     async def _listen(self, port: int, family: int, answer: Callable[[str, str], bytes]) -> None:
         try:

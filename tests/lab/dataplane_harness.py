@@ -27,7 +27,8 @@ host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 out = {}
 try:
     s = socket.create_connection((host, port), timeout=2)
-    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode()); data = b""
+    # Connection: close, so that a keep-alive server (kube-proxy) ends the answer too
+    s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()); data = b""
     while True:
         chunk = s.recv(65536)
         if not chunk: break

@@ -14,13 +14,21 @@ import json
 import subprocess
 import time
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from portico_lab.lab import Lab
 from portico_lab.portico import cleanup_kube_proxy, start_kube_proxies
 from portico_lab.procs import Proc, netns_argv
 
-from .dataplane_harness import answered, create, deleting_services, running_agents, running_operator
+from .dataplane_harness import (
+    answered,
+    create,
+    deleting_services,
+    http,
+    running_agents,
+    running_operator,
+)
 from .netcheck import routed
 from .operator_harness import Api, OperatorProcess, wait_for
 
@@ -185,18 +193,7 @@ def test_a_health_port_kube_proxy_holds_is_left_to_it_and_reported(
     assert again is not None and again["body"]["localEndpoints"] == 2
 
 
-def healthz(lab: Lab, node_ip: str, port: int) -> dict | None:
-    r = lab.exec("client-1", ["python3", "-c", _HZ, node_ip, str(port)])
-    return json.loads(r.stdout) if r.returncode == 0 and r.stdout.strip() else None
-
-
-_HZ = """
-import json, sys, urllib.request
-try:
-    r = urllib.request.urlopen(f"http://{sys.argv[1]}:{sys.argv[2]}/healthz", timeout=2)
-    print(json.dumps({"status": r.status, "body": json.loads(r.read())}))
-except urllib.error.HTTPError as e:
-    print(json.dumps({"status": e.code, "body": json.loads(e.read())}))
-except OSError:
-    sys.exit(1)
-"""
+def healthz(lab: Lab, node_ip: str, port: int) -> dict[str, Any] | None:
+    """The port's /healthz answer with its JSON body, or None while nothing answers."""
+    r = http(lab, "client-1", node_ip, port)
+    return {**r, "body": json.loads(r["body"])} if "status" in r else None
