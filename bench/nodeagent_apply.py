@@ -14,16 +14,8 @@ import sys
 import time
 from dataclasses import replace
 
-from portico_common.noderules import (
-    Endpoint,
-    EndpointPort,
-    LBService,
-    NodeInfo,
-    NodeRenderer,
-    ServicePort,
-    render_node_rules,
-    replace_table,
-)
+from portico_common.model import Endpoint, EndpointPort, LBService, NodeInfo, ServicePort
+from portico_common.noderules import NodeRenderer, render_node_rules, replace_table
 
 NETNS = "ptc-bench-nodeagent"
 NODE = NodeInfo("node-1", "zone-a", ("198.18.0.10",))

@@ -16,14 +16,10 @@ import sys
 import tempfile
 from pathlib import Path
 
-from portico_common.noderules import (
-    LBService,
-    NodeInfo,
-    ServicePort,
-    endpoints_from_slices,
-    render_node_rules,
-)
+from portico_common.model import LBService, NodeInfo, ServicePort
+from portico_common.noderules import render_node_rules
 from portico_lab.lab import Lab, LabConfig
+from portico_operator.slices import endpoints_from_slices
 
 AGENT = [sys.executable, "-m", "portico_nodeagent"]
 PODS = {"echo-1-1", "echo-1-2"}

@@ -126,7 +126,3 @@ REJECT_MARK = 0x00800000  # "reject me in filter-input", set by REJECT_DNAT
 SLOT_BASE = 0x00200000
 SLOT_PREFIX_LEN = 16
 IN_SET = 1
-
-# -- session affinity (Service API: sessionAffinityConfig.clientIP.timeoutSeconds) -------------
-AFFINITY_TIMEOUT_DEFAULT = 10800
-AFFINITY_TIMEOUT_MAX = 86400

@@ -46,7 +46,6 @@ PreferSameNode); the field itself is carried for status, not read here.
 from __future__ import annotations
 
 import base64
-import functools
 import hashlib
 import ipaddress
 import json
@@ -55,94 +54,19 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 from . import nftnames as N
+from .model import (
+    LOCAL,
+    PREFER_SAME_NODE,
+    PREFER_SAME_ZONE,
+    PROTOCOLS,
+    Endpoint,
+    LBService,
+    NodeInfo,
+    NodeRulesError,
+    ServicePort,
+)
 
 Json = dict[str, Any]
-
-PROTOCOLS = ("TCP", "UDP", "SCTP")
-LOCAL = "Local"
-CLUSTER = "Cluster"
-CLIENT_IP = "ClientIP"
-PREFER_SAME_ZONE = "PreferSameZone"
-PREFER_SAME_NODE = "PreferSameNode"
-
-
-class NodeRulesError(ValueError):
-    """Input that cannot be rendered (a bad address, range, protocol). The caller keeps the rules
-    in force and reports it."""
-
-
-# ==============================================================================================
-# input
-# ==============================================================================================
-@dataclass(frozen=True)
-class EndpointPort:
-    """One entry of an EndpointSlice's ``ports``: the Service port's name and the number it
-    resolved to for the endpoints of that slice."""
-
-    name: str
-    protocol: str
-    port: int
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    address: str
-    node: str | None
-    zone: str | None = None
-    ready: bool = True
-    serving: bool = True
-    terminating: bool = False
-    for_zones: tuple[str, ...] = ()
-    for_nodes: tuple[str, ...] = ()
-    ports: tuple[EndpointPort, ...] = ()
-
-    @property
-    def family(self) -> int:
-        return ipaddress.ip_address(self.address).version
-
-
-@dataclass(frozen=True)
-class ServicePort:
-    name: str
-    protocol: str
-    port: int
-    node_port: int | None = None
-    target_port: int | str | None = None
-
-
-@dataclass(frozen=True)
-class LBService:
-    namespace: str
-    name: str
-    vips: tuple[str, ...]
-    ports: tuple[ServicePort, ...]
-    endpoints: tuple[Endpoint, ...] = ()
-    external_traffic_policy: str = CLUSTER
-    session_affinity: str = "None"
-    session_affinity_timeout: int | None = None
-    source_ranges: tuple[str, ...] = ()
-    traffic_distribution: str | None = None
-    forwarding_mode: str = "DSR"
-    health_check_node_port: int | None = None  # served by the node agent, not a rule
-
-    @functools.cached_property
-    def key(self) -> str:  # cached: an agent looks 10,000 of them up on every change
-        return f"{self.namespace}/{self.name}"
-
-    @property
-    def affinity_timeout(self) -> int | None:
-        """Seconds a client keeps its endpoint, or None without ClientIP affinity."""
-        if self.session_affinity != CLIENT_IP:
-            return None
-        t = self.session_affinity_timeout or N.AFFINITY_TIMEOUT_DEFAULT
-        return max(1, min(int(t), N.AFFINITY_TIMEOUT_MAX))
-
-
-@dataclass(frozen=True)
-class NodeInfo:
-    name: str
-    zone: str | None = None
-    ips: tuple[str, ...] = ()
 
 
 # ==============================================================================================
@@ -1252,41 +1176,8 @@ def delete_table() -> Json:
 
 
 # ==============================================================================================
-# from the Kubernetes API's shapes
+# from plain JSON
 # ==============================================================================================
-def endpoints_from_slices(slices: Iterable[Mapping[str, Any]]) -> tuple[Endpoint, ...]:
-    """Endpoints of a Service's EndpointSlices (API JSON), with each slice's resolved ports."""
-    out: list[Endpoint] = []
-    for s in slices:
-        ports = tuple(
-            EndpointPort(p.get("name") or "", p.get("protocol") or "TCP", int(p["port"]))
-            for p in s.get("ports") or []
-            if p.get("port") is not None
-        )
-        for ep in s.get("endpoints") or []:
-            c = ep.get("conditions") or {}
-            ready = c.get("ready") is not False  # nil means ready (API convention)
-            serving = c.get("serving") if c.get("serving") is not None else ready
-            hints = ep.get("hints") or {}
-            zones = tuple(sorted(h["name"] for h in hints.get("forZones") or [] if "name" in h))
-            nodes = tuple(sorted(h["name"] for h in hints.get("forNodes") or [] if "name" in h))
-            for addr in ep.get("addresses") or []:
-                out.append(
-                    Endpoint(
-                        address=addr,
-                        node=ep.get("nodeName"),
-                        zone=ep.get("zone"),
-                        ready=ready,
-                        serving=bool(serving),
-                        terminating=bool(c.get("terminating")),
-                        for_zones=zones,
-                        for_nodes=nodes,
-                        ports=ports,
-                    )
-                )
-    return tuple(out)
-
-
 def input_from_json(obj: Mapping[str, Any]) -> tuple[NodeInfo, tuple[LBService, ...]]:
     """The renderer's input from plain JSON (what a node agent is handed in a file):
     ``{"node": {"name", "zone", "ips"}, "services": [<entry>, ...]}``, each entry as a NodeRules

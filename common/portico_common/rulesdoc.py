@@ -14,7 +14,7 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
-from .noderules import CLUSTER, Endpoint, EndpointPort, LBService, ServicePort
+from .model import CLUSTER, Endpoint, EndpointPort, LBService, ServicePort
 
 GROUP = "portico.dev"
 VERSION = "v1alpha1"

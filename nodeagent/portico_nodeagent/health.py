@@ -26,7 +26,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from email.utils import formatdate
 
-from portico_common.noderules import Endpoint
+from portico_common.model import Endpoint
 
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}

@@ -12,7 +12,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
-from portico_common.noderules import LBService
+from portico_common.model import LBService
 
 from . import health
 

@@ -16,14 +16,8 @@ from typing import Any
 from portico_common import API_GROUP, API_VERSION
 from portico_common import nftnames as N
 from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
-from portico_common.noderules import (
-    LOCAL,
-    LBService,
-    NodeInfo,
-    NodeRenderer,
-    NodeRulesError,
-    check_service,
-)
+from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
+from portico_common.noderules import NodeRenderer, check_service
 from portico_common.tasks import run_together, run_until_signalled
 
 from .conntrack import delete_flows

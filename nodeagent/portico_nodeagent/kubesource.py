@@ -15,7 +15,7 @@ from typing import Any
 from portico_common import rulesdoc
 from portico_common.informer import list_and_watch
 from portico_common.kube import KubeClient, core_path
-from portico_common.noderules import LBService, NodeInfo
+from portico_common.model import LBService, NodeInfo
 from portico_common.rulesdoc import service_from_entry
 
 log = logging.getLogger("portico.nodeagent.kube")

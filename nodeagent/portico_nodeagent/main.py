@@ -45,7 +45,8 @@ from pathlib import Path
 from typing import Any
 
 from portico_common.logs import setup_json_logging
-from portico_common.noderules import NodeRulesError, input_from_json, render_node_rules
+from portico_common.model import NodeRulesError
+from portico_common.noderules import input_from_json, render_node_rules
 
 from .nft import NftError, NftTable
 

@@ -13,7 +13,8 @@ import ipaddress
 from collections.abc import Iterable
 from typing import NamedTuple
 
-from portico_common.noderules import LBService, NodeInfo, endpoint_port, select_endpoints
+from portico_common.model import LBService, NodeInfo
+from portico_common.noderules import endpoint_port, select_endpoints
 
 CONNECTIONLESS = ("UDP", "SCTP")
 

@@ -15,12 +15,13 @@ from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import core_path, group_path
-from portico_common.noderules import Endpoint, endpoints_from_slices
+from portico_common.model import Endpoint
 
 from .lbspec import NodeView, parse_node
 from .pools import Pool, parse_pool
 from .resync import plan_resync, rv_newer
 from .service import ServiceView, parse_service
+from .slices import endpoints_from_slices
 
 # The kinds the operator caches, with where a fresh listing comes from.
 LISTINGS = {

@@ -22,7 +22,7 @@ from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
-from portico_common.noderules import Endpoint
+from portico_common.model import Endpoint
 from portico_common.tasks import run_together
 
 from . import decisions, ipam

@@ -9,7 +9,7 @@ from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.conditions import condition, same_conditions
-from portico_common.noderules import Endpoint
+from portico_common.model import Endpoint
 
 from .pools import INT64_MAX, IP, Pool
 from .service import ServiceView

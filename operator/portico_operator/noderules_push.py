@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
-from portico_common.noderules import Endpoint, LBService, ServicePort
+from portico_common.model import Endpoint, LBService, ServicePort
 from portico_common.rulesdoc import service_entry, shard_name
 
 from .pools import IP

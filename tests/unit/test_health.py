@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from portico_common.noderules import Endpoint
+from portico_common.model import Endpoint
 from portico_nodeagent.health import FamilyState, node_healthz, service_response
 
 D = "Wed, 02 Dec 2026 11:26:12 GMT"

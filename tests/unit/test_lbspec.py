@@ -6,7 +6,6 @@ import ipaddress
 from typing import Any
 
 import pytest
-from portico_common.noderules import endpoints_from_slices
 from portico_operator.lbspec import (
     condition,
     parse_node,
@@ -16,6 +15,7 @@ from portico_operator.lbspec import (
     status_differs,
 )
 from portico_operator.service import BadServiceInput, parse_service
+from portico_operator.slices import endpoints_from_slices
 
 
 def svc(**spec: Any) -> dict[str, Any]:

@@ -10,14 +10,11 @@ from dataclasses import replace
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from portico_common import nftnames as N
+from portico_common.model import Endpoint, LBService, NodeInfo, ServicePort
 from portico_common.noderules import (
-    Endpoint,
-    LBService,
-    NodeInfo,
     NodeRenderer,
     Render,
     RulesIndex,
-    ServicePort,
     diff_rules,
     index_rules,
     render_node_rules,

@@ -14,21 +14,25 @@ from typing import Any
 
 import pytest
 from portico_common import nftnames as N
-from portico_common.noderules import (
+from portico_common.model import (
+    AFFINITY_TIMEOUT_DEFAULT,
+    AFFINITY_TIMEOUT_MAX,
     Endpoint,
     EndpointPort,
     LBService,
     NodeInfo,
     NodeRulesError,
     ServicePort,
+)
+from portico_common.noderules import (
     diff_rules,
-    endpoints_from_slices,
     index_rules,
     input_from_json,
     render_node_rules,
     replace_table,
     select_endpoints,
 )
+from portico_operator.slices import endpoints_from_slices
 
 # ==============================================================================================
 # a printer of the JSON in nft syntax (only what the renderer emits; anything else raises)
@@ -745,8 +749,8 @@ def test_affinity_timeout_default_and_cap() -> None:
         doc = render([svc(ep("198.19.1.2", "node-1"), session_affinity="ClientIP", **kw)])
         return {c["add"]["set"]["timeout"] for c in doc["nftables"] if "set" in c["add"]}
 
-    assert timeouts() == {N.AFFINITY_TIMEOUT_DEFAULT}
-    assert timeouts(session_affinity_timeout=10**6) == {N.AFFINITY_TIMEOUT_MAX}
+    assert timeouts() == {AFFINITY_TIMEOUT_DEFAULT}
+    assert timeouts(session_affinity_timeout=10**6) == {AFFINITY_TIMEOUT_MAX}
     assert timeouts(session_affinity_timeout=30) == {30}
     no_aff = render([svc(ep("198.19.1.2", "node-1"))])
     assert not [c for c in no_aff["nftables"] if "set" in c["add"]]

@@ -10,13 +10,9 @@ from typing import Any
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from portico_common import nftnames as N
+from portico_common.model import Endpoint, EndpointPort, LBService, NodeInfo, ServicePort
 from portico_common.noderules import (
-    Endpoint,
-    EndpointPort,
-    LBService,
-    NodeInfo,
     RulesIndex,
-    ServicePort,
     diff_rules,
     index_rules,
     render_node_rules,

@@ -12,7 +12,7 @@ from collections import Counter
 from collections.abc import AsyncIterator, Callable, Coroutine
 from typing import Any
 
-from portico_common.noderules import Endpoint, LBService, ServicePort
+from portico_common.model import Endpoint, LBService, ServicePort
 from portico_lbnode.healthstate import TargetHealth
 from portico_lbnode.prober import (
     AGGREGATE_PATH,

@@ -8,7 +8,7 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from portico_common.noderules import Endpoint, LBService, NodeInfo, ServicePort
+from portico_common.model import Endpoint, LBService, NodeInfo, ServicePort
 from portico_nodeagent.stale import StaleFlow, _targets, stale_flows
 
 NODE = NodeInfo("node-1", "zone-a")
