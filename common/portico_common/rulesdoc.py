@@ -14,10 +14,9 @@ import hashlib
 from collections.abc import Mapping
 from typing import Any
 
+from . import API_GROUP, API_VERSION
 from .model import CLUSTER, Endpoint, EndpointPort, LBService, ServicePort
 
-GROUP = "portico.dev"
-VERSION = "v1alpha1"
 PLURAL = "noderules"
 KIND = "NodeRules"
 # Enough that the largest shard stays far below etcd's 1.5 MiB object limit at 10,000 Services
@@ -33,7 +32,7 @@ def shard_name(key: str, shards: int = SHARDS) -> str:
 
 
 def path(name: str | None = None) -> str:
-    base = f"/apis/{GROUP}/{VERSION}/{PLURAL}"
+    base = f"/apis/{API_GROUP}/{API_VERSION}/{PLURAL}"
     return f"{base}/{name}" if name else base
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+from portico_common import API_GROUP, API_VERSION
 from portico_common.informer import list_and_watch
 from portico_common.kube import ApiError, KubeClient, group_path
 from portico_common.nftresult import NftError
@@ -37,8 +38,6 @@ from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
 
 log = logging.getLogger("portico.lbnode")
 
-API_GROUP = "portico.dev"
-API_VERSION = "v1alpha1"
 FIELD_MANAGER_PREFIX = "portico-lbnode"
 STATUS_WRITERS = 8  # concurrent status writes
 

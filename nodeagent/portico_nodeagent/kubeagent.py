@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import datetime as dt
 import json
 import logging
 import time
@@ -15,6 +14,7 @@ from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common import nftnames as N
+from portico_common.clock import now_rfc3339
 from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
 from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
 from portico_common.noderules import NodeRenderer, check_service
@@ -32,10 +32,6 @@ log = logging.getLogger("portico.nodeagent")
 # every write costs the operator a look at the Services of the shards it names).
 STATUS_MIN_INTERVAL = 0.2
 APPLY_RETRY_SECONDS = 1.0
-
-
-def now_rfc3339() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def agent_status(

@@ -13,7 +13,6 @@ lbspec, noderules_push); what the node agents get is written by ``rules_writer``
 from __future__ import annotations
 
 import asyncio
-import datetime as dt
 import json
 import logging
 import time
@@ -21,6 +20,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
+from portico_common.clock import now_rfc3339 as now
 from portico_common.kube import ApiError, KubeClient, core_path, group_path
 from portico_common.model import Endpoint
 from portico_common.tasks import run_together
@@ -58,10 +58,6 @@ POOL_FLUSH_SECONDS = 1.0
 # Allocation errors that are the user's typo, not the cluster's state: an addressed Service
 # keeps its address through them.
 BAD_INPUT_REASONS = (ipam.INVALID_REQUEST, ipam.WRONG_FAMILY)
-
-
-def now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
 def lb_path(namespace: str, name: str | None = None) -> str:

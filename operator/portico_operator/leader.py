@@ -19,20 +19,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from portico_common.clock import now_rfc3339
 from portico_common.kube import ApiError, KubeClient, group_path
 
 log = logging.getLogger("portico.leader")
-
-
-def _now() -> str:
-    return dt.datetime.now(dt.UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
 
 
 class LeaderElector:
@@ -126,8 +122,8 @@ class LeaderElector:
             "spec": {
                 "holderIdentity": self.identity,
                 "leaseDurationSeconds": round(self.lease_seconds),
-                "acquireTime": _now(),
-                "renewTime": _now(),
+                "acquireTime": now_rfc3339(micro=True),
+                "renewTime": now_rfc3339(micro=True),
                 "leaseTransitions": 0,
             },
         }
@@ -155,7 +151,7 @@ class LeaderElector:
                 return False  # someone else holds a lease that has not expired by our clock
         transitions = int(spec.get("leaseTransitions") or 0)
         if holder == self.identity:
-            body["spec"]["acquireTime"] = spec.get("acquireTime") or _now()
+            body["spec"]["acquireTime"] = spec.get("acquireTime") or now_rfc3339(micro=True)
             body["spec"]["leaseTransitions"] = transitions
         else:
             body["spec"]["leaseTransitions"] = transitions + 1
@@ -202,5 +198,5 @@ class LeaderElector:
             return
         spec["holderIdentity"] = ""
         spec["leaseDurationSeconds"] = 1
-        spec["renewTime"] = _now()
+        spec["renewTime"] = now_rfc3339(micro=True)
         await self.kube.replace(self.path, lease)
