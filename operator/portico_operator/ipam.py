@@ -323,6 +323,9 @@ class Allocator:
                 self._count(ip, +1)
                 self._advance(ip)
             share = shares[ip]
+            # A Service that withdraws again replaces its earlier withdrawn share: that share's
+            # sharing key leaves the index unless another holder of the address still has it.
+            self._unindex(h, h.services.pop(key, None))
             h.services[key] = share
             if share.sharing_key is not None:
                 self._by_key.setdefault(share.sharing_key, set()).add(ip)
@@ -481,8 +484,9 @@ class Allocator:
         else:
             self.by_service.pop(claim.service, None)
 
-    def _unhold(self, h: Holding, service: str) -> None:
-        share = h.services.pop(service, None)
+    def _unindex(self, h: Holding, share: _Share | None) -> None:
+        """``share`` no longer holds ``h``: its sharing key leaves the index for this address
+        unless another holder has the same key."""
         key = share.sharing_key if share else None
         if key is not None and not any(s.sharing_key == key for s in h.services.values()):
             held = self._by_key.get(key)
@@ -490,6 +494,9 @@ class Allocator:
                 held.discard(h.ip)
                 if not held:
                     del self._by_key[key]
+
+    def _unhold(self, h: Holding, service: str) -> None:
+        self._unindex(h, h.services.pop(service, None))
         if not h.services:
             del self.holdings[h.ip]
             self._count(h.ip, -1)

@@ -1088,3 +1088,19 @@ def test_allocation_cost_does_not_grow_with_allocations():
     small = per_assign_seconds(100)
     large = per_assign_seconds(20_000)
     assert large / small < 3, (small, large)
+
+
+def test_withdrawing_again_without_a_sharing_key_leaves_the_key_index():
+    # Found by the state machine: a Service that held an address under a sharing key, gave it up
+    # (still withdrawn), took it again, then gave it up again without the key, left the key
+    # indexed on an address that nobody holds under it (a later Service with that key would
+    # have been offered it).
+    a = make(P("n", "10.0.4.0/31"), P("c", "fd00::/126"))
+    k1 = {"sharing_key": "k1"}
+    assert got(a.assign(C("ns/s1", **k1))) == ["10.0.4.0"]
+    a.assign(C("ns/s1", families=(6,)))  # 10.0.4.0 withdrawn, under k1
+    assert got(a.assign(C("ns/s1", ports={("TCP", 80), ("TCP", 443)}, **k1))) == ["10.0.4.0"]
+    a.assign(C("ns/s1"))  # no key now: the address is the Service's own, keyless
+    a.assign(C("ns/s1", families=(6,)))  # withdrawn again, keyless this time
+    check_invariants(a)
+    assert a.holders(ip("10.0.4.0")) == ["withdrawing:ns/s1"]
