@@ -374,6 +374,140 @@ def test_a_full_loadbalancer_conforms():
     conforms(obj, {"type": "object", "properties": schema["properties"]})
 
 
+def produced_loadbalancer(mode: str, *, lagging: bool, input_error: str | None) -> dict[str, Any]:
+    """A LoadBalancer CR as the operator's and the gateway's own code build it, both writers'
+    status merged as the apiserver merges their server-side applies."""
+    import ipaddress
+
+    from portico_common.conditions import condition
+    from portico_lbnode.lbstatus import NodeReport, Report, render_status
+    from portico_operator.lbspec import (
+        lb_conditions,
+        lb_spec_body,
+        lb_status_body,
+        parse_node,
+        render_spec,
+    )
+    from portico_operator.noderules_push import programmed
+    from portico_operator.service import parse_service
+    from portico_operator.slices import endpoints_from_slices
+
+    service = {
+        "metadata": {"name": "echo", "namespace": "demo", "uid": "0b7f", "generation": 3},
+        "spec": {
+            "type": "LoadBalancer",
+            "ipFamilies": ["IPv4", "IPv6"],
+            "ipFamilyPolicy": "RequireDualStack",
+            "externalTrafficPolicy": "Local",
+            "healthCheckNodePort": 31000,
+            "sessionAffinity": "ClientIP",
+            "sessionAffinityConfig": {"clientIP": {"timeoutSeconds": 60}},
+            "loadBalancerSourceRanges": ["198.18.0.0/15"],
+            "trafficDistribution": "PreferClose",
+            "ports": [
+                {
+                    "name": "http",
+                    "protocol": "TCP",
+                    "port": 80,
+                    "nodePort": 30080,
+                    "targetPort": 8080,
+                },
+                {
+                    "name": "dns",
+                    "protocol": "UDP",
+                    "port": 53,
+                    "nodePort": 30053,
+                    "targetPort": "dns",
+                },
+            ],
+        },
+    }
+    slices = [
+        {
+            "ports": [{"name": "http", "protocol": "TCP", "port": 8080}],
+            "endpoints": [
+                {
+                    "addresses": ["198.19.1.5"],
+                    "nodeName": "node-1",
+                    "zone": "zone-a",
+                    "conditions": {"ready": True, "serving": True, "terminating": False},
+                    "hints": {"forZones": [{"name": "zone-a"}]},
+                },
+                {
+                    "addresses": ["198.19.1.6"],
+                    "nodeName": "node-1",
+                    "zone": "zone-a",
+                    "conditions": {"ready": False, "serving": True, "terminating": True},
+                },
+            ],
+        }
+    ]
+    nodes = [
+        parse_node(
+            {
+                "metadata": {"name": n, "labels": {"topology.kubernetes.io/zone": "zone-a"}},
+                "status": {
+                    "addresses": [{"type": "InternalIP", "address": ip}],
+                    "conditions": [{"type": "Ready", "status": ready}],
+                },
+            }
+        )
+        for n, ip, ready in (("node-1", "198.18.1.1", "True"), ("node-2", "198.18.1.2", "False"))
+    ]
+    view = parse_service(service)
+    vips = [ipaddress.ip_address("198.18.32.1"), ipaddress.ip_address("fd00:18::a:1")]
+    spec = render_spec(view, vips, "lan", mode, nodes, endpoints_from_slices(slices))
+    t = "2026-11-23T20:00:00Z"
+    ok, reason, message = programmed(["node-1"] if lagging else [])
+    conds = lb_conditions(
+        view,
+        True,
+        "Allocated",
+        "198.18.32.1",
+        input_error,
+        mode,
+        3,
+        t,
+        [],
+        condition("Programmed", ok, reason, message, 3, t),
+    )
+    body = lb_spec_body(view, spec)
+    status = lb_status_body(view, 3, conds)["status"]
+    report = Report(
+        gateway="gw-1",
+        announced=True,
+        announce_reason="Announced",
+        announce_message="198.18.32.1",
+        nodes=(NodeReport("node-1", not lagging, "200" if not lagging else "timeout", t),),
+        fail_closed=lagging,
+    )
+    gateway = render_status(report, 3, t, {})
+    merged = {**status, **{k: v for k, v in gateway.items() if k != "conditions"}}
+    merged["conditions"] = [*status["conditions"], *gateway["conditions"]]
+    return {"metadata": body["metadata"], "spec": body["spec"], "status": merged}
+
+
+@pytest.mark.parametrize(
+    "mode,lagging,input_error",
+    [("DSR", False, None), ("NAT", True, "loadBalancerSourceRanges: 'x' is not a CIDR")],
+)
+def test_what_the_writers_produce_conforms(mode, lagging, input_error):
+    """The bodies the operator (spec, status) and the gateway (status) actually build fit the
+    schema, with every optional part present: NAT mode's NodePorts, Programmed, Valid=False, a
+    fail-closed gateway, an excluded node, a terminating endpoint."""
+    obj = produced_loadbalancer(mode, lagging=lagging, input_error=input_error)
+    assert obj["spec"]["excludedNodes"] and obj["spec"]["backends"]
+    types = {c["type"] for c in obj["status"]["conditions"]}
+    assert {"Allocated", "Valid", "Programmed", "Announced", "Healthy"} <= types
+    assert ("NodePorts" in types) == (mode == "NAT")
+    schema = schema_of(load(CRD_FILES["LoadBalancer"]))
+    conforms(
+        {"spec": obj["spec"], "status": obj["status"]},
+        {"type": "object", "properties": schema["properties"]},
+    )
+    assert set(obj["metadata"]) <= {"name", "namespace", "labels", "ownerReferences"}
+
+
 # --- Helm chart ----------------------------------------------------------------------------
 
 
