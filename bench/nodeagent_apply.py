@@ -15,7 +15,9 @@ import time
 from dataclasses import replace
 
 from portico_common.model import Endpoint, EndpointPort, LBService, NodeInfo, ServicePort
-from portico_common.noderules import NodeRenderer, render_node_rules, replace_table
+from portico_nodeagent.incremental import NodeRenderer
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import replace_table
 
 NETNS = "ptc-bench-nodeagent"
 NODE = NodeInfo("node-1", "zone-a", ("198.18.0.10",))

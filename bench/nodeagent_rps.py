@@ -17,8 +17,8 @@ import tempfile
 from pathlib import Path
 
 from portico_common.model import LBService, NodeInfo, ServicePort
-from portico_common.noderules import render_node_rules
 from portico_lab.lab import Lab, LabConfig
+from portico_nodeagent.render import render_node_rules
 from portico_operator.slices import endpoints_from_slices
 
 AGENT = [sys.executable, "-m", "portico_nodeagent"]

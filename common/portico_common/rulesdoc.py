@@ -1,7 +1,7 @@
 """The NodeRules objects: how a Service's data-plane input travels from the operator to every
 node agent, and how Services are split into shards.
 
-An entry is one Service's renderer input (``noderules.LBService``) as JSON. The operator writes
+An entry is one Service's renderer input (``model.LBService``) as JSON. The operator writes
 entries; each agent reads every shard and renders for its own node (its Local endpoints, its
 zone's hints, masquerade only toward other nodes), so a Service's entry is the same for every
 node and is written once per change, not once per node. Entries are keyed by ``namespace/name``

@@ -13,18 +13,19 @@ from pathlib import Path
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
-from portico_common import nftnames as N
 from portico_common.clock import now_rfc3339
 from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
 from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
-from portico_common.noderules import NodeRenderer, check_service
 from portico_common.tasks import run_together, run_until_signalled
 
+from . import nftnames as N
 from .conntrack import delete_flows
 from .healthserver import HealthServers, HealthState
+from .incremental import NodeRenderer
 from .kubesource import KubeSource
 from .metrics import AgentMetrics
 from .nft import NftError, NftTable
+from .render import check_service
 from .stale import stale_flows
 
 log = logging.getLogger("portico.nodeagent")

@@ -46,9 +46,10 @@ from typing import Any
 
 from portico_common.logs import setup_json_logging
 from portico_common.model import NodeRulesError
-from portico_common.noderules import input_from_json, render_node_rules
 
+from .inputfile import input_from_json
 from .nft import NftError, NftTable
+from .render import render_node_rules
 
 log = logging.getLogger("portico.nodeagent")
 

@@ -14,17 +14,13 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from portico_common import nftnames as N
 from portico_common.nfthandle import Libnftables
 from portico_common.nftresult import ApplyResult, NftError, Stats
-from portico_common.noderules import (
-    Render,
-    RulesIndex,
-    delete_table,
-    diff_rules,
-    index_rules,
-    replace_table,
-)
+
+from . import nftnames as N
+from .incremental import Render
+from .rulesdiff import delete_table, diff_rules, replace_table
+from .rulesindex import RulesIndex, index_rules
 
 log = logging.getLogger("portico.nodeagent.nft")
 

@@ -14,7 +14,8 @@ from collections.abc import Iterable
 from typing import NamedTuple
 
 from portico_common.model import LBService, NodeInfo
-from portico_common.noderules import endpoint_port, select_endpoints
+
+from .topology import endpoint_port, select_endpoints
 
 CONNECTIONLESS = ("UDP", "SCTP")
 

@@ -19,9 +19,11 @@ from typing import Any
 import pytest
 from kubernetes import client
 from portico_common.model import Endpoint, LBService, NodeInfo, ServicePort
-from portico_common.noderules import document_of, index_rules, render_node_rules, replace_table
 from portico_lab.lab import Lab
 from portico_lab.procs import netns_argv
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import document_of, replace_table
+from portico_nodeagent.rulesindex import index_rules
 from portico_operator.slices import endpoints_from_slices
 
 from .netcheck import request, routed

@@ -9,16 +9,12 @@ from dataclasses import replace
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from portico_common import nftnames as N
 from portico_common.model import Endpoint, LBService, NodeInfo, ServicePort
-from portico_common.noderules import (
-    NodeRenderer,
-    Render,
-    RulesIndex,
-    diff_rules,
-    index_rules,
-    render_node_rules,
-)
+from portico_nodeagent import nftnames as N
+from portico_nodeagent.incremental import NodeRenderer, Render
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import diff_rules
+from portico_nodeagent.rulesindex import RulesIndex, index_rules
 
 from .test_noderules_props import Kernel
 from .test_rulesdoc import services as one_service

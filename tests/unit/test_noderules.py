@@ -13,7 +13,6 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from portico_common import nftnames as N
 from portico_common.model import (
     AFFINITY_TIMEOUT_DEFAULT,
     AFFINITY_TIMEOUT_MAX,
@@ -24,14 +23,12 @@ from portico_common.model import (
     NodeRulesError,
     ServicePort,
 )
-from portico_common.noderules import (
-    diff_rules,
-    index_rules,
-    input_from_json,
-    render_node_rules,
-    replace_table,
-    select_endpoints,
-)
+from portico_nodeagent import nftnames as N
+from portico_nodeagent.inputfile import input_from_json
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import diff_rules, replace_table
+from portico_nodeagent.rulesindex import index_rules
+from portico_nodeagent.topology import select_endpoints
 from portico_operator.slices import endpoints_from_slices
 
 # ==============================================================================================

@@ -9,15 +9,12 @@ from typing import Any
 
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from portico_common import nftnames as N
 from portico_common.model import Endpoint, EndpointPort, LBService, NodeInfo, ServicePort
-from portico_common.noderules import (
-    RulesIndex,
-    diff_rules,
-    index_rules,
-    render_node_rules,
-    select_endpoints,
-)
+from portico_nodeagent import nftnames as N
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import diff_rules
+from portico_nodeagent.rulesindex import RulesIndex, index_rules
+from portico_nodeagent.topology import select_endpoints
 
 NODES = ["node-1", "node-2", "node-3"]
 ZONES = ["zone-a", "zone-b"]

@@ -9,9 +9,9 @@ from typing import Any
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from portico_common.model import LBService, NodeInfo, ServicePort
-from portico_common.noderules import render_node_rules
 from portico_common.rulesdoc import SHARDS, service_entry, service_from_entry, shard_name
 from portico_nodeagent.kubeagent import local_health_ports, usable
+from portico_nodeagent.render import render_node_rules
 from portico_operator.noderules_push import shard_patches
 
 from .test_noderules_props import endpoints

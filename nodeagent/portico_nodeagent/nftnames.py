@@ -106,7 +106,7 @@ ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 IP_PROTO = {4: "ip", 6: "ip6"}
 NFPROTO = {4: "ipv4", 6: "ipv6"}
 
-# -- per-Service names (prefix + hash + readable part, see noderules.object_name) ---------------
+# -- per-Service names (prefix + hash + readable part, see ruleset.object_name) -----------------
 SERVICE_CHAIN_PREFIX = "svc-"
 ENDPOINT_CHAIN_PREFIX = "ep-"
 FIREWALL_CHAIN_PREFIX = "fw-"
