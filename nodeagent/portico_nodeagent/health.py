@@ -45,6 +45,26 @@ def local_ready_endpoints(endpoints: Iterable[Endpoint], node: str, family: int)
     return len(ips)
 
 
+def counted_family(listener: int, service_families: Iterable[int]) -> int:
+    """The family whose endpoints a ``healthCheckNodePort`` listener of family ``listener``
+    counts for a Service of ``service_families``. kube-proxy's health server for a Service lives
+    in the proxier of the Service's own family and counts that family's endpoints, whichever
+    family the probe came over: an IPv6-only Service probed over a node's IPv4 address answers
+    with its IPv6 endpoints. A dual-stack Service's listener of each family counts its own."""
+    families = set(service_families)
+    if listener in families or not families:
+        return listener
+    return min(families)
+
+
+def service_families(vips: Iterable[str], endpoints: Iterable[Endpoint]) -> tuple[int, ...]:
+    """A Service's IP families, as its addresses say (its endpoints' when it has none yet)."""
+    families = {ipaddress.ip_address(v).version for v in vips}
+    if not families:
+        families = {e.family for e in endpoints}
+    return tuple(sorted(families))
+
+
 def _go_q(s: str) -> str:
     return json.dumps(s, ensure_ascii=False)
 

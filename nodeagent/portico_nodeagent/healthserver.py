@@ -92,12 +92,15 @@ class HealthServers:
             svc = self.state.services.get(port)
             if svc is None:  # gone between accept and answer: as if nothing listened
                 return health.http_response(404, b"")
+            counted = health.counted_family(
+                family, health.service_families(svc.vips, svc.endpoints)
+            )
             out = health.service_response(
                 svc.namespace,
                 svc.name,
                 svc.endpoints,
                 self.state.node,
-                family,
+                counted,
                 self.state.rules_current,
             )
             return out.split(b"\r\n\r\n", 1)[0] + b"\r\n\r\n" if method == "HEAD" else out
@@ -123,8 +126,12 @@ class HealthServers:
         so that a gateway checks a node once per interval, not once per Service."""
         services = {}
         for port, svc in sorted(self.state.services.items()):
+            # Per family, what that family's healthCheckNodePort listener answers.
+            families = health.service_families(svc.vips, svc.endpoints)
             counts = {
-                f"IPv{f}": health.local_ready_endpoints(svc.endpoints, self.state.node, f)
+                f"IPv{f}": health.local_ready_endpoints(
+                    svc.endpoints, self.state.node, health.counted_family(f, families)
+                )
                 for f in self.state.families
             }
             services[svc.key] = {"healthCheckNodePort": port, "localEndpoints": counts}

@@ -2,8 +2,15 @@ from __future__ import annotations
 
 from hypothesis import given
 from hypothesis import strategies as st
-from portico_common.model import Endpoint
-from portico_nodeagent.health import FamilyState, node_healthz, service_response
+from portico_common.model import Endpoint, LBService, ServicePort
+from portico_nodeagent.health import (
+    FamilyState,
+    counted_family,
+    node_healthz,
+    service_families,
+    service_response,
+)
+from portico_nodeagent.healthserver import HealthServers, HealthState
 
 D = "Wed, 02 Dec 2026 11:26:12 GMT"
 BODY = (
@@ -62,3 +69,51 @@ def test_weight_equals_count(spec: list[tuple[int, str, bool]]) -> None:
     got = service_response("default", "hz", eps, "node-1", 4, True)
     assert f"X-Load-Balancing-Endpoint-Weight: {want}\r\n".encode() in got
     assert f'"localEndpoints": {want},'.encode() in got
+
+
+# --- which family a Service's listener counts (issue: an IPv6-only Service answered 0 over IPv4)
+def _servers(*svcs: tuple[int, LBService], families: tuple[int, ...] = (4, 6)) -> HealthServers:
+    return HealthServers(HealthState("node-1", dict(svcs), True, 1, families), 0)
+
+
+def _local_svc(vips: tuple[str, ...], *addresses: str) -> LBService:
+    eps = tuple(Endpoint(a, "node-1") for a in addresses)
+    return LBService("ns", "s", vips, (ServicePort("http", "TCP", 80),), eps, "Local")
+
+
+def test_an_ipv6_only_service_counts_its_ipv6_endpoints_on_every_listener() -> None:
+    svc = _local_svc(("fd00:18::a:0",), "fd00:19::5", "fd00:19::6")
+    hs = _servers((31000, svc))
+    for family in (4, 6):
+        got = hs.service_answer(31000, family)("GET", "/healthz")
+        assert got.startswith(b"HTTP/1.1 200 OK"), (family, got)
+        assert b'"localEndpoints": 2,' in got
+    agg = hs.aggregate()["services"]["ns/s"]["localEndpoints"]  # type: ignore[index]
+    assert agg == {"IPv4": 2, "IPv6": 2}
+    # An IPv4-only node (no IPv6 listener) says the same over IPv4.
+    agg4 = _servers((31000, svc), families=(4,)).aggregate()["services"]["ns/s"]  # type: ignore[index]
+    assert agg4["localEndpoints"] == {"IPv4": 2}
+
+
+def test_an_ipv4_only_service_counts_its_ipv4_endpoints_on_every_listener() -> None:
+    svc = _local_svc(("198.18.32.1",), "198.19.1.5")
+    agg = _servers((31000, svc)).aggregate()["services"]["ns/s"]  # type: ignore[index]
+    assert agg["localEndpoints"] == {"IPv4": 1, "IPv6": 1}
+
+
+def test_a_dual_stack_service_counts_each_family_on_its_own_listener() -> None:
+    # One pod with an address in each family, and a second IPv4-only endpoint: per family.
+    svc = _local_svc(("198.18.32.1", "fd00:18::a:1"), "198.19.1.5", "198.19.1.6", "fd00:19::5")
+    hs = _servers((31000, svc))
+    agg = hs.aggregate()["services"]["ns/s"]  # type: ignore[index]
+    assert agg["localEndpoints"] == {"IPv4": 2, "IPv6": 1}
+    assert b'"localEndpoints": 1,' in hs.service_answer(31000, 6)("GET", "/healthz")
+    assert b'"localEndpoints": 2,' in hs.service_answer(31000, 4)("GET", "/healthz")
+
+
+def test_counted_family() -> None:
+    assert counted_family(4, (6,)) == 6 and counted_family(6, (4,)) == 4
+    assert counted_family(4, (4, 6)) == 4 and counted_family(6, (4, 6)) == 6
+    assert counted_family(4, ()) == 4
+    assert service_families((), [Endpoint("fd00::1", "n")]) == (6,)
+    assert service_families(("198.18.0.1", "fd00::1"), []) == (4, 6)
