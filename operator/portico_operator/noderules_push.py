@@ -68,3 +68,18 @@ def programmed(lagging: Sequence[str]) -> tuple[bool, str, str]:
         f" and {len(lagging) - 10} more" if len(lagging) > 10 else ""
     )
     return False, "NodesLagging", f"not applied yet on {shown}"
+
+
+def entry_patch(old: Any, new: Any) -> Any:
+    """The JSON merge patch (RFC 7386) that turns ``old`` into ``new``: a key ``new`` no longer
+    has is sent as null. Sending ``new`` itself would leave every such key in place (a cleared
+    ``loadBalancerSourceRanges`` would keep its ranges on every node)."""
+    if not isinstance(old, dict) or not isinstance(new, dict):
+        return new
+    out: dict[str, Any] = {k: None for k in old if k not in new}
+    for k, v in new.items():
+        if k not in old:
+            out[k] = v
+        elif old[k] != v:
+            out[k] = entry_patch(old[k], v)
+    return out

@@ -21,7 +21,7 @@ from portico_common.kube import ApiError
 from .errors import NotLeading
 from .lbspec import condition
 from .metrics import Metrics
-from .noderules_push import Entry, lagging_nodes, programmed, shard_patches
+from .noderules_push import Entry, entry_patch, lagging_nodes, programmed, shard_patches
 from .service import ServiceView
 
 log = logging.getLogger("portico.operator.rules")
@@ -130,7 +130,8 @@ class NodeRulesWriter:
         for shard, changes in sorted(shard_patches(wanted, self.written).items()):
             reply: dict[str, Any] = {}
             if shard in self.shards:
-                body: dict[str, Any] = {"spec": {"services": changes}}
+                patch = {k: entry_patch(self.written.get(k), v) for k, v in changes.items()}
+                body: dict[str, Any] = {"spec": {"services": patch}}
                 self._count(body)
                 try:
                     reply = await self.kube.patch(rulesdoc.path(shard), body)
