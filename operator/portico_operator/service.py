@@ -24,6 +24,34 @@ class BadServiceInput(ValueError):
     """A user's annotation or field that the operator cannot use; reported, never raised out."""
 
 
+def parse_source_range(text: str) -> ipaddress.IPv4Network | ipaddress.IPv6Network:
+    """A ``loadBalancerSourceRanges`` value read as Kubernetes reads it (k8s.io/utils/net
+    ParseCIDRSloppy, in the apiserver's validation and in kube-proxy): surrounding spaces go,
+    an IPv4 octet's leading zeros are decimal (``198.018.001.002/32`` is 198.18.1.2/32, not
+    octal), host bits are masked off, and the prefix length is required. Raises
+    BadServiceInput otherwise."""
+    t = text.strip()
+    addr, slash, length = t.partition("/")
+    octets = addr.split(".")
+    if len(octets) == 4 and all(o.isdigit() and 1 <= len(o) <= 3 for o in octets):
+        addr = ".".join(str(int(o)) for o in octets)
+    try:
+        if not slash or not length.isdigit():
+            raise ValueError("no prefix length")
+        return ipaddress.ip_network(f"{addr}/{int(length)}", strict=False)
+    except ValueError:
+        raise BadServiceInput(f"loadBalancerSourceRanges: {text!r} is not a CIDR") from None
+
+
+def normal_source_range(text: str) -> str:
+    """The canonical form of a source range (what the node agents are given), or the text as
+    it is when it cannot be read (``ServiceView.input_error`` then reports it)."""
+    try:
+        return str(parse_source_range(text))
+    except BadServiceInput:
+        return text
+
+
 @dataclass(frozen=True)
 class Port:
     name: str
@@ -112,6 +140,8 @@ class ServiceView:
         try:
             self.forwarding_mode()
             self.requested_ips()
+            for r in self.source_ranges:
+                parse_source_range(r)
         except BadServiceInput as e:
             return str(e)
         return None
@@ -179,7 +209,7 @@ def parse_service(obj: Mapping[str, Any]) -> ServiceView:
         allocate_node_ports=spec.get("allocateLoadBalancerNodePorts", True) is not False,
         session_affinity=spec.get("sessionAffinity") or "None",
         session_affinity_timeout=affinity_cfg.get("timeoutSeconds"),
-        source_ranges=tuple(ranges),
+        source_ranges=tuple(normal_source_range(r) for r in ranges),
         traffic_distribution=spec.get("trafficDistribution"),
         load_balancer_ip=spec.get("loadBalancerIP") or None,
         ingress=tuple((status.get("loadBalancer") or {}).get("ingress") or ()),
