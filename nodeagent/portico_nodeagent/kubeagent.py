@@ -4,16 +4,14 @@ together next)."""
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import json
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
 from portico_common.clock import now_rfc3339
+from portico_common.conditions import condition
 from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
 from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
 from portico_common.tasks import run_together, run_until_signalled
@@ -26,7 +24,9 @@ from .kubesource import KubeSource
 from .metrics import AgentMetrics
 from .nft import NftError, NftTable
 from .render import check_service
+from .settings import AgentSettings
 from .stale import stale_flows
+from .statusfile import write_status
 
 log = logging.getLogger("portico.nodeagent")
 # NodeAgent status: at most this often (it is how Programmed learns, not how traffic flows;
@@ -49,20 +49,15 @@ def agent_status(
     """The NodeAgent status to merge-patch: shards no longer applied are removed; the
     Programmed condition keeps its transition time while its status stays."""
     ok = error is None
-    old_cond: dict[str, Any] = next(
-        (c for c in previous.get("conditions") or [] if c.get("type") == "Programmed"), {}
+    cond = condition(
+        "Programmed",
+        ok,
+        "Applied" if ok else "ApplyFailed",
+        "the rules in force are the latest" if ok else (error or "")[:4000],
+        0,
+        now_rfc3339(),
+        previous.get("conditions") or [],
     )
-    status = "True" if ok else "False"
-    cond = {
-        "type": "Programmed",
-        "status": status,
-        "reason": "Applied" if ok else "ApplyFailed",
-        "message": "the rules in force are the latest" if ok else (error or "")[:4000],
-        "lastTransitionTime": old_cond.get("lastTransitionTime")
-        if old_cond.get("status") == status
-        else now_rfc3339(),
-        "observedGeneration": 0,
-    }
     gone = {k: None for k in previous.get("applied") or {} if k not in applied}
     return {
         "applied": {**gone, **applied},
@@ -119,13 +114,13 @@ def local_health_ports(services: list[LBService]) -> dict[int, LBService]:
 
 
 class KubeAgent:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
         self.table = NftTable()
         self.renderer = NodeRenderer()  # re-renders only the Services that changed
         self.changed = asyncio.Event()
-        self.state = HealthState(node=args.node_name)
-        self.health = HealthServers(self.state, args.healthz_port)
+        self.state = HealthState(node=settings.node_name)
+        self.health = HealthServers(self.state, settings.healthz_port)
         self.metrics = AgentMetrics()
         self.last_good: dict[str, LBService] = {}
         self.applied: list[LBService] = []  # what the rules in force were rendered from
@@ -140,9 +135,9 @@ class KubeAgent:
         self.written_status: dict[str, Any] = {}
 
     async def run(self) -> None:
-        self.kube = KubeClient(load_credentials(self.args.kubeconfig))
-        self.source = KubeSource(self.kube, self.args.node_name, self.changed.set)
-        self.metrics.serve(self.args.metrics_port)
+        self.kube = KubeClient(load_credentials(self.settings.kubeconfig))
+        self.source = KubeSource(self.kube, self.settings.node_name, self.changed.set)
+        self.metrics.serve(self.settings.metrics_port)
         await self.health.start_node()
         try:
             await run_together(
@@ -187,7 +182,7 @@ class KubeAgent:
             self.state.rules_current = False
             self.status["error"] = str(e)
             self.last_error = str(e)
-            self._write_status()
+            write_status(self.settings.status, self.status)
             return False
         stale = stale_flows(self.applied, services, node)
         self.applied = services
@@ -218,7 +213,7 @@ class KubeAgent:
             "badEntries": bad,
             "healthPortConflicts": {str(k): v for k, v in self.health.conflicts.items()},
         }
-        self._write_status()
+        write_status(self.settings.status, self.status)
         if result.commands:
             log.info(
                 "applied %d Services: %s, %d commands, %.2f ms in nftables, %.2f ms in all",
@@ -233,7 +228,7 @@ class KubeAgent:
     async def _status_writer(self) -> None:
         """The NodeAgent object of this node: what it applied, for the operator's Programmed."""
         assert self.kube is not None
-        node = self.args.node_name
+        node = self.settings.node_name
         collection = group_path(API_GROUP, API_VERSION, "nodeagents")
         path = f"{collection}/{node}"
         try:
@@ -281,7 +276,7 @@ class KubeAgent:
 
     async def _verifier(self) -> None:
         while True:
-            await asyncio.sleep(self.args.verify_interval)
+            await asyncio.sleep(self.settings.verify_interval)
             try:
                 if await asyncio.to_thread(self.table.verify):
                     self.metrics.restores.inc()
@@ -289,18 +284,10 @@ class KubeAgent:
             except NftError as e:
                 log.error("verify failed: %s", e)
 
-    def _write_status(self) -> None:
-        path: Path | None = self.args.status
-        if path is None:
-            return
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(json.dumps(self.status))
-        tmp.replace(path)
 
-
-def run_kube_agent(args: argparse.Namespace) -> int:
+def run_kube_agent(settings: AgentSettings) -> int:
     async def main() -> None:
-        agent = KubeAgent(args)
+        agent = KubeAgent(settings)
         if await run_until_signalled(agent.run()):
             log.info("stopping: the rules stay in force")
 

@@ -50,11 +50,14 @@ from portico_common.model import NodeRulesError
 from .inputfile import input_from_json
 from .nft import NftError, NftTable
 from .render import render_node_rules
+from .settings import AgentSettings
+from .statusfile import write_status
 
 log = logging.getLogger("portico.nodeagent")
+DEFAULTS = AgentSettings()
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+def parse_args(argv: list[str] | None = None) -> AgentSettings:
     p = argparse.ArgumentParser(
         prog="portico-node-agent",
         description=__doc__,
@@ -75,13 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--verify-interval",
         type=float,
-        default=5.0,
+        default=DEFAULTS.verify_interval,
         help="seconds between checks that the table is as applied (default 5)",
     )
     p.add_argument(
         "--poll-interval",
         type=float,
-        default=0.1,
+        default=DEFAULTS.poll_interval,
         help="seconds between checks of the rules file for changes (default 0.1)",
     )
     p.add_argument(
@@ -97,27 +100,45 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--healthz-port",
         type=int,
-        default=10256,
+        default=DEFAULTS.healthz_port,
         help="node health (/healthz) and the aggregate view; 0 turns it off (default 10256)",
     )
     p.add_argument(
-        "--metrics-port", type=int, default=0, help="Prometheus metrics port (default off)"
+        "--metrics-port",
+        type=int,
+        default=DEFAULTS.metrics_port,
+        help="Prometheus metrics port (default off)",
     )
-    p.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    p.add_argument(
+        "--log-level", default=DEFAULTS.log_level, choices=["debug", "info", "warning", "error"]
+    )
     args = p.parse_args(argv)
-    args.from_cluster = not (args.cleanup or args.rules or args.input)
-    if args.from_cluster and not args.node_name:
+    settings = AgentSettings(
+        node_name=args.node_name,
+        kubeconfig=args.kubeconfig,
+        rules=args.rules,
+        input=args.input,
+        cleanup=args.cleanup,
+        once=args.once,
+        verify_interval=args.verify_interval,
+        poll_interval=args.poll_interval,
+        status=args.status,
+        healthz_port=args.healthz_port,
+        metrics_port=args.metrics_port,
+        log_level=args.log_level,
+    )
+    if settings.from_cluster and not settings.node_name:
         p.error("--node-name (or $NODE_NAME) is required to take rules from the cluster")
-    return args
+    return settings
 
 
-def load_rules(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
+def load_rules(settings: AgentSettings) -> tuple[dict[str, Any], str]:
     """The render to apply and the hash of the file it came from."""
-    path: Path = args.rules or args.input
+    path = settings.rules_file
     raw = path.read_bytes()
     digest = hashlib.sha256(raw).hexdigest()[:16]
     obj = json.loads(raw)
-    if args.input:
+    if settings.input:
         node, services = input_from_json(obj)
         return render_node_rules(services, node), digest
     if not isinstance(obj, dict) or not isinstance(obj.get("nftables"), list):
@@ -125,26 +146,17 @@ def load_rules(args: argparse.Namespace) -> tuple[dict[str, Any], str]:
     return obj, digest
 
 
-def write_status(path: Path | None, status: dict[str, Any]) -> None:
-    if path is None:
-        return
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(status))
-    tmp.replace(path)
-
-
 class Agent:
-    def __init__(self, args: argparse.Namespace) -> None:
-        self.args = args
+    def __init__(self, settings: AgentSettings) -> None:
+        self.settings = settings
         self.table = NftTable()
         self.stop = threading.Event()
         self.status: dict[str, Any] = {"hash": None, "applied": None, "error": None}
         self._seen: tuple[float, int, int] | None = None
 
     def _file_key(self) -> tuple[float, int, int] | None:
-        path: Path = self.args.rules or self.args.input
         try:
-            st = path.stat()
+            st = self.settings.rules_file.stat()
         except OSError:
             return None
         return (st.st_mtime, st.st_size, st.st_ino)
@@ -155,14 +167,14 @@ class Agent:
         if key is not None and key == self._seen:
             return True
         try:
-            doc, digest = load_rules(self.args)
+            doc, digest = load_rules(self.settings)
             result = self.table.apply(doc)
         except (OSError, ValueError, NftError) as e:
             # Bad input or a failed transaction: the rules in force stay; say so. Bad input is
             # retried when the file changes, a failed transaction at the next poll.
             log.error("cannot apply rules: %s", e)
             self.status["error"] = str(e)
-            write_status(self.args.status, self.status)
+            write_status(self.settings.status, self.status)
             if not isinstance(e, NftError):
                 self._seen = key
             return False
@@ -177,7 +189,7 @@ class Agent:
             "counts": self.table.stats.counts,
             "restores": self.table.stats.restores,
         }
-        write_status(self.args.status, self.status)
+        write_status(self.settings.status, self.status)
         log.info(
             "applied %s: %s, %d commands in %.2f ms",
             digest,
@@ -191,27 +203,27 @@ class Agent:
         try:
             if self.table.verify():
                 self.status["restores"] = self.table.stats.restores
-                write_status(self.args.status, self.status)
+                write_status(self.settings.status, self.status)
         except NftError as e:
             log.error("verify failed: %s", e)
 
     def run(self) -> int:
         ok = self.apply_file()
-        if self.args.once:
+        if self.settings.once:
             return 0 if ok else 1
-        next_verify = time.monotonic() + self.args.verify_interval
-        while not self.stop.wait(self.args.poll_interval):
+        next_verify = time.monotonic() + self.settings.verify_interval
+        while not self.stop.wait(self.settings.poll_interval):
             self.apply_file()
             if time.monotonic() >= next_verify:
                 self.verify()
-                next_verify = time.monotonic() + self.args.verify_interval
+                next_verify = time.monotonic() + self.settings.verify_interval
         return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    setup_json_logging(args.log_level)
-    if args.cleanup:
+    settings = parse_args(argv)
+    setup_json_logging(settings.log_level)
+    if settings.cleanup:
         try:
             NftTable().cleanup()
         except NftError as e:
@@ -219,12 +231,14 @@ def main(argv: list[str] | None = None) -> int:
             return 1
         log.info("removed table inet portico")
         return 0
-    if args.from_cluster:
+    if settings.from_cluster:
         from .kubeagent import run_kube_agent
 
-        log.info("portico-node-agent starting for node %s (pid %d)", args.node_name, os.getpid())
-        return run_kube_agent(args)
-    agent = Agent(args)
+        log.info(
+            "portico-node-agent starting for node %s (pid %d)", settings.node_name, os.getpid()
+        )
+        return run_kube_agent(settings)
+    agent = Agent(settings)
 
     def _stop(signum: int, _frame: Any) -> None:
         agent.stop.set()

@@ -1,0 +1,34 @@
+"""Every knob of the node agent, in one place: what its command line sets (``main.parse_args``
+builds it)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class AgentSettings:
+    node_name: str = ""  # whose endpoints are local; required to take rules from the cluster
+    kubeconfig: str | None = None  # None: in-cluster credentials, or $KUBECONFIG
+    rules: Path | None = None  # a rendered ruleset (libnftables JSON) instead of the cluster
+    input: Path | None = None  # the renderer's input (this node and its Services) instead
+    cleanup: bool = False  # remove Portico's table and exit
+    once: bool = False  # apply once, then exit
+    verify_interval: float = 5.0  # seconds between checks that the table is as applied
+    poll_interval: float = 0.1  # seconds between checks of the rules file for changes
+    status: Path | None = None  # a JSON status file, written after every apply
+    healthz_port: int = 10256  # /healthz and the aggregate view; 0: off
+    metrics_port: int = 0  # Prometheus; 0: off
+    log_level: str = "info"
+
+    @property
+    def from_cluster(self) -> bool:
+        return not (self.cleanup or self.rules or self.input)
+
+    @property
+    def rules_file(self) -> Path:
+        """The file the rules come from (``--rules`` or ``--input``), when not the cluster."""
+        path = self.rules or self.input
+        assert path is not None, "no --rules or --input"
+        return path
