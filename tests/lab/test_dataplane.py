@@ -12,6 +12,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -164,21 +165,78 @@ def test_deleted_service_stops_answering(
     assert f"{NS}/dp-gone" not in keys
 
 
+# Requests in a loop, one line per request ("ok" or the error), until a stop file appears; bounded
+# in count and time.
+_LOOP = r"""
+import os, socket, sys, time
+host, stop, n, seconds = sys.argv[1], sys.argv[2], int(sys.argv[3]), float(sys.argv[4])
+family = socket.AF_INET6 if ":" in host else socket.AF_INET
+end = time.monotonic() + seconds
+for _ in range(n):
+    if os.path.exists(stop) or time.monotonic() > end:
+        break
+    try:
+        s = socket.create_connection((host, 80), timeout=2)
+        s.sendall(b"GET /probe HTTP/1.0\r\n\r\n"); data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        print("ok" if data.startswith(b"HTTP/1.") and b" 200 " in data[:16] else "bad", flush=True)
+    except OSError as e:
+        print(f"error {type(e).__name__}", flush=True)
+    time.sleep(0.05)
+"""
+
+
 def test_flushed_table_and_agent_restart_keep_traffic(
     lab: Lab, api: Api, agents: list[Proc], services: list[str]
 ) -> None:
     create(api, services, "dp-keep")
     ip = api.wait_ips("dp-keep")[0]
+    status = lab.workdir / "agents" / "node-2.status.json"
+    out, stop = lab.workdir / "dp-keep.loop", lab.workdir / "dp-keep.stop"
+    stop.unlink(missing_ok=True)
     with routed(lab, "client-1", ip, "node-2"):
         wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
         lab.exec("node-2", ["nft", "flush", "table", "inet", "portico"], check=True)
         wait_for(lambda: answered(lab, "client-1", ip), "the verifier restored the table")
         agent = next(p for p in agents if p.name.endswith("node-2"))
-        agent.stop()
-        # Stopped, its rules stay in force.
-        assert answered(lab, "client-1", ip) is not None
-        agent.start()
-        assert answered(lab, "client-1", ip) is not None
+        argv = [sys.executable, "-S", "-c", _LOOP, ip, str(stop), "1200", "60"]
+        with out.open("w") as sink:
+            loop = subprocess.Popen(netns_argv(lab.netns_of("client-1"), argv), stdout=sink)
+        try:
+
+            def lines() -> list[str]:
+                return out.read_text().splitlines() if out.exists() else []
+
+            def answered_more(n: int) -> bool:
+                got = lines()
+                assert loop.poll() is None, f"the request loop ended early: {got[-5:]}"
+                return got.count("ok") >= n
+
+            wait_for(lambda: answered_more(5), "requests flow")
+            stopped_at = time.time()
+            agent.stop()
+            # Stopped, its rules stay in force.
+            before = lines().count("ok")
+            wait_for(lambda: answered_more(before + 5), "requests flow with the agent stopped")
+            agent.start()
+
+            def applied_since_restart() -> bool:
+                try:
+                    return json.loads(status.read_text()).get("applied", 0) > stopped_at
+                except (OSError, ValueError):
+                    return False  # not there yet, or being written
+
+            wait_for(applied_since_restart, "the restarted agent applied its rules", 30)
+            before = lines().count("ok")
+            wait_for(lambda: answered_more(before + 5), "requests flow after the restart")
+        finally:
+            stop.touch()
+            loop.wait(timeout=10)
+        got = lines()
+        assert got and set(got) == {"ok"}, f"{len(got) - got.count('ok')} of {len(got)} failed"
+        assert json.loads(status.read_text())["error"] is None
 
 
 # A client that keeps its source port (as DNS resolvers and games do): each datagram from the
