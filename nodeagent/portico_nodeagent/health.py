@@ -59,7 +59,7 @@ def counted_family(listener: int, service_families: Iterable[int]) -> int:
 
 def service_families(vips: Iterable[str], endpoints: Iterable[Endpoint]) -> tuple[int, ...]:
     """A Service's IP families, as its addresses say (its endpoints' when it has none yet)."""
-    families = {ipaddress.ip_address(v).version for v in vips}
+    families: set[int] = {ipaddress.ip_address(v).version for v in vips}
     if not families:
         families = {e.family for e in endpoints}
     return tuple(sorted(families))
