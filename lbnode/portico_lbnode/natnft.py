@@ -1,41 +1,47 @@
-"""The NAT mode table in the kernel (``natrules``), through one long-lived libnftables handle:
-replaced in one transaction when its text changes, restored if someone deletes it."""
+"""The NAT mode table in the kernel (``natrules``), an ``OwnedTable`` of nft text: replaced in
+one transaction when its text changes (it has no incremental form), restored if someone deletes
+it (its text is not read back, so only its presence is verified)."""
 
 from __future__ import annotations
 
-import threading
+import logging
+from collections.abc import Callable, Mapping
+from typing import Any
 
-from portico_common.nfthandle import Libnftables
+from portico_common.nfttable import OwnedTable
 
 from .natrules import FAMILY, TABLE, replace_script
 
 
+class _Owned(OwnedTable[str]):
+    family = FAMILY
+    name = TABLE
+    log = logging.getLogger("portico.lbnode.natnft")
+
+    def holds(self, listing: Mapping[str, Any], applied: str) -> bool:
+        return True  # it exists
+
+    def diff(self, old: str | None, new: str) -> str | None:
+        return "" if old == new else None
+
+    def rebuild(self, new: str, current: Callable[[], str | None]) -> str:
+        return replace_script(new)
+
+    def removal(self) -> str:
+        return f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}"
+
+
 class NatTable:
     def __init__(self) -> None:
-        self._nft = Libnftables()
-        self._lock = threading.Lock()
-        self._applied: str | None = None
+        self._table = _Owned()
 
     def apply(self, table: str) -> bool:
         """Puts ``table`` in force; False when it already was."""
-        with self._lock:
-            if table == self._applied:
-                return False
-            self._nft.run_text(replace_script(table))
-            self._applied = table
-            return True
+        return self._table.apply(table).mode != "none"
 
     def verify(self) -> bool:
         """Re-applies the table if it is gone; True when it had to."""
-        with self._lock:
-            if self._applied is None:
-                return False
-            if self._nft.listing(FAMILY, TABLE) is not None:
-                return False
-            self._nft.run_text(replace_script(self._applied))
-            return True
+        return self._table.verify()
 
     def delete(self) -> None:
-        with self._lock:
-            self._nft.run_text(f"table {FAMILY} {TABLE} {{}}\ndelete table {FAMILY} {TABLE}")
-            self._applied = None
+        self._table.delete()

@@ -1,0 +1,212 @@
+"""One nftables table that Portico owns, kept in the kernel through one long-lived libnftables
+handle: the node agent's ``inet portico``, the gateway's ``netdev portico-gw`` and its NAT table
+``inet portico-gw-nat`` are each an ``OwnedTable`` whose subclass says only how its table is
+read, compared, diffed, rebuilt and removed.
+
+Every change is one libnftables transaction (a JSON batch or nft text): a packet sees the old
+table or the new one, and a refused transaction leaves the kernel as it was. ``apply`` puts a
+desired state in force and ``verify`` puts the applied state back if someone changed the table,
+both in this order, each step tried only when the one before was refused (or does not apply):
+
+1. **diff from what was applied last**: only what changed (``apply`` only; nothing is applied
+   yet at a start, and ``verify`` runs because the kernel differs from it);
+2. **diff from the kernel's listing**: still incremental, so state the kernel keeps in the
+   table (the node agent's ClientIP affinity pins) survives; only for owners whose reading of
+   their listing is exact enough to diff from (``diff_from_listing``). At a start, this is
+   what leaves a table that is already right untouched;
+3. **full replace**: one transaction that makes the table hold exactly the desired state,
+   whatever it held;
+4. **keep what is in force and report**: when the replace is refused too, ``NftError`` is
+   raised, the kernel still holds what it held and ``applied`` is unchanged; the caller logs it
+   and tries again later.
+
+A refused step is logged and counted in ``stats.errors``. ``ApplyResult.mode`` names the step
+that succeeded: "none" (a diff with nothing to change), "incremental" (a diff), "replace".
+libnftables works in the network namespace of the calling thread. Calls are serialised by a
+lock, so a verifier thread and the applier can share one table.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any, ClassVar, Generic, TypeVar
+
+from .nfthandle import Libnftables
+from .nftresult import ApplyResult, NftError, Stats
+
+__all__ = ["ApplyResult", "Commands", "NftError", "OwnedTable", "Stats"]
+
+# One transaction: a libnftables JSON batch ({"nftables": [...]}) or nft text (``nft -f``).
+Commands = Mapping[str, Any] | str
+
+S = TypeVar("S")  # what the table holds, in the owner's comparable form
+
+
+def _size(cmds: Commands) -> int:
+    """Commands in a transaction (nft text counts as one, or none when empty)."""
+    if isinstance(cmds, str):
+        return 1 if cmds.strip() else 0
+    return len(cmds.get("nftables") or ())
+
+
+class OwnedTable(Generic[S]):
+    """Owns table ``family`` ``name`` and nothing else. Subclasses set the class attributes and
+    implement ``rebuild`` and ``removal``, and ``read``/``diff`` where they have them."""
+
+    family: ClassVar[str]
+    name: ClassVar[str]
+    # Step 2 of the fallback order: ``diff(read(listing), new)`` is exact.
+    diff_from_listing: ClassVar[bool] = False
+    log: ClassVar[logging.Logger] = logging.getLogger("portico.nft")
+
+    def __init__(self) -> None:
+        self._nft = Libnftables()
+        self._lock = threading.Lock()
+        self._applied: S | None = None  # what we last put in the kernel
+        self._run_seconds = 0.0  # in libnftables and the kernel, during one apply
+        self.stats = Stats()
+
+    # -- what a subclass says about its table ---------------------------------------------------
+    def read(self, listing: Mapping[str, Any]) -> S:
+        """The kernel's JSON listing of the table in comparable form."""
+        raise NotImplementedError(f"{type(self).__name__} does not read its table back")
+
+    def same(self, a: S, b: S) -> bool:
+        return a == b
+
+    def holds(self, listing: Mapping[str, Any], applied: S) -> bool:
+        """Whether the table as listed is ``applied`` (``verify``'s test)."""
+        return self.same(self.read(listing), applied)
+
+    def diff(self, old: S | None, new: S) -> Commands | None:
+        """One transaction turning ``old`` (None: no table) into ``new``, empty when they are
+        the same; None when there is no incremental form (then the table is replaced)."""
+        return None
+
+    def rebuild(self, new: S, current: Callable[[], S | None]) -> Commands:
+        """One transaction that makes the table hold exactly ``new`` whatever it holds;
+        ``current()`` reads the kernel's table (once) if the owner needs to know it."""
+        raise NotImplementedError
+
+    def removal(self) -> Commands:
+        """One transaction that removes the table, and does not fail when it is not there."""
+        raise NotImplementedError
+
+    def counts(self, state: S) -> dict[str, int]:
+        return {}
+
+    def kept(self, new: S) -> S:
+        """What to keep of an applied state as ``applied`` (e.g. without hints for the diff)."""
+        return new
+
+    # -- primitives ------------------------------------------------------------------------------
+    def run(self, cmds: Commands) -> None:
+        """One transaction, JSON or nft text; raises ``NftError`` when it is refused."""
+        t0 = time.perf_counter()
+        try:
+            if isinstance(cmds, str):
+                self._nft.run_text(cmds)
+            else:
+                self._nft.run_json(cmds)
+        finally:
+            self._run_seconds += time.perf_counter() - t0
+
+    def listing(self) -> dict[str, Any] | None:
+        """The kernel's JSON listing of the table, or None when it does not exist."""
+        return self._nft.listing(self.family, self.name)
+
+    def current(self) -> S | None:
+        """What the kernel's table holds, or None when there is none."""
+        listing = self.listing()
+        return self.read(listing) if listing is not None else None
+
+    @property
+    def applied(self) -> S | None:
+        """What is in force, as last applied or restored (None before the first apply)."""
+        return self._applied
+
+    # -- operations ------------------------------------------------------------------------------
+    def apply(self, new: S) -> ApplyResult:
+        """Makes the table hold ``new``, by the fallback order of the module docstring. Raises
+        ``NftError`` when even a full replace is refused; what was in force then stays."""
+        with self._lock:
+            t0 = time.perf_counter()
+            self._run_seconds = 0.0
+            commands, mode = self._put(new, self._applied, functools.cache(self.current))
+            seconds = time.perf_counter() - t0
+            self._applied = self.kept(new)
+            self.stats.applies += 1
+            self.stats.last_seconds = seconds
+            self.stats.last_commands = commands
+            self.stats.counts = self.counts(new)
+            return ApplyResult(commands, seconds, mode, self._run_seconds)
+
+    def verify(self) -> bool:
+        """Compares the kernel's table with what was applied and, if someone flushed, edited or
+        deleted it, restores it by steps 2 to 4 of the fallback order. True when it restored."""
+        with self._lock:
+            applied = self._applied
+            if applied is None:
+                return False
+            listing = self.listing()
+            if listing is not None and self.holds(listing, applied):
+                return False
+            self.log.warning(
+                "table %s %s differs from what was applied: restoring", self.family, self.name
+            )
+
+            def current() -> S | None:
+                return self.read(listing) if listing is not None else None
+
+            self._put(applied, None, functools.cache(current))
+            self.stats.restores += 1
+            return True
+
+    def delete(self) -> None:
+        """Removes the table (shutdown, uninstall); nothing else is touched."""
+        with self._lock:
+            self.run(self.removal())
+            self._applied = None
+
+    # -- the fallback order ----------------------------------------------------------------------
+    def _put(self, new: S, believed: S | None, current: Callable[[], S | None]) -> tuple[int, str]:
+        """Steps 1-4; returns the commands run and the mode. ``believed``: what the kernel
+        should hold (None: step 1 does not apply)."""
+        if believed is not None:
+            done = self._try_diff(believed, new, "from what was applied")
+            if done is not None:
+                return done
+        if self.diff_from_listing:
+            done = self._try_diff(current(), new, "from the kernel's table")
+            if done is not None:
+                return done
+        cmds = self.rebuild(new, current)
+        try:
+            self.run(cmds)
+        except NftError as e:
+            self._refused("full replace", e)
+            raise
+        return _size(cmds), "replace"
+
+    def _try_diff(self, old: S | None, new: S, what: str) -> tuple[int, str] | None:
+        cmds = self.diff(old, new)
+        if cmds is None:
+            return None
+        n = _size(cmds)
+        if not n:
+            return 0, "none"
+        try:
+            self.run(cmds)
+        except NftError as e:
+            self._refused(f"incremental change {what}", e)
+            return None
+        return n, "incremental"
+
+    def _refused(self, what: str, e: NftError) -> None:
+        self.log.warning("table %s %s: %s refused: %s", self.family, self.name, what, e)
+        self.stats.errors += 1
+        self.stats.last_error = str(e)
