@@ -24,6 +24,9 @@ from portico_lbnode.fwdrules import (
     source_set,
 )
 
+from .nftkernel import Kernel
+from .nftkernel import canon as _canon
+
 ip = ipaddress.ip_address
 net = ipaddress.ip_network
 A, B, C, D = (ip(f"198.18.210.{i}") for i in (11, 12, 13, 14))
@@ -372,133 +375,10 @@ def test_losing_every_node_rewrites_the_chain_to_drop() -> None:
 
 
 # ==============================================================================================
-# a strict model of the kernel's side, for the differ and the replace
+# the differ and the replace run on a strict fake of the kernel (nftkernel.Kernel)
 # ==============================================================================================
-class Refused(AssertionError):
-    pass
-
-
-def _canon(v: Any) -> str:
-    return json.dumps(v, sort_keys=True, separators=(",", ":"))
-
-
-class Model:
-    """Tables as nftables keeps them, refusing what the kernel refuses: an object added twice
-    with another definition, a chain deleted while it has rules or a vmap element points at it,
-    a set deleted while a rule refers to it, an element added twice or deleted when absent,
-    references to what does not exist."""
-
-    def __init__(self) -> None:
-        self.chains: dict[str, dict[str, Any]] = {}
-        self.rules: dict[str, list[str]] = {}
-        self.colls: dict[str, dict[str, Any]] = {}
-        self.elems: dict[str, dict[str, str | None]] = {}
-
-    def _refs(self) -> set[str]:
-        return {n for rs in self.rules.values() for r in rs for n in self.colls if f'"@{n}"' in r}
-
-    def _def(self, obj: dict[str, Any]) -> dict[str, Any]:
-        return {k: v for k, v in obj.items() if k not in ("family", "table", "elem")}
-
-    def run(self, cmds: list[dict[str, Any]]) -> None:
-        for cmd in cmds:
-            ((op, body),) = cmd.items()
-            ((kind, obj),) = body.items()
-            getattr(self, f"{op}_{kind}")(obj)
-
-    def add_table(self, obj: Any) -> None:
-        pass
-
-    def flush_table(self, obj: Any) -> None:
-        for rs in self.rules.values():
-            rs.clear()
-
-    def add_chain(self, obj: dict[str, Any]) -> None:
-        n = obj["name"]
-        if n in self.chains and self.chains[n] != self._def(obj):
-            raise Refused(f"chain {n} exists with another definition")
-        self.chains.setdefault(n, self._def(obj))
-        self.rules.setdefault(n, [])
-
-    def flush_chain(self, obj: dict[str, Any]) -> None:
-        self.rules[obj["name"]].clear()
-
-    def delete_chain(self, obj: dict[str, Any]) -> None:
-        n = obj["name"]
-        if self.rules[n]:
-            raise Refused(f"chain {n} has rules")
-        if any(
-            _canon({"goto": {"target": n}}) == v for e in self.elems.values() for v in e.values()
-        ):
-            raise Refused(f"chain {n} is a vmap target")
-        del self.chains[n], self.rules[n]
-
-    def add_rule(self, obj: dict[str, Any]) -> None:
-        r = _canon(obj["expr"])
-        for ref in (x.split('"')[0] for x in r.split('"@')[1:]):
-            if ref not in self.colls:
-                raise Refused(f"rule refers to missing {ref}")
-        self.rules[obj["chain"]].append(r)
-
-    def _add_coll(self, obj: dict[str, Any]) -> None:
-        n = obj["name"]
-        if n in self.colls and self.colls[n] != self._def(obj):
-            raise Refused(f"{n} exists with another definition")
-        self.colls.setdefault(n, self._def(obj))
-        self.elems.setdefault(n, {})
-
-    add_set = add_map = _add_coll
-
-    def _flush_coll(self, obj: dict[str, Any]) -> None:
-        self.elems[obj["name"]].clear()
-
-    flush_set = flush_map = _flush_coll
-
-    def _delete_coll(self, obj: dict[str, Any]) -> None:
-        n = obj["name"]
-        if n in self._refs():
-            raise Refused(f"{n} is in use")
-        del self.colls[n], self.elems[n]
-
-    delete_set = delete_map = _delete_coll
-
-    def add_element(self, obj: dict[str, Any]) -> None:
-        elems = self.elems[obj["name"]]
-        is_map = "map" in self.colls[obj["name"]]
-        for e in obj["elem"]:
-            k, v = (_canon(e[0]), _canon(e[1])) if is_map else (_canon(e), None)
-            if k in elems:
-                raise Refused(f"element {k} exists")
-            if v and '"goto"' in v and json.loads(v)["goto"]["target"] not in self.chains:
-                raise Refused(f"vmap target of {k} is missing")
-            elems[k] = v
-
-    def delete_element(self, obj: dict[str, Any]) -> None:
-        elems = self.elems[obj["name"]]
-        for e in obj["elem"]:
-            if _canon(e) not in elems:
-                raise Refused(f"element {e} is absent")
-            del elems[_canon(e)]
-
-    def listing(self) -> dict[str, Any]:
-        """The model as the kernel lists it (nft 1.0.6 leaves a netdev chain's device out)."""
-        out: list[dict[str, Any]] = [{"table": {"family": "netdev", "name": "portico-gw"}}]
-        for n, c in self.colls.items():
-            kind = "map" if "map" in c else "set"
-            elem = [
-                [json.loads(k), json.loads(v)] if v is not None else json.loads(k)
-                for k, v in self.elems[n].items()
-            ]
-            out.append({kind: {**c, **({"elem": elem} if elem else {})}})
-        for c in self.chains.values():
-            out.append({"chain": {k: v for k, v in c.items() if k != "dev"}})
-        for n, rs in self.rules.items():
-            out += [{"rule": {"chain": n, "expr": json.loads(r)}} for r in rs]
-        return {"nftables": out}
-
-
-def load(r: FwdRules) -> Model:
-    m = Model()
+def load(r: FwdRules) -> Kernel:
+    m = Kernel()
     m.run(r.to_json_replace()["nftables"])
     return m
 

@@ -1,0 +1,202 @@
+"""Where packets go through a node's rendered table: the render loaded into the strict fake
+kernel and traced (nfttrace), so each test states behaviour (this packet is DNATed there,
+masqueraded or not, dropped, rejected) rather than the rules' text."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from fractions import Fraction
+from typing import Any
+
+from portico_common.model import Endpoint, EndpointPort, LBService, NodeInfo, ServicePort
+from portico_nodeagent import nftnames as N
+from portico_nodeagent.render import render_node_rules
+from portico_nodeagent.rulesdiff import diff_rules
+
+from .nftkernel import Kernel
+from .nfttrace import Outcome, Packet, Tracer
+
+NODE_IP, NODE_IP6 = "10.0.0.1", "fd00:10::1"
+NODE = NodeInfo("node-1", "zone-a", (NODE_IP, NODE_IP6))
+VIP, VIP6 = "198.18.32.10", "fd00:18::a:10"
+CLIENT, CLIENT6 = "203.0.113.5", "2001:db8::5"
+HTTP = (EndpointPort("http", "TCP", 8080),)
+L1, L2, R1 = "198.19.1.2", "198.19.1.3", "198.19.2.2"  # two endpoints on node-1, one on node-2
+
+
+def ep(addr: str, node: str | None, **kw: Any) -> Endpoint:
+    kw.setdefault("ports", HTTP)
+    return Endpoint(addr, node, "zone-a" if node == "node-1" else "zone-b", **kw)
+
+
+def svc(*eps: Endpoint, **kw: Any) -> LBService:
+    kw.setdefault("vips", (VIP,))
+    kw.setdefault("ports", (ServicePort("http", "TCP", 80, 31000, "http"),))
+    return LBService("shop", kw.pop("name", "web"), endpoints=eps, **kw)
+
+
+def node(*services: LBService, info: NodeInfo = NODE) -> Tracer:
+    return Tracer(render_node_rules(services, info), local=info.ips)
+
+
+def to(addr: str, port: int | None = 8080, masquerade: bool = False) -> Outcome:
+    return Outcome("accept", (addr, port), masquerade)
+
+
+def uniform(*outcomes: Outcome) -> dict[Outcome, Fraction]:
+    return {o: Fraction(1, len(outcomes)) for o in outcomes}
+
+
+ACCEPT = {Outcome("accept"): 1}
+DROP = {Outcome("drop"): 1}
+RESET = {Outcome("reject", reject="tcp reset"): 1}
+
+
+def test_local_policy_dnats_to_a_local_endpoint_never_masqueraded() -> None:
+    web = svc(ep(L1, "node-1"), ep(L2, "node-1"), ep(R1, "node-2"), external_traffic_policy="Local")
+    t = node(web)
+    assert t.outcomes(Packet(CLIENT, VIP)) == uniform(to(L1), to(L2))
+    # the client's address is kept, and so is the packet's own mark (the slot rode in it)
+    for tr in t.traces(Packet(CLIENT, VIP, mark=0x1234)):
+        assert tr.mark == 0x1234 and tr.ct_mark == 0
+        assert any("dnat to" in f for f in tr.fired)
+    assert t.outcomes(Packet(CLIENT, VIP, dport=443)) == ACCEPT  # not a Service port: untouched
+
+
+def test_local_policy_without_a_local_endpoint_drops() -> None:
+    web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
+    assert node(web).outcomes(Packet(CLIENT, VIP)) == DROP
+    # node-2 has it
+    on_2 = NodeInfo("node-2", "zone-b", ("10.0.0.2",))
+    assert node(web, info=on_2).outcomes(Packet(CLIENT, VIP)) == {to(R1): 1}
+
+
+def test_cluster_policy_masquerades_what_goes_to_another_node() -> None:
+    t = node(svc(ep(L1, "node-1"), ep(R1, "node-2")))
+    assert t.outcomes(Packet(CLIENT, VIP)) == uniform(to(L1), to(R1, masquerade=True))
+    for tr in t.traces(Packet(CLIENT, VIP, mark=0x1)):
+        assert tr.mark == 0x1  # the masquerade bit is cleared again, the slot given back
+    # a pod reaching itself through the VIP (hairpin) is masqueraded; another local pod is not
+    assert t.outcomes(Packet(L1, VIP)) == uniform(to(L1, masquerade=True), to(R1, masquerade=True))
+    assert t.outcomes(Packet(L2, VIP)) == uniform(to(L1), to(R1, masquerade=True))
+
+
+def test_every_endpoint_is_equally_likely_beyond_the_fixed_pick_chains() -> None:
+    many = [ep(f"198.19.2.{i}", "node-2") for i in range(2, 2 + N.PICKS_ALWAYS + 3)]
+    t = node(svc(*many))
+    assert t.outcomes(Packet(CLIENT, VIP)) == uniform(
+        *(to(e.address, masquerade=True) for e in many)
+    )
+
+
+def test_source_ranges_drop_other_clients_before_dnat() -> None:
+    web = svc(ep(L1, "node-1"), source_ranges=("203.0.113.0/28", "2001:db8::/64"))
+    t = node(web)
+    assert t.outcomes(Packet("203.0.113.5", VIP)) == {to(L1): 1}
+    drop = t.trace(Packet("203.0.113.99", VIP))
+    assert drop.outcome == Outcome("drop")
+    assert drop.fired[-1].startswith(N.FIREWALL_CHAIN_PREFIX)  # dropped by the firewall
+    # the host itself sending to the VIP is checked as well
+    assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == DROP
+
+
+def test_no_endpoints_rejects() -> None:
+    gone = svc()
+    t = node(gone, info=NodeInfo("node-1", "zone-a"))  # the node's address unknown: forwarded
+    assert t.outcomes(Packet(CLIENT, VIP)) == RESET
+    udp = svc(ports=(ServicePort("dns", "UDP", 53),), name="dns")
+    t = node(udp, info=NodeInfo("node-1", "zone-a"))
+    assert t.outcomes(Packet(CLIENT, VIP, l4proto="udp", dport=53)) == {
+        Outcome("reject", reject="icmpx port-unreachable"): 1
+    }
+    # the node's address known: DNATed to it and rejected as local traffic (no ICMP redirect)
+    tr = node(gone).trace(Packet(CLIENT, VIP))
+    assert tr.outcome == Outcome("reject", (NODE_IP, None), reject="tcp reset")
+    assert tr.mark & N.REJECT_MARK
+    assert any(f.startswith(N.FILTER_INPUT) for f in tr.fired)
+
+
+def test_an_ipv6_vip_goes_to_ipv6_endpoints() -> None:
+    api = svc(
+        ep(L1, "node-1"),
+        ep("fd00:19:0:1::2", "node-1"),
+        ep("fd00:19:0:2::2", "node-2"),
+        vips=(VIP, VIP6),
+        source_ranges=("2001:db8::/64",),
+    )
+    t = node(api)
+    assert t.outcomes(Packet(CLIENT6, VIP6)) == uniform(
+        to("fd00:19:0:1::2"), to("fd00:19:0:2::2", masquerade=True)
+    )
+    assert t.outcomes(Packet("2001:db8:1::5", VIP6)) == DROP  # outside the range
+    assert t.outcomes(Packet(CLIENT, VIP)) == DROP  # no IPv4 range: every IPv4 client
+    # an IPv6 Service without IPv6 endpoints rejects its IPv6 VIP only
+    v4_only = svc(ep(L1, "node-1"), vips=(VIP, VIP6))
+    t = node(v4_only, info=NodeInfo("node-1", "zone-a"))
+    assert t.outcomes(Packet(CLIENT6, VIP6)) == RESET
+    assert t.outcomes(Packet(CLIENT, VIP)) == {to(L1): 1}
+
+
+def test_nat_mode_node_port_dnats_to_the_endpoints() -> None:
+    gw = "198.18.0.1"  # the gateway, which masqueraded the client
+    nat = svc(ep(L1, "node-1"), ep(R1, "node-2"), forwarding_mode="NAT")
+    t = node(nat)
+    assert t.outcomes(Packet(gw, NODE_IP, dport=31000)) == uniform(to(L1), to(R1, masquerade=True))
+    assert t.outcomes(Packet(gw, NODE_IP, dport=31001)) == ACCEPT  # no such nodePort
+    assert t.outcomes(Packet(gw, "10.0.0.9", dport=31000)) == ACCEPT  # not this node's address
+    assert t.outcomes(Packet("127.0.0.1", "127.0.0.1", dport=31000, path="output")) == ACCEPT
+    # the host sending to its own nodePort is DNATed too
+    assert t.outcomes(Packet(NODE_IP, NODE_IP, dport=31000, path="output")) == uniform(
+        to(L1), to(R1, masquerade=True)
+    )
+    # direct server return: no nodePort rules at all
+    assert node(svc(ep(L1, "node-1"))).outcomes(Packet(gw, NODE_IP, dport=31000)) == ACCEPT
+    # NAT mode, no endpoints: the nodePort rejects
+    t = node(svc(forwarding_mode="NAT"), info=NodeInfo("node-1", "zone-a", (NODE_IP,)))
+    assert t.outcomes(Packet(gw, NODE_IP, dport=31000)) == RESET
+
+
+def test_client_ip_affinity_pins_a_client_to_its_first_endpoint() -> None:
+    sticky = svc(
+        ep(L1, "node-1"),
+        ep(L2, "node-1"),
+        ep(R1, "node-2"),
+        session_affinity="ClientIP",
+        session_affinity_timeout=60,
+    )
+    t = node(sticky)
+    first = uniform(to(L1), to(L2), to(R1, masquerade=True))
+    assert t.outcomes(Packet(CLIENT, VIP)) == first
+    # the first connection takes the second endpoint, and pins the client to it
+    path = next(tr for tr in t.traces(Packet(CLIENT, VIP)) if tr.outcome == to(L2))
+    t.trace(Packet(CLIENT, VIP), [c for _, c in path.choices], commit=True)
+    assert t.outcomes(Packet(CLIENT, VIP, sport=50000)) == {to(L2): 1}
+    assert t.outcomes(Packet("203.0.113.6", VIP)) == first  # another client: any endpoint
+    # ... the same through the nodePort of a NAT-mode Service
+    t = node(replace(sticky, forwarding_mode="NAT"))
+    gw = "198.18.0.1"
+    assert t.outcomes(Packet(gw, NODE_IP, dport=31000)) == first
+    t.trace(Packet(gw, NODE_IP, dport=31000), [2, 1], commit=True)  # not the 1st, not the 2nd
+    assert set(t.outcomes(Packet(gw, NODE_IP, dport=31000, sport=1))) == {to(R1, masquerade=True)}
+
+
+def test_the_host_reaches_a_vip_through_output() -> None:
+    t = node(svc(ep(L1, "node-1"), ep(R1, "node-2")))
+    assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == uniform(
+        to(L1), to(R1, masquerade=True)
+    )
+
+
+def test_an_endpoint_change_applied_as_a_diff_moves_the_traffic() -> None:
+    """The diff the agent applies, run on the fake kernel, and the kernel's state traced."""
+    before = [svc(ep(L1, "node-1"), ep(R1, "node-2"))]
+    after = [svc(ep(L2, "node-1"), ep(R1, "node-2"), ep("198.19.2.3", "node-2"))]
+    ra, rb = render_node_rules(before, NODE), render_node_rules(after, NODE)
+    k = Kernel.load(ra)
+    k.run(diff_rules(ra, rb))
+    t = Tracer(k, local=NODE.ips)
+    assert t.outcomes(Packet(CLIENT, VIP)) == uniform(
+        to(L2), to(R1, masquerade=True), to("198.19.2.3", masquerade=True)
+    )
+    k.run(diff_rules(rb, render_node_rules([], NODE)))
+    assert Tracer(k, local=NODE.ips).outcomes(Packet(CLIENT, VIP)) == ACCEPT
