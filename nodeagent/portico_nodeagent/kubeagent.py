@@ -18,6 +18,7 @@ from portico_common.tasks import run_together, run_until_signalled
 
 from . import nftnames as N
 from .conntrack import delete_flows
+from .drift import render_drift
 from .healthserver import HealthServers, HealthState
 from .incremental import NodeRenderer
 from .kubesource import KubeSource
@@ -124,6 +125,7 @@ class KubeAgent:
         self.metrics = AgentMetrics()
         self.last_good: dict[str, LBService] = {}
         self.applied: list[LBService] = []  # what the rules in force were rendered from
+        self.applied_node = NodeInfo("")  # ... for this node
         self.status: dict[str, Any] = {}
         self.kube: KubeClient | None = None
         self.source: KubeSource | None = None
@@ -185,7 +187,7 @@ class KubeAgent:
             write_status(self.settings.status, self.status)
             return False
         stale = stale_flows(self.applied, services, node)
-        self.applied = services
+        self.applied, self.applied_node = services, node
         if stale:
             # After the rules: a datagram between the two would re-create the entry.
             try:
@@ -275,6 +277,8 @@ class KubeAgent:
             await asyncio.sleep(STATUS_MIN_INTERVAL)
 
     async def _verifier(self) -> None:
+        every = self.settings.render_check_interval
+        next_check = time.monotonic() + every
         while True:
             await asyncio.sleep(self.settings.verify_interval)
             try:
@@ -283,6 +287,29 @@ class KubeAgent:
                     log.warning("restored table %s %s", N.FAMILY, N.TABLE)
             except NftError as e:
                 log.error("verify failed: %s", e)
+            if every > 0 and time.monotonic() >= next_check:
+                next_check = time.monotonic() + every
+                await self.check_render()
+
+    async def check_render(self) -> bool:
+        """Compares the rules in force with a render from scratch of the Services they were
+        rendered from; on a difference, logs it and rebuilds: the next render starts from
+        nothing. Returns whether they differed."""
+        applied = self.table.applied
+        if applied is None:
+            return False
+        services, node = self.applied, self.applied_node  # taken together, before any await
+        try:
+            drift = await asyncio.to_thread(render_drift, applied.index, services, node)
+        except NodeRulesError:
+            return False  # the applier reports bad input
+        if not drift or self.table.applied is not applied:
+            return False  # equal, or a newer apply came meanwhile: the next check sees it
+        self.metrics.render_drifts.inc()
+        log.error("the rules in force differ from a render from scratch: %s", "; ".join(drift))
+        self.renderer = NodeRenderer()
+        self.changed.set()
+        return True
 
 
 def run_kube_agent(settings: AgentSettings) -> int:

@@ -82,6 +82,13 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         help="seconds between checks that the table is as applied (default 5)",
     )
     p.add_argument(
+        "--render-check-interval",
+        type=float,
+        default=DEFAULTS.render_check_interval,
+        help="seconds between checks that the rules in force equal a render from scratch of "
+        "the same Services; 0 turns them off (default 60)",
+    )
+    p.add_argument(
         "--poll-interval",
         type=float,
         default=DEFAULTS.poll_interval,
@@ -121,6 +128,7 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         cleanup=args.cleanup,
         once=args.once,
         verify_interval=args.verify_interval,
+        render_check_interval=args.render_check_interval,
         poll_interval=args.poll_interval,
         status=args.status,
         healthz_port=args.healthz_port,

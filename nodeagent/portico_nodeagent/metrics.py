@@ -28,6 +28,12 @@ class AgentMetrics:
             "Times the table was found changed by someone else and restored",
             registry=r,
         )
+        self.render_drifts = Counter(
+            "portico_node_render_drifts_total",
+            "Times the rules in force differed from a render from scratch of the same Services "
+            "(an incremental render went wrong; the table is rebuilt from scratch)",
+            registry=r,
+        )
         self.conntrack_deleted = Counter(
             "portico_node_conntrack_deleted_total",
             "Conntrack entries of UDP/SCTP flows to endpoints that left the rules",

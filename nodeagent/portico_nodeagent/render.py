@@ -436,12 +436,17 @@ def render_node_rules(services: Iterable[LBService], node: NodeInfo) -> Json:
     Services are taken in (namespace, name) order; should two claim the same
     ``VIP . protocol . port`` (which the operator's address sharing rules out), the first keeps
     it. Raises NodeRulesError for input that cannot be rendered."""
+    return render_table(services, node).doc()
+
+
+def render_table(services: Iterable[LBService], node: NodeInfo) -> Table:
+    """``render_node_rules`` before it becomes a document: the ``Table`` built from scratch."""
     t = Table()
     render_fixed(t, node)
     claimed: set[str] = set()  # "VIP . proto . port" and "family . proto . nodePort" taken
     for svc in sorted(services, key=lambda s: (s.namespace, s.name)):
         render_service(t, svc, node, claimed)
-    return t.doc()
+    return t
 
 
 def render_service(t: Table, svc: LBService, node: NodeInfo, claimed: set[str]) -> None:

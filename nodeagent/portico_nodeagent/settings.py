@@ -16,6 +16,9 @@ class AgentSettings:
     cleanup: bool = False  # remove Portico's table and exit
     once: bool = False  # apply once, then exit
     verify_interval: float = 5.0  # seconds between checks that the table is as applied
+    # Seconds between checks that the applied rules equal a render from scratch of the same
+    # Services (an incremental render that went wrong); 0: never.
+    render_check_interval: float = 60.0
     poll_interval: float = 0.1  # seconds between checks of the rules file for changes
     status: Path | None = None  # a JSON status file, written after every apply
     healthz_port: int = 10256  # /healthz and the aggregate view; 0: off
