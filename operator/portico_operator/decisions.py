@@ -1,7 +1,7 @@
 """What the operator decides for one Service, as pure functions of what it knows: which step a
 reconcile takes, what a Service keeps when part of its input is bad, which forwarding mode is in
-force, and the outcome each step records for stage two (the CR). ``controller`` only reads the
-caches, calls these and writes what they say. No I/O, no clock: tested in
+force, and the outcome each step records for stage two (the CR). ``allocating`` (stage one)
+only reads the caches, calls these and writes what they say. No I/O, no clock: tested in
 ``tests/unit/test_decisions.py`` without an API.
 """
 

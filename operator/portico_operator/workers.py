@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, Protocol
 
 from portico_common.kube import ApiError
 
@@ -17,6 +17,16 @@ log = logging.getLogger("portico.operator")
 
 RETRY_SECONDS = (0.2, 0.5, 1, 2, 5, 10, 30)
 CONFLICT_RETRY_SECONDS = 0.05  # a 409: the watch brings the newer object within milliseconds
+
+
+class Failures(Protocol):
+    """Each key's failures in a row, per kind of worker (shared by the workers of a term)."""
+
+    def failed(self, kind: str, key: str) -> int:
+        """One more failure; returns how many in a row."""
+        ...
+
+    def succeeded(self, kind: str, key: str) -> None: ...
 
 
 def retry_after(failures: int, status: int | None) -> float:
@@ -35,36 +45,34 @@ async def run_worker(
     *,
     leading: Callable[[], bool],
     step_down: Callable[[], None],
-    failures: dict[str, int],
+    failures: Failures,
     depth: Any,
     seconds: Any,
 ) -> None:
-    """One worker, forever. ``failures`` counts each key's failures in a row (shared by the
-    workers of a term); ``depth`` and ``seconds`` are the queue-depth gauge and the reconcile
+    """One worker, forever. ``depth`` and ``seconds`` are the queue-depth gauge and the reconcile
     histogram (Prometheus children)."""
     while True:
         depth.set(len(queue))
         key = await queue.get()
         depth.set(len(queue))
-        fkey = f"{kind}:{key}"
         try:
             if leading():
                 t0 = time.perf_counter()
                 await reconcile(key)
                 seconds.observe(time.perf_counter() - t0)
-            failures.pop(fkey, None)
+            failures.succeeded(kind, key)
         except NotLeading:
             # This term is over: the elector steps down too, and a next term starts afresh.
             log.info("%s %s: the Lease deadline passed; not writing", kind, key)
             step_down()
         except ApiError as e:
-            n = failures[fkey] = failures.get(fkey, 0) + 1
+            n = failures.failed(kind, key)
             delay = retry_after(n, e.status)
             if e.status != 409:
                 log.warning("%s %s: %s (retry in %ss)", kind, key, e, delay)
             queue.add_after(key, delay)
         except Exception:
-            n = failures[fkey] = failures.get(fkey, 0) + 1
+            n = failures.failed(kind, key)
             log.exception("%s %s failed", kind, key)
             queue.add_after(key, retry_after(n, None))
         finally:

@@ -32,11 +32,22 @@ class Gauge:
         self.values.append(v)
 
 
+class Counts(dict[str, int]):
+    """``workers.Failures`` over a dict keyed "kind:key"."""
+
+    def failed(self, kind: str, key: str) -> int:
+        n = self[f"{kind}:{key}"] = self.get(f"{kind}:{key}", 0) + 1
+        return n
+
+    def succeeded(self, kind: str, key: str) -> None:
+        self.pop(f"{kind}:{key}", None)
+
+
 @dataclass
 class Run:
     calls: list[float] = field(default_factory=list)  # when reconcile was called
     stepped_down: list[bool] = field(default_factory=list)
-    failures: dict[str, int] = field(default_factory=dict)
+    failures: Counts = field(default_factory=Counts)
 
 
 async def _run(outcomes: list[BaseException | None], leading: bool = True) -> Run:

@@ -1,0 +1,126 @@
+"""Stage two, per Service: the finalizer, the LoadBalancer CR and the node rules, from stage one's
+last outcome. A Service's addresses are released here once its CR no longer carries them.
+What the CR and the rules say is pure (``lbspec``, ``noderules_push``).
+"""
+
+from __future__ import annotations
+
+from portico_common.clock import now_rfc3339 as now
+from portico_common.model import Endpoint
+
+from .cache import ClusterCache
+from .decisions import Outcome
+from .lbspec import lb_conditions, lb_status_current, render_spec
+from .noderules_push import node_rules_entry
+from .rules_writer import NodeRulesWriter
+from .service import ServiceView
+from .settings import OperatorSettings
+from .term import Term
+from .withdrawing import Withdrawing
+from .writes import Writes
+
+
+class Publishing:
+    def __init__(
+        self,
+        term: Term,
+        cache: ClusterCache,
+        writes: Writes,
+        rules: NodeRulesWriter,
+        withdrawing: Withdrawing,
+        settings: OperatorSettings,
+    ) -> None:
+        self.term = term
+        self.cache = cache
+        self.writes = writes
+        self.rules = rules
+        self.withdrawing = withdrawing
+        self.settings = settings
+
+    async def publish(self, key: str) -> None:
+        view = self.cache.services.get(key)
+        outcome = self.term.outcome(key)
+        if outcome is None:
+            if self.term.withdrawals.deferred(key):
+                # The publish the withdrawal waited for failed before it could finish it (a
+                # conflict, say): this retry does, once the CR is surely gone.
+                await self.withdrawing.abandon(key, view)
+            return
+        if view is None or view.deleting:
+            return
+        if not view.served_by(self.settings.load_balancer_class):
+            return
+        if not view.has_finalizer:
+            await self.writes.add_finalizer(view)
+            view = self.cache.services[key]
+        basis = (self._good(key) or view) if outcome.input_error else view
+        # One reading of the endpoints for the CR and the node rules (a slice that changes
+        # meanwhile queues this publish again).
+        endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        await self._apply_lb(view, basis, outcome, endpoints)
+        if self.term.outcome(key) is None:
+            # Withdrawn (stage one) while this wrote: do not leave a CR behind.
+            self.rules.want(key, None)
+            await self.withdrawing.abandon(key, view)
+            return
+        self.rules.want(
+            key,
+            node_rules_entry(basis, outcome.vips, outcome.mode, endpoints)
+            if outcome.vips
+            else None,
+        )
+        self.withdrawing.published(key, outcome.vips, view)
+        if outcome.mode == "NAT":
+            self._check_node_ports(view)
+
+    def _good(self, key: str) -> ServiceView | None:
+        st = self.term.states.get(key)
+        return st.good if st is not None else None
+
+    async def _apply_lb(
+        self, view: ServiceView, basis: ServiceView, outcome: Outcome, endpoints: list[Endpoint]
+    ) -> None:
+        """The CR: identity from ``view``, configuration from ``basis`` (the last valid one)."""
+        vips, pool, mode = outcome.vips, outcome.pool, outcome.mode
+        spec = render_spec(basis, vips, pool, mode, self.cache.nodes.values(), endpoints)
+        current = self.cache.lbs.get(view.key) or {}
+        generation = (current.get("metadata") or {}).get("generation")
+        if current.get("spec") != spec:
+            current = await self.writes.apply_lb_spec(view, spec)
+            generation = current["metadata"].get("generation")
+        previous = (current.get("status") or {}).get("conditions") or []
+        t, gen = now(), generation or 0
+        programmed = self.rules.programmed_condition(view.key, vips, spec, gen, t, previous)
+        conds = lb_conditions(
+            basis,
+            outcome.allocated,
+            outcome.reason,
+            outcome.message,
+            outcome.input_error,
+            mode,
+            gen,
+            t,
+            previous,
+            programmed,
+        )
+        if lb_status_current(current.get("status"), conds, generation):
+            return
+        await self.writes.apply_lb_status(view, generation, conds)
+
+    def _check_node_ports(self, view: ServiceView) -> None:
+        missing = [p for p in view.ports if not p.node_port]
+        if not missing or view.allocate_node_ports:
+            return
+        st = self.term.state(view.key)
+        if st.node_ports_reported:
+            return
+        st.node_ports_reported = True
+        self.writes.service_event(
+            view,
+            "Warning",
+            "NodePortsMissing",
+            "forwarding mode NAT sends traffic to nodePorts, but "
+            "allocateLoadBalancerNodePorts is false and ports "
+            f"{', '.join(str(p.port) for p in missing)} have none: set it to true or "
+            "give those ports a nodePort",
+        )
