@@ -39,6 +39,15 @@ def node_rules_entry(
     )
 
 
+def forwards_alike(a: Entry, b: Entry) -> bool:
+    """Whether two entries of a Service program the same forwarding, endpoints aside: which
+    addresses, ports and mode a node accepts for it. Endpoints change all the time, and the
+    gateway's probes follow what the agents applied of them."""
+    return {k: v for k, v in a.items() if k != "endpoints"} == {
+        k: v for k, v in b.items() if k != "endpoints"
+    }
+
+
 def shard_patches(
     wanted: Mapping[str, Entry | None], written: Mapping[str, Entry]
 ) -> dict[str, dict[str, Entry | None]]:

@@ -1,6 +1,12 @@
-"""Stage two, per Service: the finalizer, the LoadBalancer CR and the node rules, from stage one's
+"""Stage two, per Service: the finalizer, the node rules and the LoadBalancer CR, from stage one's
 last outcome. A Service's addresses are released here once its CR no longer carries them.
 What the CR and the rules say is pure (``lbspec``, ``noderules_push``).
+
+A new Service passes here about three times: when stage one allocated it (its node rules are
+wanted, nothing more), when the rules writer wrote them (the CR is written), when the agents
+report them applied (Programmed turns True); and, if a node had not applied them yet when one
+of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they were written (Programmed
+turns False if it still has not).
 """
 
 from __future__ import annotations
@@ -52,26 +58,40 @@ class Publishing:
             return
         if not view.has_finalizer:
             await self.writes.add_finalizer(view)
+            if self.term.outcome(key) is None:
+                await self._withdrawn(key, view)
+                return
             view = self.cache.services[key]
         basis = (self._good(key) or view) if outcome.input_error else view
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
         endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        entry = (
+            node_rules_entry(basis, outcome.vips, outcome.mode, endpoints) if outcome.vips else None
+        )
+        if entry is not None:
+            # The node rules first, then the CR. The gateway forwards a Service's addresses to
+            # every node that passes its health probe, and for a Cluster Service that is every
+            # node whose agent's rules are current, whether they carry this Service yet or not:
+            # a CR written first would send its traffic to nodes that drop it. Written, the
+            # entry queues this publish again (``on_written``), which writes the CR.
+            self.rules.want(key, entry)
+            if not self.rules.holds(key, entry):
+                return
         await self._apply_lb(view, basis, outcome, endpoints)
         if self.term.outcome(key) is None:
-            # Withdrawn (stage one) while this wrote: do not leave a CR behind.
-            self.rules.want(key, None)
-            await self.withdrawing.abandon(key, view)
+            await self._withdrawn(key, view)  # while this wrote: do not leave a CR behind
             return
-        self.rules.want(
-            key,
-            node_rules_entry(basis, outcome.vips, outcome.mode, endpoints)
-            if outcome.vips
-            else None,
-        )
+        if entry is None:
+            self.rules.want(key, None)  # after the CR: the gateway stops forwarding first
         self.withdrawing.published(key, outcome.vips, view)
         if outcome.mode == "NAT":
             self._check_node_ports(view)
+
+    async def _withdrawn(self, key: str, view: ServiceView) -> None:
+        """Stage one withdrew the Service while this publish wrote."""
+        self.rules.want(key, None)
+        await self.withdrawing.abandon(key, view)
 
     def _good(self, key: str) -> ServiceView | None:
         st = self.term.states.get(key)

@@ -21,7 +21,14 @@ from portico_common.kube import ApiError
 from .errors import NotLeading
 from .lbspec import condition
 from .metrics import Metrics
-from .noderules_push import Entry, entry_patch, lagging_nodes, programmed, shard_patches
+from .noderules_push import (
+    Entry,
+    entry_patch,
+    forwards_alike,
+    lagging_nodes,
+    programmed,
+    shard_patches,
+)
 from .service import ServiceView
 
 log = logging.getLogger("portico.operator.rules")
@@ -70,6 +77,14 @@ class NodeRulesWriter:
             return
         self.wanted[key] = entry
         self.dirty.set()
+
+    def holds(self, key: str, entry: Entry) -> bool:
+        """Whether the shards carry ``entry`` for the Service, endpoints aside (a CR may
+        announce what they carry). Always, when the nodes get no rules (no NodeRules CRD)."""
+        if not self.enabled:
+            return True
+        written = self.written.get(key)
+        return written is not None and forwards_alike(written, entry)
 
     async def load(self, services: Mapping[str, ServiceView], load_balancer_class: str) -> None:
         """What the shards hold now (at take-over); entries of Services that are gone or no

@@ -66,6 +66,8 @@ class FakeKube:
         self._rv = itertools.count(1)
         self._uid = itertools.count(1)
         self.writes = 0
+        # kind -> how many more writes of it to refuse with a 500 (an apiserver having trouble)
+        self.refuse: dict[str, int] = {}
 
     # -- helpers for tests (the "users" and the other controllers of a cluster) -------------------
     @staticmethod
@@ -138,6 +140,12 @@ class FakeKube:
         if want is not None and want != current["metadata"]["resourceVersion"]:
             raise ApiError(409, '{"reason": "Conflict", "message": "stale"}', "PATCH", path)
 
+    def _write(self, kind: str, method: str, path: str) -> None:
+        self.writes += 1
+        if self.refuse.get(kind, 0) > 0:
+            self.refuse[kind] -= 1
+            raise ApiError(500, '{"reason": "InternalError"}', method, path)
+
     def _missing(self, method: str, path: str) -> ApiError:
         return ApiError(404, '{"reason": "NotFound", "message": "not found"}', method, path)
 
@@ -161,7 +169,7 @@ class FakeKube:
 
     async def create(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         kind, ns, _name, _ = parse_path(path)
-        self.writes += 1
+        self._write(kind, "POST", path)
         if kind == "events":
             self.events.append(body)
             return body
@@ -175,7 +183,7 @@ class FakeKube:
 
     async def replace(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         kind, ns, name, _ = parse_path(path)
-        self.writes += 1
+        self._write(kind, "PUT", path)
         key = self.key(kind, ns, name or "")
         current = self.objects.get(key)
         if current is None:
@@ -185,7 +193,7 @@ class FakeKube:
 
     async def delete(self, path: str) -> dict[str, Any]:
         kind, ns, name, _ = parse_path(path)
-        self.writes += 1
+        self._write(kind, "DELETE", path)
         key = self.key(kind, ns, name or "")
         if key not in self.objects:
             raise self._missing("DELETE", path)
@@ -194,7 +202,7 @@ class FakeKube:
 
     async def patch(self, path: str, body: Any, *, kind: str = "merge", **_: Any) -> dict[str, Any]:
         res, ns, name, sub = parse_path(path)
-        self.writes += 1
+        self._write(res, "PATCH", path)
         key = self.key(res, ns, name or "")
         current = self.objects.get(key)
         if kind == "apply":
