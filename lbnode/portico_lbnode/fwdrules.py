@@ -11,14 +11,38 @@ Data path (direct server return at L2; every packet is looked at, there is no co
 * per LAN device a base chain ``ingress-<dev>`` (netdev ingress, priority 0, policy accept)::
 
       ip daddr . meta l4proto . th dport vmap @svc4   # a VIP port: goto its chain
-      ip daddr @vips4 drop                            # any other packet to a VIP
-      (the same for ip6 with svc6, vips6)
+      ip daddr vmap @unknown4                         # any other packet to a VIP: goto refuse4
+                                                      # (or vip-<id>, below)
+      (the same for ip6 with svc6, unknown6)
 
-  ARP, NDP and traffic to non-VIP addresses pass untouched. Dropped on purpose, for lack of a
-  node to send them to: ports the Service does not have, ICMP to a VIP (echo included: the
-  gateway cannot answer for the nodes, and an error about a node's reply would have to be hashed
-  on its inner header, which nft cannot do), and non-first IP fragments (``th dport`` does not
-  load from them, so they miss the vmap and hit the VIP drop; first fragments are forwarded).
+  ARP, NDP and traffic to non-VIP addresses pass untouched.
+* any other packet to a VIP is refused at once, from the gateway, rate-limited, so that a client
+  asking for a port the Service does not have (any more) learns it instead of waiting for its
+  timeout (a Service moved from port 80 to 81: 80 is refused)::
+
+      chain refuse4 { ip frag-off & 0x1fff != 0 drop             # refuse6: frag frag-off != 0
+                      meta l4proto { tcp, udp, sctp } jump refuse
+                      drop }
+      chain refuse { limit rate over 100/second burst 50 packets drop
+                     meta l4proto tcp reject with tcp reset
+                     reject with icmpx port-unreachable }          # ICMP / ICMPv6, by family
+
+  The reject is sent from netdev ingress itself (nft_reject_netdev, which this kernel and nft
+  1.0.6 have): the reply's source is the VIP, it leaves by the device the packet came in on, to
+  the MAC it came from, and nothing of the packet goes to the gateway's IP stack (NAT mode's
+  table never sees it). One limit, as the ``refuse`` chain is shared by both families and every
+  device: 100 refusals a second, bursts of 50, per gateway; over it a packet is dropped, as
+  before. The kernel itself never answers a reset, nor a packet whose checksum it cannot check.
+
+  Still dropped, silently: ICMP to a VIP (echo included: the gateway cannot answer for the
+  nodes, and an error about a node's reply would have to be hashed on its inner header, which
+  nft cannot do) and any protocol but TCP, UDP and SCTP; non-first IP fragments (``th dport``
+  does not load from them, so they miss the vmap even for a port the Service has, and a refusal
+  would be false; first fragments are forwarded); a port without a healthy node (fail-closed,
+  below); and a client outside the ``loadBalancerSourceRanges`` of every Service on the VIP,
+  which learns nothing, not even which ports are missing: the element of a VIP whose every
+  port has ranges goes to ``vip-<id>`` (``ip saddr != @admit-<id> drop; goto refuse4``), whose
+  interval set holds the union of its ports' ranges of its family.
 * per Service port a chain ``svc-<id>``::
 
       ip saddr != @src-<id> drop                      # only with sourceRanges
@@ -72,7 +96,16 @@ SERVICE_CHAIN_PREFIX = "svc-"
 SOURCE_SET_PREFIX = "src-"
 SLOTS_MAP_PREFIX = "slots-"
 DISPATCH_MAP = {4: "svc4", 6: "svc6"}  # vip . l4proto . dport : goto svc-<id>
-VIP_SET = {4: "vips4", 6: "vips6"}
+UNKNOWN_MAP = {4: "unknown4", 6: "unknown6"}  # vip : goto refuse<4|6> or vip-<id>
+REFUSE_CHAIN = "refuse"  # the rate limit and the reject, shared by both families
+REFUSE_FAMILY_CHAIN = {4: "refuse4", 6: "refuse6"}
+VIP_CHAIN_PREFIX = "vip-"  # a VIP whose every port has source ranges
+ADMIT_SET_PREFIX = "admit-"  # ... and the union of those ranges
+# Refusals (TCP resets, ICMP port unreachables) per second, and the burst, for the whole
+# gateway; over the limit a packet is dropped.
+REFUSE_RATE = 100
+REFUSE_BURST = 50
+REFUSED_PROTOCOLS = ("tcp", "udp", "sctp")  # in the kernel's listing order (by number)
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 IP_PROTO = {4: "ip", 6: "ip6"}
 SLOT_KEY_TYPE = "mark"  # 32 bits, as jhash's result (see the module docstring)
@@ -294,6 +327,19 @@ def ingress_chain(device: str) -> str:
     return INGRESS_CHAIN_PREFIX + device
 
 
+def vip_id(vip: IP) -> str:
+    return _digest(f"vip|{vip}")
+
+
+def vip_chain(vip: IP) -> str:
+    """The chain of a VIP's unknown ports when every port of it has source ranges."""
+    return VIP_CHAIN_PREFIX + vip_id(vip)
+
+
+def admit_set(vip: IP) -> str:
+    return ADMIT_SET_PREFIX + vip_id(vip)
+
+
 def _content_name(family: int, slots: tuple[str, ...], attempt: int) -> str:
     salt = f"#{attempt}" if attempt else ""
     return SLOTS_MAP_PREFIX + _digest(f"v{family}|{','.join(slots)}{salt}")
@@ -372,9 +418,46 @@ def _dispatch_rule(family: int) -> list[Json]:
     return [{"vmap": {"key": key, "data": "@" + DISPATCH_MAP[family]}}]
 
 
-def _vip_drop_rule(family: int) -> list[Json]:
+def _unknown_rule(family: int) -> list[Json]:
     daddr = _payload(IP_PROTO[family], "daddr")
-    return [{"match": {"op": "==", "left": daddr, "right": "@" + VIP_SET[family]}}, _DROP]
+    return [{"vmap": {"key": daddr, "data": "@" + UNKNOWN_MAP[family]}}]
+
+
+def _goto(chain: str) -> Json:
+    return {"goto": {"target": chain}}
+
+
+def _refuse_family_rules(family: int) -> list[list[Json]]:
+    """A VIP's packet that is not for one of its ports: a non-first fragment is dropped, TCP,
+    UDP and SCTP are refused (``refuse``), anything else (ICMP) is dropped."""
+    if family == 4:
+        frag: Json = {"&": [_payload("ip", "frag-off"), 0x1FFF]}  # the offset, not the flags
+    else:
+        frag = {"exthdr": {"name": "frag", "field": "frag-off"}}  # absent: the rule stops
+    l4proto = {"meta": {"key": "l4proto"}}
+    return [
+        [{"match": {"op": "!=", "left": frag, "right": 0}}, _DROP],
+        [
+            {"match": {"op": "==", "left": l4proto, "right": {"set": list(REFUSED_PROTOCOLS)}}},
+            {"jump": {"target": REFUSE_CHAIN}},
+        ],
+        [_DROP],
+    ]
+
+
+def _refuse_rules() -> list[list[Json]]:
+    limit = {"rate": REFUSE_RATE, "burst": REFUSE_BURST, "per": "second", "inv": True}
+    tcp = {"match": {"op": "==", "left": {"meta": {"key": "l4proto"}}, "right": "tcp"}}
+    return [
+        [{"limit": limit}, _DROP],
+        [tcp, {"reject": {"type": "tcp reset"}}],
+        [{"reject": {"type": "icmpx", "expr": "port-unreachable"}}],
+    ]
+
+
+def _admit_rule(family: int, admit: str) -> list[Json]:
+    saddr = _payload(IP_PROTO[family], "saddr")
+    return [{"match": {"op": "!=", "left": saddr, "right": "@" + admit}}, _DROP]
 
 
 def _source_rule(port: FwdPort) -> list[Json]:
@@ -453,15 +536,20 @@ def render_fwd(
         out.collections[DISPATCH_MAP[fam]] = Collection(
             (ADDR_TYPE[fam], "inet_proto", "inet_service"), "verdict"
         )
-        out.collections[VIP_SET[fam]] = Collection(ADDR_TYPE[fam])
+        out.collections[UNKNOWN_MAP[fam]] = Collection(ADDR_TYPE[fam], "verdict")
         out.elements[DISPATCH_MAP[fam]] = {}
-        out.elements[VIP_SET[fam]] = {}
+        out.elements[UNKNOWN_MAP[fam]] = {}
     for dev in devices:
         if not dev or len(dev) > DEVICE_NAME_MAX or '"' in dev:
             raise FwdRulesError(f"bad device name {dev!r}")
-        ingress = [_canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _vip_drop_rule)]
+        ingress = [_canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _unknown_rule)]
         out.chains[ingress_chain(dev)] = BaseChain(dev)
         out.rules[ingress_chain(dev)] = tuple(ingress)
+    out.chains[REFUSE_CHAIN] = None
+    out.rules[REFUSE_CHAIN] = tuple(_canon(r) for r in _refuse_rules())
+    for fam in (4, 6):
+        out.chains[REFUSE_FAMILY_CHAIN[fam]] = None
+        out.rules[REFUSE_FAMILY_CHAIN[fam]] = tuple(_canon(r) for r in _refuse_family_rules(fam))
 
     chosen: list[FwdPort] = []
     skipped: list[FwdPort] = []
@@ -513,8 +601,32 @@ def render_fwd(
         out.elements[DISPATCH_MAP[p.family]][_canon(dispatch_key)] = _canon(
             {"goto": {"target": chain}}
         )
-        out.elements[VIP_SET[p.family]][_canon(str(p.vip))] = None
+    _render_unknown(out, chosen)
     return out
+
+
+def _render_unknown(out: FwdRules, chosen: Sequence[FwdPort]) -> None:
+    """Each VIP's entry for its other packets: ``refuse4``/``refuse6``, or when every port of the
+    VIP has source ranges, a chain of its own that first drops clients outside all of them (a
+    client the firewall keeps out learns nothing, not even which ports do not exist)."""
+    ranges: dict[IP, list[IPNetwork] | None] = {}  # None: some port admits everyone
+    for p in chosen:
+        if not p.source_ranges:
+            ranges[p.vip] = None
+        elif (have := ranges.setdefault(p.vip, [])) is not None:
+            have.extend(n for n in p.source_ranges if n.version == p.family)
+    for vip, nets in ranges.items():
+        fam = vip.version
+        target = REFUSE_FAMILY_CHAIN[fam]
+        if nets is not None:
+            chain, adm = vip_chain(vip), admit_set(vip)
+            merged = ipaddress.collapse_addresses(nets)  # type: ignore[type-var,arg-type]
+            out.collections[adm] = Collection(ADDR_TYPE[fam], flags=("interval",))
+            out.elements[adm] = {_canon(_range_element(n)): None for n in merged}
+            out.chains[chain] = None
+            out.rules[chain] = (_canon(_admit_rule(fam, adm)), _canon([_goto(target)]))
+            target = chain
+        out.elements[UNKNOWN_MAP[fam]][_canon(str(vip))] = _canon(_goto(target))
 
 
 # ==============================================================================================

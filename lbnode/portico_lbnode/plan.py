@@ -104,7 +104,10 @@ def forwarding_and_nat(
                             protocol=p.protocol,
                             port=p.port,
                             affinity=svc.client_ip_affinity,
-                            source_ranges=sources,
+                            # All of them: the renderer uses this family's, and an empty
+                            # result (only the other family's) still means "restricted" for
+                            # the VIP's unknown ports (refused only to admitted clients).
+                            source_ranges=svc.source_ranges,
                             slots=() if svc.nat else admitted,
                             to_stack=bool(targets),
                         )

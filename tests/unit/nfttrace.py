@@ -2,14 +2,15 @@
 the spirit of kube-proxy's nftables proxier's tests (pkg/proxy/nftables/helpers_test.go), but
 reading the libnftables JSON our renderers produce.
 
-A :class:`Packet` (addresses, protocol, ports, mark; ``path`` "prerouting" for one arriving from
-outside, "output" for one the host sends) is walked through the table's base chains hook by
-hook, each hook's chains in priority order, with the routing decision between (a destination
-in ``local`` goes to input, any other is forwarded and goes to postrouting; a locally sent
-packet goes through output, postrouting, and input when it is for the host). A netdev table's
-ingress chains of the packet's device see it first; ``fwd`` steals it. It is the first packet of
-a new connection: conntrack state "new", conntrack mark 0; NAT chains run, and once one has set
-up a hook's NAT the later NAT chains of that hook are skipped, as in the kernel.
+A :class:`Packet` (addresses, protocol, ports, mark, fragment offset, whether it is over every
+``limit``; ``path`` "prerouting" for one arriving from outside, "output" for one the host sends)
+is walked through the table's base chains hook by hook, each hook's chains in priority order,
+with the routing decision between (a destination in ``local`` goes to input, any other is
+forwarded and goes to postrouting; a locally sent packet goes through output, postrouting, and
+input when it is for the host). A netdev table's ingress chains of the packet's device see it
+first; ``fwd`` steals it, ``reject`` answers it from there. It is the first packet of a new
+connection: conntrack state "new", conntrack mark 0; NAT chains run, and once one has set up a
+hook's NAT the later NAT chains of that hook are skipped, as in the kernel.
 
 Randomness is made explicit: a ``numgen random`` takes its value from ``choices`` (in the order
 the packet meets them); :meth:`Tracer.traces` follows every choice and gives each path with its
@@ -44,7 +45,8 @@ _IP = {4: "ip", 6: "ip6"}
 _NFPROTO = {4: "ipv4", 6: "ipv6"}
 # The NAT a hook's nat chains set up: once one has, the hook's later nat chains are skipped.
 _NAT_KIND = {"prerouting": "dst", "output": "dst", "postrouting": "src", "input": "src"}
-_REJECT_HOOKS = ("prerouting", "input", "forward", "output")
+_REJECT_HOOKS = ("prerouting", "input", "forward", "output", "ingress")
+_IP_DF, _IP_MF = 0x4000, 0x2000
 _MAX_JUMPS = 16  # NFT_JUMP_STACK_SIZE
 _MAX_PATHS = 10_000
 
@@ -79,10 +81,17 @@ class Packet:
     mark: int = 0
     path: str = "prerouting"  # "prerouting": arrives from outside; "output": sent by the host
     iif: str = "eth0"  # the device it arrives on (netdev ingress)
+    # None: not a fragment (an IPv4 one has DF set, as Linux sends TCP); else the fragment's
+    # offset in 8-byte units: 0 for the first fragment (IPv4: MF set; IPv6: a fragment header),
+    # more for the others, which carry no transport header.
+    frag_offset: int | None = None
+    over_limit: bool = False  # every ``limit`` the packet meets is used up
 
     def __post_init__(self) -> None:
         if self.path not in ("prerouting", "output"):
             raise ValueError(f"path {self.path!r} (want prerouting or output)")
+        if self.frag_offset is not None and not 0 <= self.frag_offset < 0x2000:
+            raise ValueError(f"fragment offset {self.frag_offset}")
         if ipaddress.ip_address(self.saddr).version != ipaddress.ip_address(self.daddr).version:
             raise ValueError("saddr and daddr of different families")
 
@@ -453,6 +462,12 @@ class Tracer:
             st.updates.append((name, key))
             st.fired.append(f"{where}: {v['op']} @{name} {key}")
             return None
+        if k == "limit":
+            if set(v) - {"rate", "burst", "per", "inv"}:  # a byte rate has "rate_unit"
+                raise UnknownExpression(f"{where}: limit {v!r}")
+            if st.pkt.over_limit != bool(v.get("inv", False)):
+                raise _Break  # "limit rate": within; "limit rate over": over the limit
+            return None
         if k == "fwd":
             self._allowed(st, where, "fwd", hooks=("ingress",))
             if set(v) != {"dev", "family", "addr"}:
@@ -534,6 +549,12 @@ class Tracer:
             if v == {"key": "mark"}:
                 return st.ct_mark
             raise UnknownExpression(f"{where}: ct {v!r}")
+        if k == "exthdr":
+            if v != {"name": "frag", "field": "frag-off"}:
+                raise UnknownExpression(f"{where}: exthdr {v!r}")
+            if st.pkt.family != 6 or st.pkt.frag_offset is None:
+                raise _Break  # no IPv6 fragment header: the expression breaks the rule
+            return st.pkt.frag_offset
         if k == "fib":
             if v.get("result") != "type" or v.get("flags") != ["daddr"]:
                 raise UnknownExpression(f"{where}: fib {v!r}")
@@ -574,9 +595,14 @@ class Tracer:
                 raise _Break  # the implicit "meta nfproto" dependency fails
             return _norm(st.pkt.saddr) if fld == "saddr" else st.daddr
         if proto == "th" and fld in ("sport", "dport"):
-            if st.pkt.l4proto not in _PORT_PROTOCOLS:
-                raise _Break  # no transport header ports to load
+            if st.pkt.l4proto not in _PORT_PROTOCOLS or st.pkt.frag_offset:
+                raise _Break  # no transport header ports to load (nor in a later fragment)
             return st.pkt.sport if fld == "sport" else st.dport
+        if proto == "ip" and fld == "frag-off":
+            if st.pkt.family != 4:
+                raise _Break
+            off = st.pkt.frag_offset
+            return _IP_DF if off is None else _IP_MF | off
         raise UnknownExpression(f"{where}: payload {proto} {fld}")
 
     def _hash_input(self, st: _State, where: str, e: Json) -> bytes:

@@ -12,16 +12,20 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from portico_lbnode.fwdrules import (
     FLOW_HASH_SEED,
+    REFUSE_BURST,
+    REFUSE_RATE,
     BaseChain,
     Collection,
     FwdPort,
     FwdRules,
     FwdRulesError,
+    admit_set,
     diff_fwd,
     parse_listing,
     render_fwd,
     service_chain,
     source_set,
+    vip_chain,
 )
 
 from .nftkernel import Kernel
@@ -72,7 +76,13 @@ def test_small_render_as_data() -> None:
     r = render_fwd([p], ["eth0"], 3)
     svc = service_chain(p)
     slots = only(slot_maps(r))
-    assert r.chains == {"ingress-eth0": BaseChain("eth0", 0), svc: None}
+    assert r.chains == {
+        "ingress-eth0": BaseChain("eth0", 0),
+        "refuse": None,
+        "refuse4": None,
+        "refuse6": None,
+        svc: None,
+    }
     l4proto = {"meta": {"key": "l4proto"}}
     assert rules_of(r, "ingress-eth0") == [
         [
@@ -89,7 +99,7 @@ def test_small_render_as_data() -> None:
                 }
             }
         ],
-        [{"match": {"op": "==", "left": ipv4("daddr"), "right": "@vips4"}}, {"drop": None}],
+        [{"vmap": {"key": ipv4("daddr"), "data": "@unknown4"}}],
         [
             {
                 "vmap": {
@@ -106,13 +116,11 @@ def test_small_render_as_data() -> None:
         ],
         [
             {
-                "match": {
-                    "op": "==",
-                    "left": {"payload": {"protocol": "ip6", "field": "daddr"}},
-                    "right": "@vips6",
+                "vmap": {
+                    "key": {"payload": {"protocol": "ip6", "field": "daddr"}},
+                    "data": "@unknown6",
                 }
-            },
-            {"drop": None},
+            }
         ],
     ]
     mark = {"meta": {"key": "mark"}}
@@ -136,24 +144,79 @@ def test_small_render_as_data() -> None:
     ]
     assert r.collections == {
         "svc4": Collection(("ipv4_addr", "inet_proto", "inet_service"), "verdict"),
-        "vips4": Collection("ipv4_addr"),
+        "unknown4": Collection("ipv4_addr", "verdict"),
         "svc6": Collection(("ipv6_addr", "inet_proto", "inet_service"), "verdict"),
-        "vips6": Collection("ipv6_addr"),
+        "unknown6": Collection("ipv6_addr", "verdict"),
         slots: Collection("mark", "ipv4_addr"),
     }
     decoded = {
         n: {json.loads(k): v and json.loads(v) for k, v in r.elements[n].items()}
-        for n in ("vips4", slots, "svc6", "vips6")
+        for n in ("unknown4", slots, "svc6", "unknown6")
     }
-    assert decoded["vips4"] == {"198.18.211.10": None}
+    assert decoded["unknown4"] == {"198.18.211.10": {"goto": {"target": "refuse4"}}}
     assert r.elements["svc4"] == {
         json.dumps({"concat": ["198.18.211.10", "tcp", 80]}, separators=(",", ":")): json.dumps(
             {"goto": {"target": svc}}, separators=(",", ":")
         )
     }
     assert decoded[slots] == {0: "198.18.210.11", 1: "198.18.210.12", 2: "198.18.210.13"}
-    assert decoded["svc6"] == decoded["vips6"] == {}
+    assert decoded["svc6"] == decoded["unknown6"] == {}
     assert r.skipped == ()
+
+
+def test_other_packets_to_a_vip_are_refused_once_checked_and_rate_limited() -> None:
+    r = render_fwd([port()], ["eth0"], 3)
+    l4proto = {"meta": {"key": "l4proto"}}
+    port_protocols = {"set": ["tcp", "udp", "sctp"]}
+    frag4 = {"&": [ipv4("frag-off"), 0x1FFF]}  # the offset: DF and MF left out
+    assert rules_of(r, "refuse4") == [
+        [{"match": {"op": "!=", "left": frag4, "right": 0}}, {"drop": None}],
+        [
+            {"match": {"op": "==", "left": l4proto, "right": port_protocols}},
+            {"jump": {"target": "refuse"}},
+        ],
+        [{"drop": None}],  # ICMP, and anything refuse left: dropped
+    ]
+    frag6 = {"exthdr": {"name": "frag", "field": "frag-off"}}
+    assert rules_of(r, "refuse6")[0] == [
+        {"match": {"op": "!=", "left": frag6, "right": 0}},
+        {"drop": None},
+    ]
+    assert rules_of(r, "refuse6")[1:] == rules_of(r, "refuse4")[1:]
+    limit = {"rate": REFUSE_RATE, "burst": REFUSE_BURST, "per": "second", "inv": True}
+    assert (REFUSE_RATE, REFUSE_BURST) == (100, 50)
+    assert rules_of(r, "refuse") == [
+        [{"limit": limit}, {"drop": None}],
+        [
+            {"match": {"op": "==", "left": l4proto, "right": "tcp"}},
+            {"reject": {"type": "tcp reset"}},
+        ],
+        [{"reject": {"type": "icmpx", "expr": "port-unreachable"}}],
+    ]
+
+
+def test_a_vip_whose_ports_all_have_ranges_refuses_only_their_union() -> None:
+    a = port("ns/a", ranges=("198.18.0.0/16", "fd00::/8"))
+    b = port("ns/b", number=443, ranges=("198.19.0.0/16", "203.0.113.7/32"))
+    v6 = port("ns/a", VIP6, slots=(A6, B6, C6), ranges=("198.18.0.0/16",))
+    r = render_fwd([a, b, v6], ["eth0"], 3)
+    chain, adm = vip_chain(VIP), admit_set(VIP)
+    assert r.collections[adm] == Collection("ipv4_addr", flags=("interval",))
+    assert set(r.elements[adm]) == {
+        _canon({"prefix": {"addr": "198.18.0.0", "len": 15}}),
+        _canon("203.0.113.7"),
+    }
+    assert rules_of(r, chain) == [
+        [{"match": {"op": "!=", "left": ipv4("saddr"), "right": "@" + adm}}, {"drop": None}],
+        [{"goto": {"target": "refuse4"}}],
+    ]
+    assert json.loads(r.elements["unknown4"][_canon(str(VIP))]) == {"goto": {"target": chain}}
+    # IPv6 ranges: none, so no IPv6 client is refused (nor admitted)
+    assert r.elements[admit_set(VIP6)] == {}
+    # a port of the VIP open to everyone opens its other ports' refusal to everyone too
+    r2 = render_fwd([a, port("ns/c", number=8080)], ["eth0"], 3)
+    assert chain not in r2.chains and adm not in r2.collections
+    assert json.loads(r2.elements["unknown4"][_canon(str(VIP))]) == {"goto": {"target": "refuse4"}}
 
 
 def test_render_is_deterministic_and_names_are_stable() -> None:
@@ -244,7 +307,7 @@ def test_a_port_without_healthy_nodes_is_dropped_and_has_no_map() -> None:
     r = render_fwd([p], ["eth0"], 3)
     assert rules_of(r, service_chain(p))[-1] == [{"drop": None}]
     assert slot_maps(r) == {}
-    assert r.elements["vips4"] == {'"198.18.211.10"': None}  # still dispatched to its chain
+    assert list(r.elements["unknown4"]) == ['"198.18.211.10"']  # its other ports refused
     assert len(r.elements["svc4"]) == 1
 
 
@@ -252,7 +315,7 @@ def test_one_chain_set_serves_every_device() -> None:
     r = render_fwd([port()], ["eth0", "eth1"], 3)
     assert {n for n, c in r.chains.items() if c is not None} == {"ingress-eth0", "ingress-eth1"}
     assert r.rules["ingress-eth0"] == r.rules["ingress-eth1"]
-    assert sum(1 for c in r.chains.values() if c is None) == 1
+    assert sum(1 for c in r.chains.values() if c is None) == 4  # refuse, refuse4/6, the port
 
 
 def test_bad_input_is_refused() -> None:
@@ -346,15 +409,18 @@ def test_removing_a_service_removes_its_chain_elements_and_unused_map() -> None:
     w = {"family": "netdev", "table": "portico-gw"}
     assert cmds == [
         {"flush": {"chain": {**w, "name": service_chain(gone)}}},
+        {"flush": {"chain": {**w, "name": vip_chain(gone.vip)}}},
         {
             "delete": {
                 "element": {**w, "name": "svc4", "elem": [{"concat": ["198.18.212.2", "tcp", 80]}]}
             }
         },
-        {"delete": {"element": {**w, "name": "vips4", "elem": ["198.18.212.2"]}}},
+        {"delete": {"element": {**w, "name": "unknown4", "elem": ["198.18.212.2"]}}},
         {"delete": {"chain": {**w, "name": service_chain(gone)}}},
+        {"delete": {"chain": {**w, "name": vip_chain(gone.vip)}}},
         {"delete": {"map": {**w, "name": gone_map}}},
         {"delete": {"set": {**w, "name": source_set(gone)}}},
+        {"delete": {"set": {**w, "name": admit_set(gone.vip)}}},
     ]
     assert simulate(old, cmds).same_as(new)
     # a map another port still uses stays

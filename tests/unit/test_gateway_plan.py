@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ipaddress
+import json
 from collections import Counter
 from typing import Any
 
+from portico_lbnode.fwdrules import admit_set, render_fwd, vip_chain
 from portico_lbnode.maglev import maglev_table
 from portico_lbnode.model import service_from_cr
 from portico_lbnode.natrules import render_nat
@@ -94,6 +96,16 @@ def test_source_ranges_go_to_their_family_and_a_family_without_ranges_admits_non
     assert all(p.source_ranges == (ipaddress.ip_network("198.18.1.0/24"),) for p in v4)
     assert all(p.slots for p in v4)
     assert all(p.slots == () for p in v6), "IPv6 clients are outside every range"
+    # The ports carry the Service's ranges whole: the renderer keeps the port's family's (none
+    # here), and the VIP stays restricted, so an IPv6 client is not refused on its other
+    # ports either (fwdrules: vip-<id> with an empty admit set).
+    assert all(p.source_ranges == svc.source_ranges for p in v6)
+    rules = render_fwd(ports, ["eth0"], SIZE)
+    v6_vip = v6[0].vip
+    assert rules.elements[admit_set(v6_vip)] == {}
+    assert json.loads(rules.elements["unknown6"][json.dumps(str(v6_vip))]) == {
+        "goto": {"target": vip_chain(v6_vip)}
+    }
 
 
 def test_affinity_is_passed_on() -> None:

@@ -300,15 +300,119 @@ def test_gateway_forwards_a_vip_port_packet_to_the_node_of_its_slot() -> None:
     assert t.trace(Packet(CLIENT, VIP, sport=20000)).outcome == tr.outcome
 
 
-def test_gateway_lets_other_traffic_pass_and_drops_other_vip_ports() -> None:
+RST = Outcome("reject", reject="tcp reset")
+UNREACHABLE = Outcome("reject", reject="icmpx port-unreachable")  # ICMP or ICMPv6, by family
+
+
+def test_gateway_lets_other_traffic_pass_and_refuses_other_vip_ports() -> None:
     t = gateway(gw_port(), gw_port(VIP6, NODES6))
     assert t.outcomes(Packet(CLIENT, "198.18.211.99")) == {Outcome("accept"): 1}
-    assert t.outcomes(Packet(CLIENT, VIP, dport=81)) == {Outcome("drop"): 1}
-    assert t.outcomes(Packet(CLIENT, VIP, l4proto="udp")) == {Outcome("drop"): 1}
-    assert t.outcomes(Packet(CLIENT, VIP, l4proto="icmp")) == {Outcome("drop"): 1}
     assert t.outcomes(Packet(CLIENT, VIP, iif="eth1")) == {Outcome("accept"): 1}  # not a LAN dev
     assert t.outcomes(Packet(CLIENT6, "fd00:211::99")) == {Outcome("accept"): 1}
     assert {hop for _, hop in flows(t, CLIENT6, VIP6)} == {str(n) for n in NODES6}
+    # a port or protocol the Service does not have: a reset, a port unreachable
+    for client, vip in ((CLIENT, VIP), (CLIENT6, VIP6)):
+        assert t.outcomes(Packet(client, vip, dport=81)) == {RST: 1}
+        assert t.outcomes(Packet(client, vip, l4proto="udp")) == {UNREACHABLE: 1}
+        assert t.outcomes(Packet(client, vip, l4proto="sctp", dport=9)) == {UNREACHABLE: 1}
+        # ICMP (echo included) and other protocols: dropped, as before
+        for proto in ("icmp", "icmpv6", "gre"):
+            assert t.outcomes(Packet(client, vip, l4proto=proto)) == {Outcome("drop"): 1}
+        # over the gateway's refusal rate: dropped
+        assert t.outcomes(Packet(client, vip, dport=81, over_limit=True)) == {Outcome("drop"): 1}
+        # the limit is for refusals only: the Service's port is forwarded whatever the rate
+        assert t.trace(Packet(client, vip, over_limit=True)).outcome.verdict == "fwd"
+    tr = t.trace(Packet(CLIENT, VIP, dport=81))
+    assert tr.fired == [
+        'ingress-eth0[1]: vmap @unknown4 "198.18.211.10": goto refuse4',
+        "refuse4[1]: jump refuse",
+        "refuse[1]: reject tcp reset",
+    ]
+
+
+def test_gateway_never_refuses_a_fragment_it_cannot_place() -> None:
+    """A later fragment has no ports: it misses every Service port, even its own, and a refusal
+    of it would be false; it is dropped (as before). A first fragment carries the ports."""
+    t = gateway(gw_port(), gw_port(VIP6, NODES6))
+    for client, vip in ((CLIENT, VIP), (CLIENT6, VIP6)):
+        first = t.trace(Packet(client, vip, frag_offset=0))
+        assert first.outcome.verdict == "fwd"
+        assert t.outcomes(Packet(client, vip, dport=81, frag_offset=0)) == {RST: 1}
+        for dport in (80, 81):
+            later = Packet(client, vip, l4proto="udp", dport=dport, frag_offset=185)
+            assert t.outcomes(later) == {Outcome("drop"): 1}
+
+
+def test_gateway_refuses_only_clients_the_vips_source_ranges_admit() -> None:
+    """A VIP whose every port has source ranges: outsiders learn nothing of it (dropped, as on
+    its ports), insiders are refused on its other ports. One open port opens the VIP."""
+    inside, outside = "203.0.113.5", "198.51.100.9"
+    ranges = (ipaddress.ip_network("203.0.113.0/28"), ipaddress.ip_network("fd00:99::/64"))
+    t = gateway(gw_port(source_ranges=ranges), gw_port(VIP6, NODES6, source_ranges=ranges))
+    assert t.trace(Packet(inside, VIP)).outcome.verdict == "fwd"
+    assert t.outcomes(Packet(outside, VIP)) == {Outcome("drop"): 1}
+    assert t.outcomes(Packet(inside, VIP, dport=81)) == {RST: 1}
+    assert t.outcomes(Packet(outside, VIP, dport=81)) == {Outcome("drop"): 1}
+    assert t.outcomes(Packet("fd00:99::5", VIP6, l4proto="udp")) == {UNREACHABLE: 1}
+    assert t.outcomes(Packet(CLIENT6, VIP6, l4proto="udp")) == {Outcome("drop"): 1}
+    # ranges of the other family only: nobody of this family is admitted, nor refused
+    v4_only = (ipaddress.ip_network("203.0.113.0/28"),)
+    t = gateway(gw_port(VIP6, NODES6, source_ranges=v4_only))
+    assert t.outcomes(Packet(CLIENT6, VIP6, dport=81)) == {Outcome("drop"): 1}
+    # two Services on one VIP, one of them open: everyone is refused on the other ports
+    other = FwdPort("ns/open", ip(VIP), "TCP", 443, False, (), NODES)
+    t = gateway(gw_port(source_ranges=ranges), other)
+    assert t.outcomes(Packet(outside, VIP, dport=81)) == {RST: 1}
+    assert t.outcomes(Packet(outside, VIP)) == {Outcome("drop"): 1}  # its own port still is
+    # a port without a healthy node stays dropped (fail-closed), its other ports are refused
+    t = gateway(gw_port(slots=()))
+    assert t.outcomes(Packet(CLIENT, VIP)) == {Outcome("drop"): 1}
+    assert t.outcomes(Packet(CLIENT, VIP, dport=81)) == {RST: 1}
+
+
+def test_gateway_tracer_limit_and_fragment_forms() -> None:
+    """The forms the refusal uses, by themselves: ``limit`` (within / over), the IPv4 fragment
+    offset under its flags, the IPv6 fragment header (absent: the rule stops)."""
+    w = {"family": "netdev", "table": "t"}
+    frag4 = {"&": [payload("ip", "frag-off"), 0x1FFF]}
+    frag6 = {"exthdr": {"name": "frag", "field": "frag-off"}}
+    lim = {"rate": 1, "burst": 5, "per": "second"}
+    exprs = [
+        [{"limit": {**lim, "inv": True}}, {"drop": None}],
+        [match(frag4, 0, "!="), {"drop": None}],
+        [match(frag6, 0, "!="), {"drop": None}],
+        [match(payload("ip", "frag-off"), 0x4000), {"accept": None}],  # DF, not a fragment
+        [{"limit": lim}, {"reject": {"type": "icmpx", "expr": "port-unreachable"}}],
+    ]
+    t = Tracer(
+        [
+            {"add": {"table": {"family": "netdev", "name": "t"}}},
+            {
+                "add": {
+                    "chain": {
+                        **w,
+                        "name": "in",
+                        "type": "filter",
+                        "hook": "ingress",
+                        "dev": "eth0",
+                        "prio": 0,
+                        "policy": "accept",
+                    }
+                }
+            },
+            *({"add": {"rule": {**w, "chain": "in", "expr": e}}} for e in exprs),
+        ]
+    )
+    assert t.trace(pkt(over_limit=True)).fired == ["in[0]: drop"]
+    assert t.trace(pkt()).fired == ["in[3]: accept"]
+    assert t.trace(pkt(frag_offset=0)).outcome == UNREACHABLE  # MF set, offset 0
+    assert t.trace(pkt(frag_offset=3)).fired == ["in[1]: drop"]
+    assert t.trace(Packet(CLIENT6, VIP6, frag_offset=3)).fired == ["in[2]: drop"]
+    assert t.trace(Packet(CLIENT6, VIP6, frag_offset=0)).outcome == UNREACHABLE
+    assert t.trace(Packet(CLIENT6, VIP6)).outcome == UNREACHABLE  # no fragment header
+    bad = {"limit": {**lim, "rate_unit": "kbytes"}}
+    with pytest.raises(UnknownExpression):
+        Tracer(table(base("pre", "prerouting"), rule("pre", bad))).trace(pkt())
 
 
 def test_gateway_affinity_sends_every_flow_of_a_client_to_one_node() -> None:
