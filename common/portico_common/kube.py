@@ -16,7 +16,6 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from urllib.parse import quote
 
 import aiohttp
 from kubernetes import config as k8s_config
@@ -230,23 +229,3 @@ class KubeClient:
         return await self.request(
             "PATCH", path, body=body, params=params or None, content_type=PATCH_TYPES[kind]
         )
-
-
-def core_path(resource: str, namespace: str | None = None, name: str | None = None) -> str:
-    return _path("/api/v1", resource, namespace, name)
-
-
-def group_path(
-    group: str, version: str, resource: str, namespace: str | None = None, name: str | None = None
-) -> str:
-    return _path(f"/apis/{group}/{version}", resource, namespace, name)
-
-
-def _path(prefix: str, resource: str, namespace: str | None, name: str | None) -> str:
-    p = prefix
-    if namespace is not None:
-        p += f"/namespaces/{quote(namespace)}"
-    p += f"/{resource}"
-    if name is not None:
-        p += f"/{quote(name)}"
-    return p

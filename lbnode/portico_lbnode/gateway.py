@@ -19,8 +19,9 @@ from typing import Any
 
 import aiohttp
 from portico_common import API_GROUP, API_VERSION
+from portico_common.apipaths import group_path
 from portico_common.informer import list_and_watch
-from portico_common.kube import ApiError, KubeClient, group_path
+from portico_common.kube import ApiError, KubeClient
 from portico_common.nftresult import NftError
 from prometheus_client import REGISTRY
 

@@ -10,9 +10,10 @@ import time
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
+from portico_common.apipaths import group_path
 from portico_common.clock import now_rfc3339
 from portico_common.conditions import condition
-from portico_common.kube import ApiError, KubeClient, group_path, load_credentials
+from portico_common.kube import ApiError, KubeClient, load_credentials
 from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
 from portico_common.tasks import run_together, run_until_signalled
 

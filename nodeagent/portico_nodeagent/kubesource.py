@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portico_common import rulesdoc
+from portico_common.apipaths import core_path
 from portico_common.informer import list_and_watch
-from portico_common.kube import KubeClient, core_path
+from portico_common.kube import KubeClient
 from portico_common.model import LBService, NodeInfo
 from portico_common.rulesdoc import service_from_entry
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
-from portico_common.kube import core_path, group_path
+from portico_common.apipaths import core_path, group_path
 from portico_common.model import Endpoint
 
 from .lbspec import NodeView, parse_node

@@ -25,8 +25,9 @@ from collections.abc import Callable
 from typing import Any
 
 import aiohttp
+from portico_common.apipaths import group_path
 from portico_common.clock import now_rfc3339
-from portico_common.kube import ApiError, KubeClient, group_path
+from portico_common.kube import ApiError, KubeClient
 
 log = logging.getLogger("portico.leader")
 

@@ -13,8 +13,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from portico_common import API_GROUP, API_VERSION
+from portico_common.apipaths import core_path, group_path
 from portico_common.clock import now_rfc3339 as now
-from portico_common.kube import ApiError, KubeClient, core_path, group_path
+from portico_common.kube import ApiError, KubeClient
 
 from .cache import ClusterCache, object_key, slim
 from .errors import NotLeading
