@@ -20,7 +20,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from portico_operator import controller as controller_module
 from portico_operator import rules_writer, workers
 
-from tests.unit.test_operator_machine import scenario
+from tests.unit.operator.test_machine import scenario
 
 
 def main() -> int:

@@ -2,7 +2,7 @@
 reconcile takes, what a Service keeps when part of its input is bad, which forwarding mode is in
 force, and the outcome each step records for stage two (the CR). ``allocating`` (stage one)
 only reads the caches, calls these and writes what they say. No I/O, no clock: tested in
-``tests/unit/test_decisions.py`` without an API.
+``tests/unit/operator/test_decisions.py`` without an API.
 """
 
 from __future__ import annotations

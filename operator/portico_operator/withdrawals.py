@@ -9,7 +9,7 @@ during one is finished by that publish (``deferred``), not by the withdrawal.
 
 Pure: no I/O and no asyncio. It changes the allocator's holdings and answers what was released
 and which keys to queue again; ``withdrawing`` does the writes, the Events and the queueing.
-Tested in ``tests/unit/test_operator_withdrawals.py``.
+Tested in ``tests/unit/operator/test_withdrawals.py``.
 """
 
 from __future__ import annotations

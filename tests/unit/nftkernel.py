@@ -1,5 +1,5 @@
 """A strict fake of one nftables table as the kernel keeps it, for the renderers' and differs'
-tests (``test_fwdrules``, ``test_noderules_props``) and the packet tracer (``nfttrace``).
+tests (``lbnode/test_fwdrules``, ``nodeagent/test_rulesdiff_props``) and the packet tracer (``nfttrace``).
 
 It runs libnftables JSON commands (``add``/``flush``/``delete`` of table, chain, rule, set, map
 and element) and refuses, with :class:`Refused`, what the kernel refuses:

@@ -14,7 +14,7 @@ from portico_nodeagent.kubeagent import local_health_ports, usable
 from portico_nodeagent.render import render_node_rules
 from portico_operator.noderules_push import shard_patches
 
-from .test_noderules_props import endpoints
+from ..nodeagent.test_rulesdiff_props import endpoints
 
 ports = st.lists(
     st.builds(

@@ -28,8 +28,8 @@ from portico_lbnode.fwdrules import (
     vip_chain,
 )
 
-from .nftkernel import Kernel
-from .nftkernel import canon as _canon
+from ..nftkernel import Kernel
+from ..nftkernel import canon as _canon
 
 ip = ipaddress.ip_address
 net = ipaddress.ip_network

@@ -15,7 +15,7 @@ import pytest
 import yaml
 from portico_lab.binaries import bin_dir
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
 CHART = REPO / "charts" / "portico"
 GROUP = "portico.dev"

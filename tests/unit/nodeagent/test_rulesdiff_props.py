@@ -16,7 +16,7 @@ from portico_nodeagent.rulesdiff import diff_rules
 from portico_nodeagent.rulesindex import RulesIndex, index_rules
 from portico_nodeagent.topology import select_endpoints
 
-from .nftkernel import Kernel
+from ..nftkernel import Kernel
 
 NODES = ["node-1", "node-2", "node-3"]
 ZONES = ["zone-a", "zone-b"]

@@ -14,7 +14,7 @@ from portico_operator import controller as controller_module
 from portico_operator import rules_writer, workers
 from portico_operator.noderules_push import forwards_alike
 
-from .test_operator_machine import Replica, World, ips_of, service
+from .test_machine import Replica, World, ips_of, service
 
 
 @pytest.fixture(autouse=True)

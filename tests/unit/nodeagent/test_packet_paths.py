@@ -13,8 +13,8 @@ from portico_nodeagent import nftnames as N
 from portico_nodeagent.render import render_node_rules
 from portico_nodeagent.rulesdiff import diff_rules
 
-from .nftkernel import Kernel
-from .nfttrace import Outcome, Packet, Tracer
+from ..nftkernel import Kernel
+from ..nfttrace import Outcome, Packet, Tracer
 
 NODE_IP, NODE_IP6 = "10.0.0.1", "fd00:10::1"
 NODE = NodeInfo("node-1", "zone-a", (NODE_IP, NODE_IP6))

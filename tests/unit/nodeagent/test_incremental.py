@@ -16,8 +16,8 @@ from portico_nodeagent.render import render_node_rules
 from portico_nodeagent.rulesdiff import diff_rules
 from portico_nodeagent.rulesindex import RulesIndex, index_rules
 
-from .nftkernel import Kernel
-from .test_rulesdoc import services as one_service
+from ..common.test_rulesdoc import services as one_service
+from ..nftkernel import Kernel
 
 NODES = [
     NodeInfo("node-1", "zone-a", ("198.18.0.10", "fd00:18::a")),
