@@ -1,5 +1,6 @@
 """A strict fake of one nftables table as the kernel keeps it, for the renderers' and differs'
-tests (``lbnode/test_fwdrules``, ``nodeagent/test_rulesdiff_props``) and the packet tracer (``nfttrace``).
+tests (``lbnode/test_fwdrules``, ``nodeagent/test_rulesdiff_props``) and the packet tracer
+(``nfttrace``).
 
 It runs libnftables JSON commands (``add``/``flush``/``delete`` of table, chain, rule, set, map
 and element) and refuses, with :class:`Refused`, what the kernel refuses:
