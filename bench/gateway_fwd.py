@@ -17,7 +17,8 @@ import sys
 import time
 from collections.abc import Sequence
 
-from portico_lbnode.fwdrules import FwdPort, diff_fwd, render_fwd
+from portico_lbnode.fwddiff import diff_fwd
+from portico_lbnode.fwdrules import FwdPort, render_fwd
 
 NETNS = f"ptcT-bench-gwfwd-{os.getpid()}"
 DEVICE = "eth0"

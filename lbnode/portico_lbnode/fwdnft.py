@@ -15,7 +15,8 @@ from typing import Any
 
 from portico_common.nfttable import ApplyResult, NftError, OwnedTable, Stats
 
-from .fwdrules import FAMILY, TABLE, FwdRules, Json, delete_table_json, diff_fwd, parse_listing
+from .fwddiff import diff_fwd, parse_listing
+from .fwdrules import FAMILY, TABLE, FwdRules, Json, delete_table_json
 
 __all__ = ["ApplyResult", "FwdTable", "NftError", "Stats"]
 

@@ -3,8 +3,8 @@
 ``render_fwd(ports, devices, size)`` turns the gateway's forwarding decisions (per Service port:
 its VIP, policy and Maglev slots already mapped to node addresses) into :class:`FwdRules`, the
 whole of the one table the gateway owns, ``netdev portico-gw``. ``FwdRules.to_json_replace()``
-builds it in one libnftables JSON transaction; ``diff_fwd(old, new)`` changes one into the other
-touching only what differs.
+builds it in one libnftables JSON transaction; ``fwddiff.diff_fwd(old, new)`` changes one into
+the other touching only what differs.
 
 Data path (direct server return at L2; every packet is looked at, there is no conntrack):
 
@@ -154,7 +154,7 @@ class Collection:
         return "set" if self.value_type is None else "map"
 
     def json(self, name: str) -> Json:
-        out: Json = {**_WHERE, "name": name}
+        out: Json = {**WHERE, "name": name}
         out["type"] = list(self.key_type) if isinstance(self.key_type, tuple) else self.key_type
         if self.value_type is not None:
             out["map"] = self.value_type
@@ -173,7 +173,7 @@ class BaseChain:
 
     def json(self, name: str) -> Json:
         return {
-            **_WHERE,
+            **WHERE,
             "name": name,
             "type": self.type,
             "hook": self.hook,
@@ -236,24 +236,24 @@ class FwdRules:
             # elements, which go with their map or with the flush of the kept maps below.
             for name, c in current.collections.items():
                 if self.collections.get(name) != c:
-                    cmds.append({"delete": {c.kind: {**_WHERE, "name": name}}})
+                    cmds.append({"delete": {c.kind: {**WHERE, "name": name}}})
             stale_chains = [
                 n for n, c in current.chains.items() if n not in self.chains or self.chains[n] != c
             ]
         for name, c in self.collections.items():
             cmds.append({"add": {c.kind: c.json(name)}})
-            cmds.append({"flush": {c.kind: {**_WHERE, "name": name}}})
-        cmds += [{"delete": {"chain": {**_WHERE, "name": n}}} for n in stale_chains]
-        cmds += [{"add": {"chain": _chain_json(n, c)}} for n, c in self.chains.items()]
+            cmds.append({"flush": {c.kind: {**WHERE, "name": name}}})
+        cmds += [{"delete": {"chain": {**WHERE, "name": n}}} for n in stale_chains]
+        cmds += [{"add": {"chain": chain_json(n, c)}} for n, c in self.chains.items()]
         for name, elems in self.elements.items():
             if elems:
-                cmds.append(_element_cmd("add", name, self.collections[name], elems))
+                cmds.append(element_cmd("add", name, self.collections[name], elems))
         for chain, rules in self.rules.items():
-            cmds += [_rule_cmd(chain, r) for r in rules]
+            cmds += [rule_cmd(chain, r) for r in rules]
         return {"nftables": cmds}
 
 
-_WHERE = {"family": FAMILY, "table": TABLE}
+WHERE = {"family": FAMILY, "table": TABLE}
 _FAMILY_OF_ADDR = {v: k for k, v in ADDR_TYPE.items()}
 
 
@@ -263,7 +263,7 @@ def delete_table_json() -> Json:
     return {"nftables": [{"add": {"table": t}}, {"delete": {"table": t}}]}
 
 
-def _canon(value: Any) -> str:
+def canon(value: Any) -> str:
     # Fast paths for slot numbers and addresses, which are most of a large table's elements
     # (json.dumps costs microseconds each); both give exactly what json.dumps would.
     if type(value) is int:
@@ -283,15 +283,15 @@ def _address_text(canon: str | None) -> str:
     return str(json.loads(canon or '""'))
 
 
-def _chain_json(name: str, base: BaseChain | None) -> Json:
-    return base.json(name) if base is not None else {**_WHERE, "name": name}
+def chain_json(name: str, base: BaseChain | None) -> Json:
+    return base.json(name) if base is not None else {**WHERE, "name": name}
 
 
-def _rule_cmd(chain: str, rule: str) -> Json:
-    return {"add": {"rule": {**_WHERE, "chain": chain, "expr": json.loads(rule)}}}
+def rule_cmd(chain: str, rule: str) -> Json:
+    return {"add": {"rule": {**WHERE, "chain": chain, "expr": json.loads(rule)}}}
 
 
-def _element_cmd(op: str, name: str, c: Collection, elems: Mapping[str, str | None]) -> Json:
+def element_cmd(op: str, name: str, c: Collection, elems: Mapping[str, str | None]) -> Json:
     items: list[Any] = []
     for k in sorted(elems):
         v = elems[k]
@@ -299,7 +299,7 @@ def _element_cmd(op: str, name: str, c: Collection, elems: Mapping[str, str | No
             items.append(json.loads(k))
         else:
             items.append([json.loads(k), json.loads(v)])
-    return {op: {"element": {**_WHERE, "name": name, "elem": items}}}
+    return {op: {"element": {**WHERE, "name": name, "elem": items}}}
 
 
 # ==============================================================================================
@@ -542,14 +542,14 @@ def render_fwd(
     for dev in devices:
         if not dev or len(dev) > DEVICE_NAME_MAX or '"' in dev:
             raise FwdRulesError(f"bad device name {dev!r}")
-        ingress = [_canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _unknown_rule)]
+        ingress = [canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _unknown_rule)]
         out.chains[ingress_chain(dev)] = BaseChain(dev)
         out.rules[ingress_chain(dev)] = tuple(ingress)
     out.chains[REFUSE_CHAIN] = None
-    out.rules[REFUSE_CHAIN] = tuple(_canon(r) for r in _refuse_rules())
+    out.rules[REFUSE_CHAIN] = tuple(canon(r) for r in _refuse_rules())
     for fam in (4, 6):
         out.chains[REFUSE_FAMILY_CHAIN[fam]] = None
-        out.rules[REFUSE_FAMILY_CHAIN[fam]] = tuple(_canon(r) for r in _refuse_family_rules(fam))
+        out.rules[REFUSE_FAMILY_CHAIN[fam]] = tuple(canon(r) for r in _refuse_family_rules(fam))
 
     chosen: list[FwdPort] = []
     skipped: list[FwdPort] = []
@@ -572,7 +572,7 @@ def render_fwd(
     map_names = _slot_map_names(wanted, previous)
     for (fam, slots), name in map_names.items():
         out.collections[name] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
-        out.elements[name] = {_canon(i): _canon(a) for i, a in enumerate(slots)}
+        out.elements[name] = {canon(i): canon(a) for i, a in enumerate(slots)}
 
     for p in chosen:
         chain = service_chain(p)
@@ -584,7 +584,7 @@ def render_fwd(
             # of this family the set stays empty and every client of this family is dropped.
             merged = ipaddress.collapse_addresses(same)  # type: ignore[type-var,arg-type]
             out.collections[src] = Collection(ADDR_TYPE[p.family], flags=("interval",))
-            out.elements[src] = {_canon(_range_element(n)): None for n in merged}
+            out.elements[src] = {canon(_range_element(n)): None for n in merged}
             rules.append(_source_rule(p))
         if p.to_stack:
             rules.append([{"accept": None}])
@@ -596,9 +596,9 @@ def render_fwd(
             # node is better than none is the caller's decision (it passes the slots).
             rules.append([_DROP])
         out.chains[chain] = None
-        out.rules[chain] = tuple(_canon(r) for r in rules)
+        out.rules[chain] = tuple(canon(r) for r in rules)
         dispatch_key = {"concat": [str(p.vip), p.protocol.lower(), p.port]}
-        out.elements[DISPATCH_MAP[p.family]][_canon(dispatch_key)] = _canon(
+        out.elements[DISPATCH_MAP[p.family]][canon(dispatch_key)] = canon(
             {"goto": {"target": chain}}
         )
     _render_unknown(out, chosen)
@@ -622,116 +622,8 @@ def _render_unknown(out: FwdRules, chosen: Sequence[FwdPort]) -> None:
             chain, adm = vip_chain(vip), admit_set(vip)
             merged = ipaddress.collapse_addresses(nets)  # type: ignore[type-var,arg-type]
             out.collections[adm] = Collection(ADDR_TYPE[fam], flags=("interval",))
-            out.elements[adm] = {_canon(_range_element(n)): None for n in merged}
+            out.elements[adm] = {canon(_range_element(n)): None for n in merged}
             out.chains[chain] = None
-            out.rules[chain] = (_canon(_admit_rule(fam, adm)), _canon([_goto(target)]))
+            out.rules[chain] = (canon(_admit_rule(fam, adm)), canon([_goto(target)]))
             target = chain
-        out.elements[UNKNOWN_MAP[fam]][_canon(str(vip))] = _canon(_goto(target))
-
-
-# ==============================================================================================
-# the differ
-# ==============================================================================================
-def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
-    """The commands that turn table ``old`` into ``new`` in one transaction: elements added and
-    deleted one by one in sets and maps whose definition is unchanged, chains flushed and
-    refilled only when their rules changed, chains, sets and maps added or deleted when they
-    appear or go. An empty list means the two are the same.
-
-    Order: (1) flush chains that go or change, so no rule refers to what goes; (2) delete
-    elements, among them vmap elements that point at chains that go; (3) delete those chains,
-    sets and maps; (4) add new sets and maps, then chains (elements and rules refer to them);
-    (5) add elements; (6) add rules."""
-    redefined_colls = {
-        n for n, c in new.collections.items() if n in old.collections and old.collections[n] != c
-    }
-    redefined_chains = {n for n, c in new.chains.items() if n in old.chains and old.chains[n] != c}
-    gone_colls = [n for n in old.collections if n not in new.collections or n in redefined_colls]
-    gone_chains = [n for n in old.chains if n not in new.chains or n in redefined_chains]
-    # A kept chain whose rules refer to a set that is deleted and added again must let go of
-    # it too (the kernel refuses to delete a set in use).
-    refs = {f'"@{n}"' for n in redefined_colls}
-    changed = [
-        n
-        for n in new.chains
-        if n in old.chains
-        and n not in redefined_chains
-        and (
-            old.rules.get(n, ()) != new.rules.get(n, ())
-            or any(ref in r for ref in refs for r in old.rules.get(n, ()))
-        )
-    ]
-    cmds: list[Json] = []
-    for n in [*gone_chains, *changed]:
-        if old.rules.get(n):
-            cmds.append({"flush": {"chain": {**_WHERE, "name": n}}})
-    for name, old_elems in old.elements.items():
-        if name in gone_colls:
-            continue
-        new_elems = new.elements.get(name, {})
-        drop = {k: v for k, v in old_elems.items() if k not in new_elems or new_elems[k] != v}
-        if drop:
-            cmds.append(_element_cmd("delete", name, old.collections[name], drop))
-    cmds += [{"delete": {"chain": {**_WHERE, "name": n}}} for n in gone_chains]
-    for n in gone_colls:
-        cmds.append({"delete": {old.collections[n].kind: {**_WHERE, "name": n}}})
-    added_colls = [n for n in new.collections if n not in old.collections or n in redefined_colls]
-    added_chains = [n for n in new.chains if n not in old.chains or n in redefined_chains]
-    for n in added_colls:
-        c = new.collections[n]
-        cmds.append({"add": {c.kind: c.json(n)}})
-    cmds += [{"add": {"chain": _chain_json(n, new.chains[n])}} for n in added_chains]
-    for name, new_elems in new.elements.items():
-        base = {} if name in added_colls else old.elements.get(name, {})
-        add = {k: v for k, v in new_elems.items() if k not in base or base[k] != v}
-        if add:
-            cmds.append(_element_cmd("add", name, new.collections[name], add))
-    for n in [*changed, *added_chains]:
-        cmds += [_rule_cmd(n, r) for r in new.rules.get(n, ())]
-    return cmds
-
-
-# ==============================================================================================
-# the kernel's listing read back
-# ==============================================================================================
-def parse_listing(listing: Mapping[str, Any]) -> FwdRules:
-    """``nft -j list table netdev portico-gw`` as FwdRules, comparable with a render."""
-    out = FwdRules()
-    for item in listing.get("nftables") or []:
-        kind, obj = next(iter(item.items()))
-        if kind in ("metainfo", "table"):
-            continue
-        if kind == "chain":
-            if "hook" in obj:
-                # nft 1.0.6 leaves a netdev chain's device out of its JSON listing; the chain's
-                # name carries it (``ingress-<dev>``).
-                dev = obj.get("dev") or obj["name"].removeprefix(INGRESS_CHAIN_PREFIX)
-                out.chains[obj["name"]] = BaseChain(
-                    dev,
-                    int(obj.get("prio", 0)),
-                    obj["hook"],
-                    obj.get("type", ""),
-                    obj.get("policy", ""),
-                )
-            else:
-                out.chains[obj["name"]] = None
-            out.rules.setdefault(obj["name"], ())
-        elif kind == "rule":
-            rules = out.rules.get(obj["chain"], ())
-            out.rules[obj["chain"]] = (*rules, _canon(obj["expr"]))
-        elif kind in ("set", "map"):
-            typ = obj["type"]
-            c = Collection(
-                tuple(typ) if isinstance(typ, list) else typ,
-                obj.get("map") if kind == "map" else None,
-                tuple(obj.get("flags") or ()),
-            )
-            out.collections[obj["name"]] = c
-            elems: dict[str, str | None] = {}
-            for e in obj.get("elem") or []:
-                if kind == "map":
-                    elems[_canon(e[0])] = _canon(e[1])
-                else:
-                    elems[_canon(e)] = None
-            out.elements[obj["name"]] = elems
-    return out
+        out.elements[UNKNOWN_MAP[fam]][canon(str(vip))] = canon(_goto(target))

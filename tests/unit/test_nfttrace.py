@@ -10,7 +10,8 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
-from portico_lbnode.fwdrules import FLOW_HASH_SEED, FwdPort, diff_fwd, render_fwd
+from portico_lbnode.fwddiff import diff_fwd
+from portico_lbnode.fwdrules import FLOW_HASH_SEED, FwdPort, render_fwd
 
 from .nftkernel import Kernel, Refused
 from .nfttrace import (

@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from portico_lbnode.fwddiff import diff_fwd, parse_listing
 from portico_lbnode.fwdrules import (
     FLOW_HASH_SEED,
     REFUSE_BURST,
@@ -20,8 +21,6 @@ from portico_lbnode.fwdrules import (
     FwdRules,
     FwdRulesError,
     admit_set,
-    diff_fwd,
-    parse_listing,
     render_fwd,
     service_chain,
     source_set,
