@@ -10,6 +10,7 @@ import base64
 import hashlib
 import ipaddress
 import json
+import sys
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -135,7 +136,9 @@ class Table:
     chains: dict[str, Json] = field(default_factory=dict)
     rules: dict[str, list[list[Json]]] = field(default_factory=dict)
     maps: dict[str, Json] = field(default_factory=dict)
-    elements: dict[str, dict[str, tuple[Any, Any]]] = field(default_factory=dict)
+    # map -> canonical key -> canonical value: text, as the index holds it (the index shares
+    # the strings), not JSON objects: ~100 bytes an element rather than ~700
+    elements: dict[str, dict[str, str]] = field(default_factory=dict)
     sets: dict[str, Json] = field(default_factory=dict)
 
     def chain(self, name: str, **base: Any) -> None:
@@ -151,7 +154,7 @@ class Table:
         self.elements[name] = {}
 
     def element(self, mapname: str, key: Any, value: Any) -> None:
-        self.elements[mapname][canon(key)] = (key, value)
+        self.elements[mapname][canon(key)] = canon_value(value)
 
     def doc(self) -> Json:
         t = {"family": N.FAMILY, "name": N.TABLE}
@@ -162,7 +165,7 @@ class Table:
         cmds += [{"add": {"chain": {**where, **c}}} for c in self.chains.values()]
         for name, elems in self.elements.items():
             if elems:
-                items = [[k, v] for k, v in elems.values()]
+                items = [[json.loads(k), json.loads(v)] for k, v in elems.items()]
                 cmds.append({"add": {"element": {**where, "name": name, "elem": items}}})
         for chain, rules in self.rules.items():
             for expr in rules:
@@ -172,3 +175,10 @@ class Table:
 
 def canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+def canon_value(v: Any) -> str:
+    """An element's value in canonical form, interned: values repeat (an endpoint address, a
+    port, a count, a verdict), so a table and its index hold each once (an interned string is
+    freed when nothing holds it)."""
+    return sys.intern(canon(v))

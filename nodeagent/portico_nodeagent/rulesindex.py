@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import nftnames as N
-from .ruleset import Json, Table, canon
+from .ruleset import Json, Table, canon, canon_value
 
 
 @dataclass
@@ -82,11 +82,11 @@ def index_rules(doc: Mapping[str, Any]) -> RulesIndex:
             idx.maps[obj["name"]] = {"name": obj["name"], "type": obj["type"], "map": obj["map"]}
             elems = idx.elements.setdefault(obj["name"], {})
             for k, v in obj.get("elem") or []:
-                elems[canon(k)] = canon(v)
+                elems[canon(k)] = canon_value(v)
         elif kind == "element":
             elems = idx.elements.setdefault(obj["name"], {})
             for k, v in obj.get("elem") or []:
-                elems[canon(k)] = canon(v)
+                elems[canon(k)] = canon_value(v)
         elif kind == "set":
             idx.sets[obj["name"]] = {
                 "name": obj["name"],
@@ -109,7 +109,8 @@ def index_of(t: Table, *, maps: bool = True) -> RulesIndex:
             n: {"name": m["name"], "type": m["type"], "map": m["map"]} for n, m in t.maps.items()
         }
     for name, elems in t.elements.items():
-        idx.elements[name] = {canon(k): canon(v) for k, v in elems.values()}
+        if elems or maps:  # a fragment's maps without elements: nothing to hold
+            idx.elements[name] = dict(elems)
     for name, st in t.sets.items():
         idx.sets[name] = {
             "name": st["name"],
