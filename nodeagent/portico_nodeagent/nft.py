@@ -16,11 +16,11 @@ import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from portico_common.nfttable import ApplyResult, NftError, OwnedTable
+from portico_common.nfttable import ApplyResult, Commands, NftError, OwnedTable
 
 from . import nftnames as N
 from .incremental import Render
-from .rulesdiff import delete_table, diff_rules, replace_table
+from .rulesdiff import Build, delete_table, diff_rules, in_steps, replace_table
 from .rulesindex import RulesIndex, index_rules
 
 __all__ = ["ApplyResult", "NftError", "NftTable"]
@@ -55,6 +55,12 @@ class NftTable(OwnedTable[Render]):
             doc = Render(index, lambda: dict(_document(raw)))
         return super().apply(doc)
 
+    def run(self, cmds: Commands) -> None:
+        """A table built from nothing goes in in steps (``in_steps``); anything else is one
+        transaction."""
+        for step in (cmds,) if isinstance(cmds, str) else in_steps(cmds):
+            super().run(step)
+
     def read(self, listing: Mapping[str, Any]) -> Render:
         index = index_rules(listing)
         return Render(index, lambda: diff_rules(RulesIndex(), index))
@@ -63,8 +69,8 @@ class NftTable(OwnedTable[Render]):
         return a.index.same_as(b.index)
 
     def diff(self, old: Render | None, new: Render) -> Mapping[str, Any]:
-        if old is None:  # no table: build it
-            return diff_rules(RulesIndex(), new.index)
+        if old is None:  # no table: build it (in steps when large, see ``run``)
+            return Build(new.index)
         touched = new.touched if new.base is not None and new.base is old.index else None
         return diff_rules(old.index, new.index, touched)
 

@@ -6,8 +6,8 @@ replace or delete the whole table.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
-from dataclasses import dataclass, field
+from collections.abc import Collection, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from . import nftnames as N
@@ -135,6 +135,100 @@ def replace_table(doc: Mapping[str, Any]) -> Json:
     a missing table.) Affinity pins are lost; established flows keep their conntrack NAT."""
     t = {"family": N.FAMILY, "name": N.TABLE}
     return {"nftables": [{"add": {"table": t}}, {"delete": {"table": t}}, *doc["nftables"]]}
+
+
+# A table built from nothing with more elements than this is sent in several transactions:
+# libnftables holds a whole transaction in memory at once, ~2.4 KiB an element (10,000
+# Services of 3 ports and 6 endpoints: 170,000 elements, ~400 MiB in one transaction), a step
+# of this size ~13 MiB, and the load takes no longer (bench/nodeagent_apply.py).
+STEP_ELEMENTS = 5_000
+
+_FILTERS = frozenset(N.FIREWALL.values())
+
+
+def _fill_order(idx: RulesIndex, name: str) -> int:
+    """When a table is built in steps, the order its maps are filled in, so that no traffic is
+    dispatched before what it is sent to is there: 0, the source-range checks; 1, what dispatch
+    leads to (endpoint addresses and ports, pick chains, masquerade decisions); 2, the maps that
+    dispatch, keyed by a packet's destination port (VIP . protocol . port, protocol . port)."""
+    if name in _FILTERS:
+        return 0
+    key = idx.maps.get(name, {}).get("type")
+    return 2 if key is None or (key[-1] if isinstance(key, list) else key) == "inet_service" else 1
+
+
+class Build(Mapping[str, Any]):
+    """``document_of(idx)``, the commands that build the table ``idx`` describes from nothing,
+    made only when read: ``steps()`` makes them a transaction at a time, so that the JSON of
+    every element (~600 bytes each) is never held at once; ``["nftables"]`` gives all of them
+    (counted without being made)."""
+
+    def __init__(self, idx: RulesIndex, size: int = STEP_ELEMENTS) -> None:
+        self.index, self.size = idx, size
+
+    def __getitem__(self, key: str) -> _Commands:
+        if key != "nftables":
+            raise KeyError(key)
+        return _Commands(self.index)
+
+    def __iter__(self) -> Iterator[str]:
+        yield "nftables"
+
+    def __len__(self) -> int:
+        return 1
+
+    def steps(self) -> Iterator[Json]:
+        """The transactions to run, in order. One, the whole document, unless the table has
+        more than ``size`` elements; then first the table with its sets, maps, chains and rules
+        but no elements (on its own it changes no packet's path: every Service is reached
+        through a map element), then the elements in steps of at most ``size``, map by map in
+        ``_fill_order``."""
+        idx, size = self.index, self.size
+        if sum(len(e) for e in idx.elements.values()) <= size:
+            yield document_of(idx)
+            return
+        yield document_of(replace(idx, elements={}))
+        where = {"family": N.FAMILY, "table": N.TABLE}
+        step: list[Json] = []
+        room = size
+        for m in sorted(idx.elements, key=lambda m: _fill_order(idx, m)):
+            elems, keys, i = idx.elements[m], sorted(idx.elements[m]), 0
+            while i < len(keys):
+                part = keys[i : i + room]
+                items = [[json.loads(k), json.loads(elems[k])] for k in part]
+                step.append({"add": {"element": {**where, "name": m, "elem": items}}})
+                i, room = i + len(part), room - len(part)
+                if not room:
+                    yield {"nftables": step}
+                    step, room = [], size
+        if step:
+            yield {"nftables": step}
+
+
+class _Commands(Collection[Json]):
+    """A ``Build``'s commands: counted from its index, made when iterated."""
+
+    def __init__(self, idx: RulesIndex) -> None:
+        self.index = idx
+
+    def __len__(self) -> int:
+        idx = self.index
+        n = 1 + len(idx.sets) + len(idx.maps) + len(idx.chains)
+        return n + sum(1 for e in idx.elements.values() if e) + sum(map(len, idx.rules.values()))
+
+    def __iter__(self) -> Iterator[Json]:
+        return iter(document_of(self.index)["nftables"])
+
+    def __contains__(self, cmd: object) -> bool:
+        return cmd in document_of(self.index)["nftables"]
+
+
+def in_steps(cmds: Mapping[str, Any]) -> Iterator[Mapping[str, Any]]:
+    """The transactions to run for ``cmds``: a ``Build``'s steps, else ``cmds`` itself."""
+    if isinstance(cmds, Build):
+        yield from cmds.steps()
+    else:
+        yield cmds
 
 
 def delete_table() -> Json:
