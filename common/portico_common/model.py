@@ -98,3 +98,6 @@ class NodeInfo:
     name: str
     zone: str | None = None
     ips: tuple[str, ...] = ()
+    # Node.spec.podCIDRs: traffic from these addresses starts inside the cluster (this node's
+    # pods), which externalTrafficPolicy does not apply to (kube-proxy's "NodeCIDR" detection).
+    pod_cidrs: tuple[str, ...] = ()

@@ -28,7 +28,9 @@ class _Fragment:
 # counted, so that one Service leaving does not take them from the others. Every other element
 # is keyed by a claimed VIP port or nodePort, and so has one owner.
 _SHARED_MAPS = frozenset(
-    m[f] for m in (N.REMOTE_ENDPOINTS, N.HAIRPIN, N.PICKS, N.NODEPORT_PICKS) for f in (4, 6)
+    m[f]
+    for m in (N.REMOTE_ENDPOINTS, N.HAIRPIN, N.PICKS, N.NODEPORT_PICKS, N.INTERNAL_PICKS)
+    for f in (4, 6)
 )
 
 

@@ -36,8 +36,10 @@ def parse_node(obj: Mapping[str, Any]) -> NodeState:
     ips = tuple(
         a["address"] for a in status.get("addresses") or [] if a.get("type") == "InternalIP"
     )
+    spec = obj.get("spec") or {}
+    pod_cidrs = tuple(spec.get("podCIDRs") or ([spec["podCIDR"]] if spec.get("podCIDR") else []))
     return NodeState(
-        NodeInfo(meta.get("name", ""), (meta.get("labels") or {}).get(ZONE_LABEL), ips),
+        NodeInfo(meta.get("name", ""), (meta.get("labels") or {}).get(ZONE_LABEL), ips, pod_cidrs),
         deleting=bool(meta.get("deletionTimestamp")),
         taints=tuple(t.get("key", "") for t in (obj.get("spec") or {}).get("taints") or []),
     )

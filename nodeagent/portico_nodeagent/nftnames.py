@@ -66,6 +66,14 @@ MASQUERADING = "masquerading"
 SLOT_RESTORE = "slot-restore"  # gives the mark back, then masquerade decisions by address
 PICK_PREFIX = "pick"  # pick4-N / pick6-N: a random slot of N, DNAT through the endpoint maps
 NODEPORT_PICK_PREFIX = "nodeport-pick"
+# Traffic that starts inside the cluster (this node itself, its pods) to an
+# externalTrafficPolicy: Local VIP goes to the Service's endpoints anywhere, as kube-proxy's
+# "short-circuit" sends it: nat-output, and nat-prerouting for a source in the node's pod CIDRs,
+# jump here first; its own counts and picks choose among every endpoint (slots from
+# INTERNAL_SLOT_BASE), with the pod's address kept.
+INTERNAL = "internal-services"
+INTERNAL_PICK_PREFIX = "internal-pick"
+INTERNAL_SLOT_RESTORE = "internal-slot-restore"  # slot-restore less the remote masquerade
 # Pick chains for 1..PICKS_ALWAYS endpoints always exist, so that an endpoint coming or going
 # changes data elements only; larger counts get their chain while a Service has them.
 PICKS_ALWAYS = 16
@@ -92,6 +100,8 @@ ENDPOINT_COUNTS = {4: "endpoint-counts4", 6: "endpoint-counts6"}
 PICKS = {4: "picks4", 6: "picks6"}
 NODEPORT_ENDPOINT_COUNTS = {4: "nodeport-endpoint-counts4", 6: "nodeport-endpoint-counts6"}
 NODEPORT_PICKS = {4: "nodeport-picks4", 6: "nodeport-picks6"}
+INTERNAL_COUNTS = {4: "internal-endpoint-counts4", 6: "internal-endpoint-counts6"}
+INTERNAL_PICKS = {4: "internal-picks4", 6: "internal-picks6"}
 ENDPOINT_ADDRS = {4: "endpoint-addrs4", 6: "endpoint-addrs6"}
 ENDPOINT_PORTS = {4: "endpoint-ports4", 6: "endpoint-ports6"}
 NODEPORT_ENDPOINT_ADDRS = {4: "nodeport-endpoint-addrs4", 6: "nodeport-endpoint-addrs6"}
@@ -124,5 +134,6 @@ REJECT_MARK = 0x00800000  # "reject me in filter-input", set by REJECT_DNAT
 # mark, which a new connection has at 0; slot-restore, right after DNAT, puts it back and sets
 # the conntrack mark to 0 again. The slot is SLOT_BASE + i, told apart by its top 16 bits.
 SLOT_BASE = 0x00200000
+INTERNAL_SLOT_BASE = SLOT_BASE + 0x8000  # an internal path's slots (same top 16 bits)
 SLOT_PREFIX_LEN = 16
 IN_SET = 1

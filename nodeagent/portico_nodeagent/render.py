@@ -47,9 +47,11 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable, Mapping
+from dataclasses import replace
 from typing import Any
 
 from portico_common.model import (
+    CLUSTER,
     LOCAL,
     PROTOCOLS,
     Endpoint,
@@ -97,17 +99,25 @@ def _node_ip(node: NodeInfo, family: int) -> str | None:
     return None
 
 
+def _pod_nets(node: NodeInfo, family: int) -> list[ipaddress.IPv4Network | ipaddress.IPv6Network]:
+    """The node's pod CIDRs of ``family``, in order."""
+    nets = [ipaddress.ip_network(c, strict=False) for c in node.pod_cidrs]
+    return sorted(n for n in nets if n.version == family)  # type: ignore[type-var]
+
+
 def render_fixed(t: Table, node: NodeInfo) -> None:
     for name, typ, hook, prio in N.BASE_CHAINS:
         t.chain(name, type=typ, hook=hook, prio=prio, policy="accept")
     for name in (
         N.SERVICES,
+        N.INTERNAL,
         N.FIREWALL_CHECK,
         N.ENDPOINTS_CHECK,
         N.REJECT,
         N.MARK_MASQ,
         N.MASQUERADING,
         N.SLOT_RESTORE,
+        N.INTERNAL_SLOT_RESTORE,
     ):
         t.chain(name)
     for fam in (4, 6):
@@ -121,6 +131,8 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
         t.map(N.NODEPORT_ENDPOINT_COUNTS[fam], np_key, "mark")
         t.map(N.PICKS[fam], "mark")
         t.map(N.NODEPORT_PICKS[fam], "mark")
+        t.map(N.INTERNAL_COUNTS[fam], addr, "mark")
+        t.map(N.INTERNAL_PICKS[fam], "mark")
         t.map(N.ENDPOINT_ADDRS[fam], [*addr, "mark"], N.ADDR_TYPE[fam])
         t.map(N.ENDPOINT_PORTS[fam], [*addr, "mark"], "inet_service")
         t.map(N.NODEPORT_ENDPOINT_ADDRS[fam], [*np_key, "mark"], N.ADDR_TYPE[fam])
@@ -139,17 +151,37 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
         t.rule(N.FILTER_INPUT, match({"&": [mark, N.REJECT_MARK]}, 0, "!="), goto(N.REJECT))
     t.rule(N.FILTER_INPUT, CT_NEW, jump(N.ENDPOINTS_CHECK))
     t.rule(N.FILTER_FORWARD, CT_NEW, jump(N.ENDPOINTS_CHECK))
-    t.rule(N.FILTER_OUTPUT, CT_NEW, jump(N.ENDPOINTS_CHECK))
+    # The host's own traffic: source ranges first (a client they leave out learns nothing, not
+    # even that the Service has no endpoint), as for traffic that arrives. To a Local VIP it
+    # takes the internal path (see N.INTERNAL), which DNATs after this chain: it must not be
+    # dropped here for want of a local endpoint.
     t.rule(N.FILTER_OUTPUT, CT_NEW, jump(N.FIREWALL_CHECK))
+    for fam in (4, 6):
+        internal = match(dispatch_key(fam), "@" + N.INTERNAL_COUNTS[fam])
+        t.rule(N.FILTER_OUTPUT, CT_NEW, internal, {"accept": None})
+    t.rule(N.FILTER_OUTPUT, CT_NEW, jump(N.ENDPOINTS_CHECK))
     for fam, ip in local_ips.items():
         if ip is not None:
             key = {"vmap": {"key": dispatch_key(fam), "data": "@" + N.REJECT_LOCAL[fam]}}
-            t.rule(N.NAT_PREROUTING, key)
+            # Not for this node's pods: for them the reject in filter-forward answers with the
+            # VIP's address (no redirect arises: the VIP is not routed back to the pod), while
+            # a reset sent from the node after this DNAT leaves a bridge port untranslated.
+            pods = [
+                match(payload(N.IP_PROTO[fam], "saddr"), addr_or_prefix(net), "!=")
+                for net in _pod_nets(node, fam)
+            ]
+            t.rule(N.NAT_PREROUTING, *pods, key)
             t.rule(
                 N.REJECT_DNAT[fam],
                 {"mangle": {"key": mark, "value": {"|": [mark, N.REJECT_MARK]}}},
                 {"dnat": {"family": N.IP_PROTO[fam], "addr": ip}},
             )
+    # Traffic from inside the cluster first (see N.INTERNAL): the node's pods, the node itself.
+    for fam in (4, 6):
+        for net in _pod_nets(node, fam):
+            saddr = payload(N.IP_PROTO[fam], "saddr")
+            t.rule(N.NAT_PREROUTING, match(saddr, addr_or_prefix(net)), jump(N.INTERNAL))
+    t.rule(N.NAT_OUTPUT, jump(N.INTERNAL))
     t.rule(N.NAT_PREROUTING, jump(N.SERVICES))
     t.rule(N.NAT_OUTPUT, jump(N.SERVICES))
     t.rule(N.NAT_POSTROUTING, jump(N.MASQUERADING))
@@ -182,6 +214,20 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
                 {"vmap": {"key": mark, "data": "@" + picks[fam]}},
             )
         t.rule(
+            N.INTERNAL,
+            match(dispatch_key(fam), "@" + N.INTERNAL_COUNTS[fam]),
+            {"mangle": {"key": ct_mark, "value": mark}},
+            {
+                "mangle": {
+                    "key": mark,
+                    "value": {
+                        "map": {"key": dispatch_key(fam), "data": "@" + N.INTERNAL_COUNTS[fam]}
+                    },
+                }
+            },
+            {"vmap": {"key": mark, "data": "@" + N.INTERNAL_PICKS[fam]}},
+        )
+        t.rule(
             N.FIREWALL_CHECK, {"vmap": {"key": dispatch_key(fam), "data": "@" + N.FIREWALL[fam]}}
         )
         t.rule(
@@ -200,36 +246,59 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
     t.rule(N.MASQUERADING, {"mangle": {"key": mark, "value": {"^": [mark, N.MASQ_MARK]}}})
     t.rule(N.MASQUERADING, {"masquerade": {"flags": "fully-random"}})
     for chain in (N.SLOT_PREROUTING, N.SLOT_OUTPUT):
+        # The internal path's slots first (a longer prefix of the same range): the pod's or
+        # node's address is kept toward another node, as kube-proxy keeps it.
+        t.rule(
+            chain,
+            match(mark, {"prefix": {"addr": N.INTERNAL_SLOT_BASE, "len": N.SLOT_PREFIX_LEN + 1}}),
+            goto(N.INTERNAL_SLOT_RESTORE),
+        )
         t.rule(
             chain,
             match(mark, {"prefix": {"addr": N.SLOT_BASE, "len": N.SLOT_PREFIX_LEN}}),
             goto(N.SLOT_RESTORE),
         )
-    t.rule(
-        N.SLOT_RESTORE,
-        {"mangle": {"key": mark, "value": ct_mark}},
-        {"mangle": {"key": ct_mark, "value": 0}},
-    )
+    for restore in (N.SLOT_RESTORE, N.INTERNAL_SLOT_RESTORE):
+        t.rule(
+            restore,
+            {"mangle": {"key": mark, "value": ct_mark}},
+            {"mangle": {"key": ct_mark, "value": 0}},
+        )
     for fam in (4, 6):
         ipx = N.IP_PROTO[fam]
         daddr = payload(ipx, "daddr")
         t.rule(N.SLOT_RESTORE, match(daddr, "@" + N.REMOTE_ENDPOINTS[fam]), jump(N.MARK_MASQ))
         pair = {"concat": [payload(ipx, "saddr"), daddr]}
         t.rule(N.SLOT_RESTORE, match(pair, "@" + N.HAIRPIN[fam]), jump(N.MARK_MASQ))
+        t.rule(N.INTERNAL_SLOT_RESTORE, match(pair, "@" + N.HAIRPIN[fam]), jump(N.MARK_MASQ))
         for count in range(1, N.PICKS_ALWAYS + 1):
             for nodeport in (False, True):
                 _pick_chain(t, fam, count, nodeport=nodeport, fixed=True)
+            _pick_chain(t, fam, count, nodeport=False, fixed=True, internal=True)
 
 
-def _pick_chain(t: Table, family: int, count: int, *, nodeport: bool, fixed: bool = False) -> None:
+def _pick_chain(
+    t: Table,
+    family: int,
+    count: int,
+    *,
+    nodeport: bool,
+    fixed: bool = False,
+    internal: bool = False,
+) -> None:
     """The shared chain that sends a new connection to one of ``count`` endpoint slots, and its
-    element in the picks map (``fixed``: the fixed part's, for 1..PICKS_ALWAYS)."""
+    element in the picks map (``fixed``: the fixed part's, for 1..PICKS_ALWAYS; ``internal``:
+    the internal path's, whose slots start at INTERNAL_SLOT_BASE)."""
     prefix = N.NODEPORT_PICK_PREFIX if nodeport else N.PICK_PREFIX
+    if internal:
+        prefix = N.INTERNAL_PICK_PREFIX
     name = f"{prefix}{family}-{count}"
     if name in t.chains or (count <= N.PICKS_ALWAYS and not fixed):
         return  # made already, or one of the fixed part's (which a Service's fragment lacks)
     t.chain(name)
     picks = N.NODEPORT_PICKS[family] if nodeport else N.PICKS[family]
+    if internal:
+        picks = N.INTERNAL_PICKS[family]
     t.element(picks, count, goto(name))
     mark = meta("mark")
     ipx = N.IP_PROTO[family]
@@ -239,7 +308,8 @@ def _pick_chain(t: Table, family: int, count: int, *, nodeport: bool, fixed: boo
     else:
         key = {"concat": [*dispatch_key(family)["concat"], mark]}
         addrs, ports = N.ENDPOINT_ADDRS[family], N.ENDPOINT_PORTS[family]
-    slot = {"numgen": {"mode": "random", "mod": count, "offset": N.SLOT_BASE}}
+    base = N.INTERNAL_SLOT_BASE if internal else N.SLOT_BASE
+    slot = {"numgen": {"mode": "random", "mod": count, "offset": base}}
     t.rule(
         name,
         {"mangle": {"key": mark, "value": slot}},
@@ -429,6 +499,31 @@ def _flat_port(
             t.element(N.HAIRPIN[family], {"concat": [addr, addr]}, N.IN_SET)  # itself
 
 
+def _internal_port(
+    t: Table, svc: LBService, port: ServicePort, family: int, node: NodeInfo, keys: list[Json]
+) -> None:
+    """An externalTrafficPolicy: Local Service port's endpoints for traffic that starts inside
+    the cluster (see N.INTERNAL): every endpoint, chosen as for Cluster, in slots from
+    INTERNAL_SLOT_BASE. The pod's address is kept: after DNAT only a pod that reached itself
+    (hairpin) is masqueraded, not one reaching a pod elsewhere."""
+    local_only = replace(svc, external_traffic_policy=CLUSTER)
+    sel, targets = _port_selection(local_only, port, family, node)
+    if not sel.endpoints:
+        return
+    count = len(sel.endpoints)
+    addrs = [(str(ipaddress.ip_address(e.address)), targets[e]) for e in sel.endpoints]
+    for key in keys:
+        t.element(N.INTERNAL_COUNTS[family], key, count)
+        for i, (addr, target) in enumerate(addrs):
+            slot_key = {"concat": [*key["concat"], N.INTERNAL_SLOT_BASE + i]}
+            t.element(N.ENDPOINT_ADDRS[family], slot_key, addr)
+            t.element(N.ENDPOINT_PORTS[family], slot_key, target)
+    _pick_chain(t, family, count, nodeport=False, internal=True)
+    for e, (addr, _) in zip(sel.endpoints, addrs, strict=True):
+        if e.node == node.name:  # a pod here may reach itself
+            t.element(N.HAIRPIN[family], {"concat": [addr, addr]}, N.IN_SET)
+
+
 def render_node_rules(services: Iterable[LBService], node: NodeInfo) -> Json:
     """The whole of Portico's table for ``node``, as one libnftables JSON document of ``add``
     commands (table, sets, maps, chains, elements, rules, in that order).
@@ -476,6 +571,8 @@ def render_service(t: Table, svc: LBService, node: NodeInfo, claimed: set[str]) 
                 for key in keys:
                     t.element(N.FIREWALL[fam], key, goto(fw))
             sel, targets = _port_selection(svc, port, fam, node)
+            if keys and svc.external_traffic_policy == LOCAL and svc.affinity_timeout is None:
+                _internal_port(t, svc, port, fam, node, keys)
             if sel.endpoints and svc.affinity_timeout is None:
                 _flat_port(t, svc, fam, node, sel, targets, keys, np_key)
                 continue

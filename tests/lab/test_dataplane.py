@@ -411,3 +411,46 @@ def test_a_health_port_another_program_holds_is_left_to_it_reported_and_taken_on
     )
     assert json.loads(ok["body"])["service"] == {"namespace": NS, "name": "dp-held"}
     wait_for(lambda: reported() is None, "the conflict is no longer reported")
+
+
+@pytest.mark.parametrize("family", [4, 6])
+def test_pods_and_the_node_reach_a_local_vip_whose_endpoints_are_elsewhere(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
+) -> None:
+    # kube-proxy's short-circuit: traffic that starts inside the cluster is not external, so
+    # externalTrafficPolicy does not apply to it: it goes to the endpoints anywhere, with the
+    # pod's own address. Only echo-2-1 (on node-2) backs this Service.
+    name = f"dp-short-{family}"
+    label = {"portico-test": name}
+    api.core.patch_namespaced_pod("echo-2-1", NS, {"metadata": {"labels": label}})
+    try:
+        create(
+            api,
+            services,
+            name,
+            selector=label,
+            externalTrafficPolicy="Local",
+            ipFamilyPolicy="SingleStack",
+            ipFamilies=[f"IPv{family}"],
+        )
+        ip = api.wait_ips(name)[0]
+        pod = lab.pod("echo-1-1")
+        pod_ip = str(pod.ipv4 if family == 4 else pod.ipv6)
+        a = wait_for(lambda: answered(lab, "echo-1-1", ip), "a pod on node-1 reaches the VIP")
+        assert (a["pod"], a["client_ip"]) == ("echo-2-1", pod_ip)
+        b = wait_for(lambda: answered(lab, "node-1", ip), "node-1 itself reaches the VIP")
+        assert b["pod"] == "echo-2-1"
+        # a pod that backs the Service reaching itself through the VIP
+        c = wait_for(lambda: answered(lab, "echo-2-1", ip), "the backend reaches itself")
+        assert c["pod"] == "echo-2-1"
+        # from outside, through node-1 (no local endpoint): nothing, as Local says
+        with routed(lab, "client-1", ip, "node-1"):
+            assert answered(lab, "client-1", ip) is None
+        with routed(lab, "client-1", ip, "node-2"):
+            ext = wait_for(lambda: answered(lab, "client-1", ip), "through node-2 it answers")
+            host = lab.plan.client(1)
+            assert ext["client_ip"] == str(host.ipv4 if family == 4 else host.ipv6)
+    finally:
+        api.core.patch_namespaced_pod(
+            "echo-2-1", NS, {"metadata": {"labels": {"portico-test": None}}}
+        )

@@ -200,3 +200,82 @@ def test_an_endpoint_change_applied_as_a_diff_moves_the_traffic() -> None:
     )
     k.run(diff_rules(rb, render_node_rules([], NODE)))
     assert Tracer(k, local=NODE.ips).outcomes(Packet(CLIENT, VIP)) == ACCEPT
+
+
+# --- traffic that starts inside the cluster (kube-proxy's short-circuit for ETP Local) ---------
+PODS = NodeInfo("node-1", "zone-a", (NODE_IP, NODE_IP6), ("198.19.1.0/24", "fd00:19:0:1::/64"))
+POD, POD6 = "198.19.1.9", "fd00:19:0:1::9"  # a pod of node-1 that is no endpoint
+
+
+def test_a_pod_reaches_a_local_policy_vip_whose_endpoints_are_elsewhere() -> None:
+    web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
+    t = node(web, info=PODS)
+    assert t.outcomes(Packet(CLIENT, VIP)) == DROP  # from outside: this node has none
+    # from a pod of this node: the endpoint elsewhere, the pod's address kept
+    assert t.outcomes(Packet(POD, VIP)) == {to(R1): 1}
+    # a pod of another node's range arriving here is external traffic
+    assert t.outcomes(Packet("198.19.3.9", VIP)) == DROP
+
+
+def test_a_pod_and_the_node_use_every_endpoint_of_a_local_policy_vip() -> None:
+    web = svc(ep(L1, "node-1"), ep(R1, "node-2"), external_traffic_policy="Local")
+    t = node(web, info=PODS)
+    assert t.outcomes(Packet(CLIENT, VIP)) == {to(L1): 1}  # external: local endpoints only
+    assert t.outcomes(Packet(POD, VIP)) == uniform(to(L1), to(R1))
+    assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == uniform(to(L1), to(R1))
+    # a pod reaching itself is masqueraded (hairpin), as kube-proxy does
+    assert t.outcomes(Packet(L1, VIP)) == uniform(to(L1, masquerade=True), to(R1))
+    # the packet's own mark survives the internal path too
+    for tr in t.traces(Packet(POD, VIP, mark=0x77)):
+        assert tr.mark == 0x77 and tr.ct_mark == 0
+
+
+def test_the_node_itself_reaches_a_local_policy_vip_without_a_pod_cidr_known() -> None:
+    web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
+    t = node(web)  # the Node has no podCIDRs: only the host's own traffic is internal
+    assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == {to(R1): 1}
+    assert t.outcomes(Packet(POD, VIP)) == DROP
+    # the source ranges still hold for the host's own traffic on the internal path
+    ranged = svc(ep(R1, "node-2"), external_traffic_policy="Local", source_ranges=("1.2.3.4/32",))
+    assert node(ranged).outcomes(Packet(NODE_IP, VIP, path="output")) == DROP
+
+
+def test_the_internal_path_in_ipv6_and_not_for_cluster_or_affinity() -> None:
+    web6 = svc(ep("fd00:19:0:2::2", "node-2"), vips=(VIP6,), external_traffic_policy="Local")
+    t = node(web6, info=PODS)
+    assert t.outcomes(Packet(CLIENT6, VIP6)) == DROP
+    assert t.outcomes(Packet(POD6, VIP6)) == {to("fd00:19:0:2::2"): 1}
+    # Cluster: the same path for everyone (remote endpoints masqueraded, by address)
+    cluster = node(svc(ep(R1, "node-2")), info=PODS)
+    assert cluster.outcomes(Packet(POD, VIP)) == {to(R1, masquerade=True): 1}
+    # no endpoints anywhere: rejected from inside too
+    none = node(svc(external_traffic_policy="Local"), info=PODS)
+    assert [o.reject for o in none.outcomes(Packet(POD, VIP))] == ["tcp reset"]
+
+
+def test_the_internal_path_keeps_the_pods_address_toward_a_shared_remote_endpoint() -> None:
+    # R1 is also a Cluster Service's endpoint on another node (remote-endpoints4 holds it):
+    # still, a pod reaching the Local VIP keeps its address, as kube-proxy keeps it.
+    local = svc(ep(R1, "node-2"), external_traffic_policy="Local")
+    cluster = svc(ep(R1, "node-2"), name="api", vips=("198.18.32.11",))
+    t = node(local, cluster, info=PODS)
+    assert t.outcomes(Packet(POD, VIP)) == {to(R1): 1}
+    assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == {to(R1): 1}
+    assert t.outcomes(Packet(POD, "198.18.32.11")) == {to(R1, masquerade=True): 1}
+
+
+def test_a_pod_gets_the_reject_from_the_vip_itself_when_there_are_no_endpoints() -> None:
+    none = svc(external_traffic_policy="Local")
+    t = node(none, info=PODS)
+    # from outside: DNATed to the node and rejected there (no ICMP redirect to the client)
+    (ext,) = t.outcomes(Packet(CLIENT, VIP))
+    assert (ext.reject, ext.dnat) == ("tcp reset", (NODE_IP, None))
+    # from a pod of this node: rejected where it is forwarded, with the VIP's own address
+    (pod,) = t.outcomes(Packet(POD, VIP))
+    assert (pod.reject, pod.dnat) == ("tcp reset", None)
+
+
+def test_the_hosts_own_traffic_outside_the_ranges_learns_nothing() -> None:
+    # no endpoints and a range that leaves the host out: dropped, not refused
+    gone = svc(source_ranges=("203.0.113.0/28",))
+    assert node(gone).outcomes(Packet(NODE_IP, VIP, path="output")) == DROP

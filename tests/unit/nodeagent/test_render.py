@@ -108,6 +108,8 @@ def stmt(s: dict) -> str:
         return f"dnat {v['family']} to {addr}" + (f":{v['port']}" if "port" in v else "")
     if k == "set":
         return f"{v['op']} {v['set']} {{ {_e(v['elem'])} }}"
+    if k in ("accept", "drop") and v is None:
+        return k
     return _e(s)
 
 
@@ -159,6 +161,8 @@ add map inet portico endpoint-counts4 { type ipv4_addr . inet_proto . inet_servi
 add map inet portico nodeport-endpoint-counts4 { type inet_proto . inet_service : mark ; }
 add map inet portico picks4 { type mark : verdict ; }
 add map inet portico nodeport-picks4 { type mark : verdict ; }
+add map inet portico internal-endpoint-counts4 { type ipv4_addr . inet_proto . inet_service : mark ; }
+add map inet portico internal-picks4 { type mark : verdict ; }
 add map inet portico endpoint-addrs4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr ; }
 add map inet portico endpoint-ports4 { type ipv4_addr . inet_proto . inet_service . mark : inet_service ; }
 add map inet portico nodeport-endpoint-addrs4 { type inet_proto . inet_service . mark : ipv4_addr ; }
@@ -174,6 +178,8 @@ add map inet portico endpoint-counts6 { type ipv6_addr . inet_proto . inet_servi
 add map inet portico nodeport-endpoint-counts6 { type inet_proto . inet_service : mark ; }
 add map inet portico picks6 { type mark : verdict ; }
 add map inet portico nodeport-picks6 { type mark : verdict ; }
+add map inet portico internal-endpoint-counts6 { type ipv6_addr . inet_proto . inet_service : mark ; }
+add map inet portico internal-picks6 { type mark : verdict ; }
 add map inet portico endpoint-addrs6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr ; }
 add map inet portico endpoint-ports6 { type ipv6_addr . inet_proto . inet_service . mark : inet_service ; }
 add map inet portico nodeport-endpoint-addrs6 { type inet_proto . inet_service . mark : ipv6_addr ; }
@@ -190,89 +196,130 @@ add chain inet portico nat-postrouting { type nat hook postrouting priority 100 
 add chain inet portico slot-prerouting { type filter hook prerouting priority -90 ; policy accept ; }
 add chain inet portico slot-output { type filter hook output priority -90 ; policy accept ; }
 add chain inet portico services
+add chain inet portico internal-services
 add chain inet portico firewall-check
 add chain inet portico endpoints-check
 add chain inet portico reject-chain
 add chain inet portico mark-for-masquerade
 add chain inet portico masquerading
 add chain inet portico slot-restore
+add chain inet portico internal-slot-restore
 add chain inet portico pick4-1
 add chain inet portico nodeport-pick4-1
+add chain inet portico internal-pick4-1
 add chain inet portico pick4-2
 add chain inet portico nodeport-pick4-2
+add chain inet portico internal-pick4-2
 add chain inet portico pick4-3
 add chain inet portico nodeport-pick4-3
+add chain inet portico internal-pick4-3
 add chain inet portico pick4-4
 add chain inet portico nodeport-pick4-4
+add chain inet portico internal-pick4-4
 add chain inet portico pick4-5
 add chain inet portico nodeport-pick4-5
+add chain inet portico internal-pick4-5
 add chain inet portico pick4-6
 add chain inet portico nodeport-pick4-6
+add chain inet portico internal-pick4-6
 add chain inet portico pick4-7
 add chain inet portico nodeport-pick4-7
+add chain inet portico internal-pick4-7
 add chain inet portico pick4-8
 add chain inet portico nodeport-pick4-8
+add chain inet portico internal-pick4-8
 add chain inet portico pick4-9
 add chain inet portico nodeport-pick4-9
+add chain inet portico internal-pick4-9
 add chain inet portico pick4-10
 add chain inet portico nodeport-pick4-10
+add chain inet portico internal-pick4-10
 add chain inet portico pick4-11
 add chain inet portico nodeport-pick4-11
+add chain inet portico internal-pick4-11
 add chain inet portico pick4-12
 add chain inet portico nodeport-pick4-12
+add chain inet portico internal-pick4-12
 add chain inet portico pick4-13
 add chain inet portico nodeport-pick4-13
+add chain inet portico internal-pick4-13
 add chain inet portico pick4-14
 add chain inet portico nodeport-pick4-14
+add chain inet portico internal-pick4-14
 add chain inet portico pick4-15
 add chain inet portico nodeport-pick4-15
+add chain inet portico internal-pick4-15
 add chain inet portico pick4-16
 add chain inet portico nodeport-pick4-16
+add chain inet portico internal-pick4-16
 add chain inet portico pick6-1
 add chain inet portico nodeport-pick6-1
+add chain inet portico internal-pick6-1
 add chain inet portico pick6-2
 add chain inet portico nodeport-pick6-2
+add chain inet portico internal-pick6-2
 add chain inet portico pick6-3
 add chain inet portico nodeport-pick6-3
+add chain inet portico internal-pick6-3
 add chain inet portico pick6-4
 add chain inet portico nodeport-pick6-4
+add chain inet portico internal-pick6-4
 add chain inet portico pick6-5
 add chain inet portico nodeport-pick6-5
+add chain inet portico internal-pick6-5
 add chain inet portico pick6-6
 add chain inet portico nodeport-pick6-6
+add chain inet portico internal-pick6-6
 add chain inet portico pick6-7
 add chain inet portico nodeport-pick6-7
+add chain inet portico internal-pick6-7
 add chain inet portico pick6-8
 add chain inet portico nodeport-pick6-8
+add chain inet portico internal-pick6-8
 add chain inet portico pick6-9
 add chain inet portico nodeport-pick6-9
+add chain inet portico internal-pick6-9
 add chain inet portico pick6-10
 add chain inet portico nodeport-pick6-10
+add chain inet portico internal-pick6-10
 add chain inet portico pick6-11
 add chain inet portico nodeport-pick6-11
+add chain inet portico internal-pick6-11
 add chain inet portico pick6-12
 add chain inet portico nodeport-pick6-12
+add chain inet portico internal-pick6-12
 add chain inet portico pick6-13
 add chain inet portico nodeport-pick6-13
+add chain inet portico internal-pick6-13
 add chain inet portico pick6-14
 add chain inet portico nodeport-pick6-14
+add chain inet portico internal-pick6-14
 add chain inet portico pick6-15
 add chain inet portico nodeport-pick6-15
+add chain inet portico internal-pick6-15
 add chain inet portico pick6-16
 add chain inet portico nodeport-pick6-16
+add chain inet portico internal-pick6-16
 add element inet portico picks4 { 1 : goto pick4-1, 2 : goto pick4-2, 3 : goto pick4-3, 4 : goto pick4-4, 5 : goto pick4-5, 6 : goto pick4-6, 7 : goto pick4-7, 8 : goto pick4-8, 9 : goto pick4-9, 10 : goto pick4-10, 11 : goto pick4-11, 12 : goto pick4-12, 13 : goto pick4-13, 14 : goto pick4-14, 15 : goto pick4-15, 16 : goto pick4-16 }
 add element inet portico nodeport-picks4 { 1 : goto nodeport-pick4-1, 2 : goto nodeport-pick4-2, 3 : goto nodeport-pick4-3, 4 : goto nodeport-pick4-4, 5 : goto nodeport-pick4-5, 6 : goto nodeport-pick4-6, 7 : goto nodeport-pick4-7, 8 : goto nodeport-pick4-8, 9 : goto nodeport-pick4-9, 10 : goto nodeport-pick4-10, 11 : goto nodeport-pick4-11, 12 : goto nodeport-pick4-12, 13 : goto nodeport-pick4-13, 14 : goto nodeport-pick4-14, 15 : goto nodeport-pick4-15, 16 : goto nodeport-pick4-16 }
+add element inet portico internal-picks4 { 1 : goto internal-pick4-1, 2 : goto internal-pick4-2, 3 : goto internal-pick4-3, 4 : goto internal-pick4-4, 5 : goto internal-pick4-5, 6 : goto internal-pick4-6, 7 : goto internal-pick4-7, 8 : goto internal-pick4-8, 9 : goto internal-pick4-9, 10 : goto internal-pick4-10, 11 : goto internal-pick4-11, 12 : goto internal-pick4-12, 13 : goto internal-pick4-13, 14 : goto internal-pick4-14, 15 : goto internal-pick4-15, 16 : goto internal-pick4-16 }
 add element inet portico picks6 { 1 : goto pick6-1, 2 : goto pick6-2, 3 : goto pick6-3, 4 : goto pick6-4, 5 : goto pick6-5, 6 : goto pick6-6, 7 : goto pick6-7, 8 : goto pick6-8, 9 : goto pick6-9, 10 : goto pick6-10, 11 : goto pick6-11, 12 : goto pick6-12, 13 : goto pick6-13, 14 : goto pick6-14, 15 : goto pick6-15, 16 : goto pick6-16 }
 add element inet portico nodeport-picks6 { 1 : goto nodeport-pick6-1, 2 : goto nodeport-pick6-2, 3 : goto nodeport-pick6-3, 4 : goto nodeport-pick6-4, 5 : goto nodeport-pick6-5, 6 : goto nodeport-pick6-6, 7 : goto nodeport-pick6-7, 8 : goto nodeport-pick6-8, 9 : goto nodeport-pick6-9, 10 : goto nodeport-pick6-10, 11 : goto nodeport-pick6-11, 12 : goto nodeport-pick6-12, 13 : goto nodeport-pick6-13, 14 : goto nodeport-pick6-14, 15 : goto nodeport-pick6-15, 16 : goto nodeport-pick6-16 }
+add element inet portico internal-picks6 { 1 : goto internal-pick6-1, 2 : goto internal-pick6-2, 3 : goto internal-pick6-3, 4 : goto internal-pick6-4, 5 : goto internal-pick6-5, 6 : goto internal-pick6-6, 7 : goto internal-pick6-7, 8 : goto internal-pick6-8, 9 : goto internal-pick6-9, 10 : goto internal-pick6-10, 11 : goto internal-pick6-11, 12 : goto internal-pick6-12, 13 : goto internal-pick6-13, 14 : goto internal-pick6-14, 15 : goto internal-pick6-15, 16 : goto internal-pick6-16 }
 add rule inet portico filter-prerouting ct state new jump firewall-check
 add rule inet portico filter-input ct state new jump endpoints-check
 add rule inet portico filter-forward ct state new jump endpoints-check
-add rule inet portico filter-output ct state new jump endpoints-check
 add rule inet portico filter-output ct state new jump firewall-check
+add rule inet portico filter-output ct state new ip daddr . meta l4proto . th dport @internal-endpoint-counts4 accept
+add rule inet portico filter-output ct state new ip6 daddr . meta l4proto . th dport @internal-endpoint-counts6 accept
+add rule inet portico filter-output ct state new jump endpoints-check
 add rule inet portico nat-prerouting jump services
+add rule inet portico nat-output jump internal-services
 add rule inet portico nat-output jump services
 add rule inet portico nat-postrouting jump masquerading
+add rule inet portico slot-prerouting meta mark 0x208000/17 goto internal-slot-restore
 add rule inet portico slot-prerouting meta mark 0x200000/16 goto slot-restore
+add rule inet portico slot-output meta mark 0x208000/17 goto internal-slot-restore
 add rule inet portico slot-output meta mark 0x200000/16 goto slot-restore
 add rule inet portico services ip daddr . meta l4proto . th dport vmap @vips4
 add rule inet portico services ip daddr . meta l4proto . th dport @endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @endpoint-counts4 meta mark vmap @picks4
@@ -282,6 +329,8 @@ add rule inet portico services ip6 daddr . meta l4proto . th dport vmap @vips6
 add rule inet portico services ip6 daddr . meta l4proto . th dport @endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @endpoint-counts6 meta mark vmap @picks6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport @nodeport-endpoint-counts6 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts6 meta mark vmap @nodeport-picks6
+add rule inet portico internal-services ip daddr . meta l4proto . th dport @internal-endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @internal-endpoint-counts4 meta mark vmap @internal-picks4
+add rule inet portico internal-services ip6 daddr . meta l4proto . th dport @internal-endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @internal-endpoint-counts6 meta mark vmap @internal-picks6
 add rule inet portico firewall-check ip daddr . meta l4proto . th dport vmap @firewall4
 add rule inet portico firewall-check ip6 daddr . meta l4proto . th dport vmap @firewall6
 add rule inet portico endpoints-check ip daddr . meta l4proto . th dport vmap @noendpoints4
@@ -299,70 +348,105 @@ add rule inet portico slot-restore ip daddr @remote-endpoints4 jump mark-for-mas
 add rule inet portico slot-restore ip saddr . ip daddr @hairpin4 jump mark-for-masquerade
 add rule inet portico slot-restore ip6 daddr @remote-endpoints6 jump mark-for-masquerade
 add rule inet portico slot-restore ip6 saddr . ip6 daddr @hairpin6 jump mark-for-masquerade
+add rule inet portico internal-slot-restore meta mark set ct mark ct mark set 0
+add rule inet portico internal-slot-restore ip saddr . ip daddr @hairpin4 jump mark-for-masquerade
+add rule inet portico internal-slot-restore ip6 saddr . ip6 daddr @hairpin6 jump mark-for-masquerade
 add rule inet portico pick4-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-1 meta mark set numgen random mod 1 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-2 meta mark set numgen random mod 2 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-3 meta mark set numgen random mod 3 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-4 meta mark set numgen random mod 4 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-5 meta mark set numgen random mod 5 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-6 meta mark set numgen random mod 6 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-7 meta mark set numgen random mod 7 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-8 meta mark set numgen random mod 8 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-9 meta mark set numgen random mod 9 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-10 meta mark set numgen random mod 10 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-11 meta mark set numgen random mod 11 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-12 meta mark set numgen random mod 12 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-13 meta mark set numgen random mod 13 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-14 meta mark set numgen random mod 14 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-15 meta mark set numgen random mod 15 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick4-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico nodeport-pick4-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs4 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports4
+add rule inet portico internal-pick4-16 meta mark set numgen random mod 16 offset 0x208000 dnat ip to ip daddr . meta l4proto . th dport . meta mark map @endpoint-addrs4 : ip daddr . meta l4proto . th dport . meta mark map @endpoint-ports4
 add rule inet portico pick6-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-1 meta mark set numgen random mod 1 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-1 meta mark set numgen random mod 1 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-2 meta mark set numgen random mod 2 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-2 meta mark set numgen random mod 2 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-3 meta mark set numgen random mod 3 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-3 meta mark set numgen random mod 3 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-4 meta mark set numgen random mod 4 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-4 meta mark set numgen random mod 4 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-5 meta mark set numgen random mod 5 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-5 meta mark set numgen random mod 5 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-6 meta mark set numgen random mod 6 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-6 meta mark set numgen random mod 6 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-7 meta mark set numgen random mod 7 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-7 meta mark set numgen random mod 7 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-8 meta mark set numgen random mod 8 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-8 meta mark set numgen random mod 8 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-9 meta mark set numgen random mod 9 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-9 meta mark set numgen random mod 9 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-10 meta mark set numgen random mod 10 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-10 meta mark set numgen random mod 10 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-11 meta mark set numgen random mod 11 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-11 meta mark set numgen random mod 11 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-12 meta mark set numgen random mod 12 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-12 meta mark set numgen random mod 12 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-13 meta mark set numgen random mod 13 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-13 meta mark set numgen random mod 13 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-14 meta mark set numgen random mod 14 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-14 meta mark set numgen random mod 14 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-15 meta mark set numgen random mod 15 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-15 meta mark set numgen random mod 15 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico pick6-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 add rule inet portico nodeport-pick6-16 meta mark set numgen random mod 16 offset 0x200000 dnat ip6 to meta l4proto . th dport . meta mark map @nodeport-endpoint-addrs6 : meta l4proto . th dport . meta mark map @nodeport-endpoint-ports6
+add rule inet portico internal-pick6-16 meta mark set numgen random mod 16 offset 0x208000 dnat ip6 to ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-addrs6 : ip6 daddr . meta l4proto . th dport . meta mark map @endpoint-ports6
 """
 
 
@@ -421,13 +505,15 @@ def test_golden_skeleton() -> None:
 def test_golden_local_policy_on_a_node_with_ready_endpoints() -> None:
     # Only node-1's ready endpoints, one slot each (2 endpoints: pick4-2); the not-ready one
     # and node-2's are not used; no masquerade but for a pod reaching itself; DSR mode: no
-    # nodePort element.
+    # nodePort element. Traffic from inside the cluster (internal slots from 0x208000) goes to
+    # every ready endpoint, node-2's too, as kube-proxy's short-circuit sends it.
     assert (
         lines(render([LOCAL_WEB]))
         == """
 add element inet portico endpoint-counts4 { 198.18.32.10 . tcp . 80 : 2 }
-add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x200000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.4 }
-add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x200000 : 8080, 198.18.32.10 . tcp . 80 . 0x200001 : 8080 }
+add element inet portico internal-endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }
+add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x208000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x208001 : 198.19.1.4, 198.18.32.10 . tcp . 80 . 0x208002 : 198.19.2.2, 198.18.32.10 . tcp . 80 . 0x200000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.4 }
+add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x208000 : 8080, 198.18.32.10 . tcp . 80 . 0x208001 : 8080, 198.18.32.10 . tcp . 80 . 0x208002 : 8080, 198.18.32.10 . tcp . 80 . 0x200000 : 8080, 198.18.32.10 . tcp . 80 . 0x200001 : 8080 }
 add element inet portico hairpin4 { 198.19.1.2 . 198.19.1.2 : 1, 198.19.1.4 . 198.19.1.4 : 1 }
 """.strip()
     )
@@ -452,10 +538,14 @@ def test_golden_more_endpoints_than_the_fixed_pick_chains() -> None:
 
 
 def test_golden_local_policy_on_a_node_without_endpoints_drops() -> None:
+    # External traffic is dropped; the node's own and its pods' go to the endpoints elsewhere.
     assert (
         lines(render([LOCAL_WEB], node="node-3"))
         == """
 add element inet portico noendpoints4 { 198.18.32.10 . tcp . 80 : drop }
+add element inet portico internal-endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }
+add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x208000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x208001 : 198.19.1.4, 198.18.32.10 . tcp . 80 . 0x208002 : 198.19.2.2 }
+add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x208000 : 8080, 198.18.32.10 . tcp . 80 . 0x208001 : 8080, 198.18.32.10 . tcp . 80 . 0x208002 : 8080 }
 """.strip()
     )
 
@@ -550,9 +640,11 @@ def chains(doc: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def flat_targets(doc: dict[str, Any]) -> dict[str, list[str]]:
+def flat_targets(doc: dict[str, Any], internal: bool = False) -> dict[str, list[str]]:
     """The flat endpoint maps read back: "vip . proto . port" -> ["addr:port", ...] in slot
-    order (and "proto . nodePort" for the nodePort maps)."""
+    order (and "proto . nodePort" for the nodePort maps); with ``internal``, the slots of the
+    path for traffic from inside the cluster (an externalTrafficPolicy: Local Service's)."""
+    base = N.INTERNAL_SLOT_BASE if internal else N.SLOT_BASE
     idx = index_rules(doc)
     out: dict[str, list[str]] = {}
     for fam in (4, 6):
@@ -564,10 +656,12 @@ def flat_targets(doc: dict[str, Any]) -> dict[str, list[str]]:
             assert a.keys() == p.keys()  # every slot has an address and a port
             for key in sorted(a, key=lambda k: json.loads(k)["concat"][-1]):
                 *dispatch, slot = json.loads(key)["concat"]
+                if (slot >= N.INTERNAL_SLOT_BASE) != internal:
+                    continue
                 addr = json.loads(a[key])
                 addr = f"[{addr}]" if ":" in addr else addr
                 slots = out.setdefault(" . ".join(map(str, dispatch)), [])
-                assert slot == N.SLOT_BASE + len(slots)  # slots 0..N-1, none missing
+                assert slot == base + len(slots)  # slots 0..N-1, none missing
                 slots.append(f"{addr}:{json.loads(p[key])}")
     return out
 
@@ -901,20 +995,16 @@ def test_endpoint_change_is_a_few_elements_and_no_chain() -> None:
     eps = (*LOCAL_WEB.endpoints[:2], Endpoint("198.19.1.9", "node-1", "zone-a", ports=HTTP))
     after = render([replace(LOCAL_WEB, endpoints=eps), CLUSTER_API])
     change = diff_rules(before, after)
-    # 198.19.1.4 (slot 1) is replaced by 198.19.1.9: that slot's address and the hairpin entry
-    assert sorted(verbs(change)) == [
-        "add element",
-        "add element",
-        "delete element",
-        "delete element",
-    ]
+    # 198.19.1.4 (slot 1) is replaced by 198.19.1.9: that slot's address and the hairpin entry;
+    # on the internal path node-2's endpoint left too (slot 2 and the count of 3 go)
+    assert sorted(verbs(change)) == ["add element"] * 3 + ["delete element"] * 4
     text = dump({"nftables": [c for c in change["nftables"] if "add" in c]})
     assert "198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.9" in text
     assert "198.19.1.9 . 198.19.1.9 : 1" in text
     # one more endpoint: a new count (the next pick chain), one slot more, still no chain
     more = (*LOCAL_WEB.endpoints, Endpoint("198.19.1.9", "node-1", "zone-a", ports=HTTP))
     change = diff_rules(before, render([replace(LOCAL_WEB, endpoints=more), CLUSTER_API]))
-    assert sorted(verbs(change)) == ["add element"] * 4 + ["delete element"]
+    assert sorted(verbs(change)) == ["add element"] * 5 + ["delete element"] * 3
     text = dump({"nftables": [c for c in change["nftables"] if "add" in c]})
     assert "endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }" in text
     assert "198.18.32.10 . tcp . 80 . 0x200002 : 198.19.1.9" in text
@@ -934,12 +1024,14 @@ def test_losing_the_last_local_endpoint_moves_the_element() -> None:
         for c in change["nftables"]
         if "element" in c.get("delete", {})
     ]
-    assert adds == ["noendpoints4"]
+    # the internal path keeps node-2's endpoint (its count, slot 0 now theirs)
+    assert adds == ["noendpoints4", "internal-endpoint-counts4", "endpoint-addrs4"]
     assert sorted(deletes) == [
         "endpoint-addrs4",
         "endpoint-counts4",
         "endpoint-ports4",
         "hairpin4",
+        "internal-endpoint-counts4",
     ]
     # an affinity Service's element that pointed at its chain goes before the chain
     aff = replace(LOCAL_WEB, session_affinity="ClientIP")

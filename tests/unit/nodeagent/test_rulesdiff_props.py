@@ -216,6 +216,7 @@ def test_flat_endpoint_slots(svcs: list[LBService], node: NodeInfo) -> None:
                 json.loads(k)["concat"][3]: json.loads(a)
                 for k, a in addrs.items()
                 if json.loads(k)["concat"][:3] == dispatch
+                and json.loads(k)["concat"][3] < N.INTERNAL_SLOT_BASE
             }
             assert sorted(mine) == [N.SLOT_BASE + i for i in range(n)]
             used += n
@@ -228,4 +229,30 @@ def test_flat_endpoint_slots(svcs: list[LBService], node: NodeInfo) -> None:
                 else:
                     assert (addr in remote) == (e.node != node.name)
                 assert (addr in remote) != ((addr, addr) in hairpin)
+        # An externalTrafficPolicy: Local VIP port's path for traffic from inside the cluster:
+        # slots from INTERNAL_SLOT_BASE over the Service's endpoints on any node, its own pick
+        # chains; only a local endpoint is a hairpin entry.
+        ipicks = idx.elements[N.INTERNAL_PICKS[fam]]
+        for key, count in idx.elements[N.INTERNAL_COUNTS[fam]].items():
+            n = int(count)
+            target = json.loads(ipicks[str(n)])["goto"]["target"]
+            assert target == f"{N.INTERNAL_PICK_PREFIX}{fam}-{n}" and target in idx.chains
+            (rule,) = idx.rules[target]
+            numgen = json.loads(rule)[0]["mangle"]["value"]["numgen"]
+            assert (numgen["mod"], numgen["offset"]) == (n, N.INTERNAL_SLOT_BASE)
+            dispatch = json.loads(key)["concat"]
+            svc = owner[dispatch[0]]
+            assert svc.external_traffic_policy == "Local" and svc.affinity_timeout is None
+            mine = {
+                json.loads(k)["concat"][3]: json.loads(a)
+                for k, a in addrs.items()
+                if json.loads(k)["concat"][:3] == dispatch
+                and json.loads(k)["concat"][3] >= N.INTERNAL_SLOT_BASE
+            }
+            assert sorted(mine) == [N.INTERNAL_SLOT_BASE + i for i in range(n)]
+            used += n
+            for addr in mine.values():
+                e = next(e for e in svc.endpoints if e.address == addr)
+                if e.node == node.name:
+                    assert (addr, addr) in hairpin
         assert used == len(addrs)  # no slot outside a VIP entry
