@@ -101,6 +101,11 @@ PICKS = {4: "picks4", 6: "picks6"}
 NODEPORT_ENDPOINT_COUNTS = {4: "nodeport-endpoint-counts4", 6: "nodeport-endpoint-counts6"}
 NODEPORT_PICKS = {4: "nodeport-picks4", 6: "nodeport-picks6"}
 INTERNAL_COUNTS = {4: "internal-endpoint-counts4", 6: "internal-endpoint-counts6"}
+# vip . proto . port : goto isvc chain (ClientIP-affinity Local Services: pins are per endpoint)
+INTERNAL_VIPS = {4: "internal-vips4", 6: "internal-vips6"}
+# Every VIP port with an internal path (a data map looked up as a set: filter-output may not
+# look up a verdict map whose chains DNAT)
+INTERNAL_PORTS = {4: "internal-ports4", 6: "internal-ports6"}
 INTERNAL_PICKS = {4: "internal-picks4", 6: "internal-picks6"}
 ENDPOINT_ADDRS = {4: "endpoint-addrs4", 6: "endpoint-addrs6"}
 ENDPOINT_PORTS = {4: "endpoint-ports4", 6: "endpoint-ports6"}
@@ -118,6 +123,7 @@ NFPROTO = {4: "ipv4", 6: "ipv6"}
 
 # -- per-Service names (prefix + hash + readable part, see ruleset.object_name) -----------------
 SERVICE_CHAIN_PREFIX = "svc-"
+INTERNAL_SERVICE_CHAIN_PREFIX = "isvc-"  # a ClientIP Local Service port's internal path
 ENDPOINT_CHAIN_PREFIX = "ep-"
 FIREWALL_CHAIN_PREFIX = "fw-"
 AFFINITY_SET_PREFIX = "aff-"

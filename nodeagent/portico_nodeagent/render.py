@@ -74,6 +74,7 @@ from .ruleset import (
     endpoint_chain,
     firewall_chain,
     goto,
+    internal_service_chain,
     jump,
     match,
     meta,
@@ -132,6 +133,8 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
         t.map(N.PICKS[fam], "mark")
         t.map(N.NODEPORT_PICKS[fam], "mark")
         t.map(N.INTERNAL_COUNTS[fam], addr, "mark")
+        t.map(N.INTERNAL_VIPS[fam], addr)
+        t.map(N.INTERNAL_PORTS[fam], addr, "mark")
         t.map(N.INTERNAL_PICKS[fam], "mark")
         t.map(N.ENDPOINT_ADDRS[fam], [*addr, "mark"], N.ADDR_TYPE[fam])
         t.map(N.ENDPOINT_PORTS[fam], [*addr, "mark"], "inet_service")
@@ -157,7 +160,7 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
     # dropped here for want of a local endpoint.
     t.rule(N.FILTER_OUTPUT, CT_NEW, jump(N.FIREWALL_CHECK))
     for fam in (4, 6):
-        internal = match(dispatch_key(fam), "@" + N.INTERNAL_COUNTS[fam])
+        internal = match(dispatch_key(fam), "@" + N.INTERNAL_PORTS[fam])
         t.rule(N.FILTER_OUTPUT, CT_NEW, internal, {"accept": None})
     t.rule(N.FILTER_OUTPUT, CT_NEW, jump(N.ENDPOINTS_CHECK))
     for fam, ip in local_ips.items():
@@ -213,6 +216,7 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
                 },
                 {"vmap": {"key": mark, "data": "@" + picks[fam]}},
             )
+        t.rule(N.INTERNAL, {"vmap": {"key": dispatch_key(fam), "data": "@" + N.INTERNAL_VIPS[fam]}})
         t.rule(
             N.INTERNAL,
             match(dispatch_key(fam), "@" + N.INTERNAL_COUNTS[fam]),
@@ -416,10 +420,12 @@ def _affinity_chains(
     node: NodeInfo,
     sel: Selection,
     targets: Mapping[Endpoint, int],
+    chain: str | None = None,
 ) -> str:
     """A ClientIP-affinity Service port's chains (kube-proxy's layout: the pins are per
-    endpoint); returns the chain to send its traffic to."""
-    chain = service_chain(svc, port, family)
+    endpoint); returns the chain to send its traffic to (``chain``: another path's, the
+    internal one, over the same endpoint chains and pins)."""
+    chain = chain or service_chain(svc, port, family)
     t.chain(chain)
     ipx = N.IP_PROTO[family]
     saddr = payload(ipx, "saddr")
@@ -429,6 +435,11 @@ def _affinity_chains(
         target = targets[e]
         ep_chain = endpoint_chain(svc, port, e, target)
         ep_chains.append(ep_chain)
+        if ep_chain in t.chains:  # the other path made it: its pin is shared
+            if timeout is not None:
+                aff = affinity_set(svc, port, e, target, timeout)
+                t.rule(chain, match(saddr, "@" + aff), goto(ep_chain))
+            continue
         t.chain(ep_chain)
         if svc.external_traffic_policy != LOCAL and e.node != node.name:
             t.rule(ep_chain, jump(N.MARK_MASQ))  # the endpoint is on another node
@@ -506,9 +517,17 @@ def _internal_port(
     the cluster (see N.INTERNAL): every endpoint, chosen as for Cluster, in slots from
     INTERNAL_SLOT_BASE. The pod's address is kept: after DNAT only a pod that reached itself
     (hairpin) is masqueraded, not one reaching a pod elsewhere."""
-    local_only = replace(svc, external_traffic_policy=CLUSTER)
-    sel, targets = _port_selection(local_only, port, family, node)
+    anywhere = replace(svc, external_traffic_policy=CLUSTER)
+    sel, targets = _port_selection(anywhere, port, family, node)
     if not sel.endpoints:
+        return
+    for key in keys:
+        t.element(N.INTERNAL_PORTS[family], key, N.IN_SET)
+    if svc.affinity_timeout is not None:
+        chain = internal_service_chain(svc, port, family)
+        _affinity_chains(t, svc, port, family, node, sel, targets, chain)
+        for key in keys:
+            t.element(N.INTERNAL_VIPS[family], key, goto(chain))
         return
     count = len(sel.endpoints)
     addrs = [(str(ipaddress.ip_address(e.address)), targets[e]) for e in sel.endpoints]
@@ -571,7 +590,7 @@ def render_service(t: Table, svc: LBService, node: NodeInfo, claimed: set[str]) 
                 for key in keys:
                     t.element(N.FIREWALL[fam], key, goto(fw))
             sel, targets = _port_selection(svc, port, fam, node)
-            if keys and svc.external_traffic_policy == LOCAL and svc.affinity_timeout is None:
+            if keys and svc.external_traffic_policy == LOCAL:
                 _internal_port(t, svc, port, fam, node, keys)
             if sel.endpoints and svc.affinity_timeout is None:
                 _flat_port(t, svc, fam, node, sel, targets, keys, np_key)

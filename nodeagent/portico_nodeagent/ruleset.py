@@ -42,6 +42,10 @@ def service_chain(svc: LBService, port: ServicePort, family: int) -> str:
     return object_name(N.SERVICE_CHAIN_PREFIX, _port_label(svc, port, family))
 
 
+def internal_service_chain(svc: LBService, port: ServicePort, family: int) -> str:
+    return object_name(N.INTERNAL_SERVICE_CHAIN_PREFIX, _port_label(svc, port, family))
+
+
 def _ep_label(svc: LBService, port: ServicePort, ep: Endpoint, target: int) -> str:
     addr = ep.address.replace(":", ".")
     return f"{_port_label(svc, port, ep.family)}__{addr}/{target}"

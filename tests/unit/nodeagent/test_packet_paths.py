@@ -279,3 +279,24 @@ def test_the_hosts_own_traffic_outside_the_ranges_learns_nothing() -> None:
     # no endpoints and a range that leaves the host out: dropped, not refused
     gone = svc(source_ranges=("203.0.113.0/28",))
     assert node(gone).outcomes(Packet(NODE_IP, VIP, path="output")) == DROP
+
+
+def test_client_ip_affinity_on_the_internal_path_pins_and_reaches_every_endpoint() -> None:
+    web = svc(
+        ep(L1, "node-1"),
+        ep(R1, "node-2"),
+        external_traffic_policy="Local",
+        session_affinity="ClientIP",
+        session_affinity_timeout=60,
+    )
+    t = node(web, info=PODS)
+    assert t.outcomes(Packet(CLIENT, VIP)) == {to(L1): 1}  # external: the local one only
+    assert set(t.outcomes(Packet(POD, VIP))) == {to(L1), to(R1)}  # from a pod: either
+    # pinned: once a pod went to R1 it keeps going there
+    t.trace(Packet(POD, VIP), [1], commit=True)
+    assert t.outcomes(Packet(POD, VIP, sport=1)) == {to(R1): 1}
+    assert set(t.outcomes(Packet(NODE_IP, VIP, path="output"))) == {to(L1), to(R1)}
+    # without a local endpoint the external path drops, the internal one still answers
+    remote_only = node(replace(web, endpoints=(ep(R1, "node-2"),)), info=PODS)
+    assert remote_only.outcomes(Packet(CLIENT, VIP)) == DROP
+    assert remote_only.outcomes(Packet(POD, VIP)) == {to(R1): 1}

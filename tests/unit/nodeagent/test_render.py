@@ -162,6 +162,8 @@ add map inet portico nodeport-endpoint-counts4 { type inet_proto . inet_service 
 add map inet portico picks4 { type mark : verdict ; }
 add map inet portico nodeport-picks4 { type mark : verdict ; }
 add map inet portico internal-endpoint-counts4 { type ipv4_addr . inet_proto . inet_service : mark ; }
+add map inet portico internal-vips4 { type ipv4_addr . inet_proto . inet_service : verdict ; }
+add map inet portico internal-ports4 { type ipv4_addr . inet_proto . inet_service : mark ; }
 add map inet portico internal-picks4 { type mark : verdict ; }
 add map inet portico endpoint-addrs4 { type ipv4_addr . inet_proto . inet_service . mark : ipv4_addr ; }
 add map inet portico endpoint-ports4 { type ipv4_addr . inet_proto . inet_service . mark : inet_service ; }
@@ -179,6 +181,8 @@ add map inet portico nodeport-endpoint-counts6 { type inet_proto . inet_service 
 add map inet portico picks6 { type mark : verdict ; }
 add map inet portico nodeport-picks6 { type mark : verdict ; }
 add map inet portico internal-endpoint-counts6 { type ipv6_addr . inet_proto . inet_service : mark ; }
+add map inet portico internal-vips6 { type ipv6_addr . inet_proto . inet_service : verdict ; }
+add map inet portico internal-ports6 { type ipv6_addr . inet_proto . inet_service : mark ; }
 add map inet portico internal-picks6 { type mark : verdict ; }
 add map inet portico endpoint-addrs6 { type ipv6_addr . inet_proto . inet_service . mark : ipv6_addr ; }
 add map inet portico endpoint-ports6 { type ipv6_addr . inet_proto . inet_service . mark : inet_service ; }
@@ -310,8 +314,8 @@ add rule inet portico filter-prerouting ct state new jump firewall-check
 add rule inet portico filter-input ct state new jump endpoints-check
 add rule inet portico filter-forward ct state new jump endpoints-check
 add rule inet portico filter-output ct state new jump firewall-check
-add rule inet portico filter-output ct state new ip daddr . meta l4proto . th dport @internal-endpoint-counts4 accept
-add rule inet portico filter-output ct state new ip6 daddr . meta l4proto . th dport @internal-endpoint-counts6 accept
+add rule inet portico filter-output ct state new ip daddr . meta l4proto . th dport @internal-ports4 accept
+add rule inet portico filter-output ct state new ip6 daddr . meta l4proto . th dport @internal-ports6 accept
 add rule inet portico filter-output ct state new jump endpoints-check
 add rule inet portico nat-prerouting jump services
 add rule inet portico nat-output jump internal-services
@@ -329,7 +333,9 @@ add rule inet portico services ip6 daddr . meta l4proto . th dport vmap @vips6
 add rule inet portico services ip6 daddr . meta l4proto . th dport @endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @endpoint-counts6 meta mark vmap @picks6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport @nodeport-endpoint-counts6 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts6 meta mark vmap @nodeport-picks6
+add rule inet portico internal-services ip daddr . meta l4proto . th dport vmap @internal-vips4
 add rule inet portico internal-services ip daddr . meta l4proto . th dport @internal-endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @internal-endpoint-counts4 meta mark vmap @internal-picks4
+add rule inet portico internal-services ip6 daddr . meta l4proto . th dport vmap @internal-vips6
 add rule inet portico internal-services ip6 daddr . meta l4proto . th dport @internal-endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @internal-endpoint-counts6 meta mark vmap @internal-picks6
 add rule inet portico firewall-check ip daddr . meta l4proto . th dport vmap @firewall4
 add rule inet portico firewall-check ip6 daddr . meta l4proto . th dport vmap @firewall6
@@ -512,6 +518,7 @@ def test_golden_local_policy_on_a_node_with_ready_endpoints() -> None:
         == """
 add element inet portico endpoint-counts4 { 198.18.32.10 . tcp . 80 : 2 }
 add element inet portico internal-endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }
+add element inet portico internal-ports4 { 198.18.32.10 . tcp . 80 : 1 }
 add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x208000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x208001 : 198.19.1.4, 198.18.32.10 . tcp . 80 . 0x208002 : 198.19.2.2, 198.18.32.10 . tcp . 80 . 0x200000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x200001 : 198.19.1.4 }
 add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x208000 : 8080, 198.18.32.10 . tcp . 80 . 0x208001 : 8080, 198.18.32.10 . tcp . 80 . 0x208002 : 8080, 198.18.32.10 . tcp . 80 . 0x200000 : 8080, 198.18.32.10 . tcp . 80 . 0x200001 : 8080 }
 add element inet portico hairpin4 { 198.19.1.2 . 198.19.1.2 : 1, 198.19.1.4 . 198.19.1.4 : 1 }
@@ -544,6 +551,7 @@ def test_golden_local_policy_on_a_node_without_endpoints_drops() -> None:
         == """
 add element inet portico noendpoints4 { 198.18.32.10 . tcp . 80 : drop }
 add element inet portico internal-endpoint-counts4 { 198.18.32.10 . tcp . 80 : 3 }
+add element inet portico internal-ports4 { 198.18.32.10 . tcp . 80 : 1 }
 add element inet portico endpoint-addrs4 { 198.18.32.10 . tcp . 80 . 0x208000 : 198.19.1.2, 198.18.32.10 . tcp . 80 . 0x208001 : 198.19.1.4, 198.18.32.10 . tcp . 80 . 0x208002 : 198.19.2.2 }
 add element inet portico endpoint-ports4 { 198.18.32.10 . tcp . 80 . 0x208000 : 8080, 198.18.32.10 . tcp . 80 . 0x208001 : 8080, 198.18.32.10 . tcp . 80 . 0x208002 : 8080 }
 """.strip()

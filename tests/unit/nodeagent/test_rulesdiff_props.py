@@ -157,7 +157,7 @@ def test_render_integrity(svcs: list[LBService], node: NodeInfo) -> None:
     idx = index_rules(doc)
     by_key = {s.key: s for s in svcs}
     for chain, rules in idx.rules.items():
-        if chain.startswith(N.SERVICE_CHAIN_PREFIX):
+        if chain.startswith((N.SERVICE_CHAIN_PREFIX, N.INTERNAL_SERVICE_CHAIN_PREFIX)):
             # affinity checks, then "numgen random mod N-i == 0 goto ep-i", then "goto ep-last":
             # every endpoint once, each with probability 1/N
             picks = [json.loads(r) for r in rules if "@" not in r]
@@ -167,6 +167,17 @@ def test_render_integrity(svcs: list[LBService], node: NodeInfo) -> None:
                 assert expr[0]["match"]["right"] == 0
             targets = [expr[-1]["goto"]["target"] for expr in picks]
             assert len(set(targets)) == n and all(c in idx.chains for c in targets)
+            svc = by_key["/".join(chain.split("-", 2)[2].split("/")[1:3])]
+            if svc.external_traffic_policy == "Local" and chain.startswith(
+                N.SERVICE_CHAIN_PREFIX
+            ):  # the external path: this node's endpoints only
+                for target in targets:
+                    dnat = next(
+                        s["dnat"] for r in idx.rules[target] for s in json.loads(r) if "dnat" in s
+                    )
+                    assert any(
+                        e.address == dnat["addr"] and e.node == node.name for e in svc.endpoints
+                    )
         if chain.startswith(N.ENDPOINT_CHAIN_PREFIX):
             # which Service? the readable part is v<fam>/<ns>/<name>/...
             svc = by_key["/".join(chain.split("-", 2)[2].split("/")[1:3])]
@@ -174,7 +185,9 @@ def test_render_integrity(svcs: list[LBService], node: NodeInfo) -> None:
             ep = next(e for e in svc.endpoints if e.address == dnat["addr"])
             masq_always = json.loads(rules[0]) == [{"jump": {"target": N.MARK_MASQ}}]
             if svc.external_traffic_policy == "Local":
-                assert ep.node == node.name and not masq_always
+                # on the external path only local endpoints; the internal path (traffic from
+                # this node and its pods) reaches the others too, never masqueraded for it
+                assert not masq_always
             else:
                 assert masq_always == (ep.node != node.name)
 
