@@ -331,6 +331,101 @@ class IngressWatch(threading.Thread):
             self.http.close()
 
 
+class FirstWatch(threading.Thread):
+    """A raw list-and-watch of one collection (``path``): the wall time each key first came out
+    of ``keys(obj)`` (e.g. the Services an EndpointSlice gives a ready endpoint, or that a
+    NodeRules object holds with endpoints). ``wait(key)`` blocks until then."""
+
+    def __init__(self, lab: Lab, path: str, keys: Callable[[dict[str, Any]], list[str]]) -> None:
+        super().__init__(daemon=True)
+        cp = lab.control_plane
+        assert cp is not None and cp.files is not None
+        self.path = path
+        self.keys = keys
+        self.http = httpx.Client(
+            base_url=cp.server, verify=cp.ssl_context(), timeout=httpx.Timeout(10, read=None)
+        )
+        self.seen: dict[str, float] = {}
+        self.cond = threading.Condition()
+        self.stop = False
+        self.ready = threading.Event()
+
+    def _record(self, obj: dict[str, Any]) -> None:
+        now = time.time()
+        new = [k for k in self.keys(obj) if k not in self.seen]
+        if new:
+            with self.cond:
+                for k in new:
+                    self.seen.setdefault(k, now)
+                self.cond.notify_all()
+
+    def _relist(self) -> str:
+        body = self.http.get(self.path).json()
+        for obj in body["items"]:
+            self._record(obj)
+        return body["metadata"]["resourceVersion"]
+
+    def run(self) -> None:
+        rv = self._relist()
+        self.ready.set()
+        while not self.stop:
+            params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+            try:
+                with self.http.stream("GET", self.path, params=params) as r:
+                    for line in r.iter_lines():
+                        if self.stop:
+                            return
+                        if not line:
+                            continue
+                        ev = json.loads(line)
+                        if ev["type"] == "ERROR":
+                            rv = self._relist()
+                            break
+                        obj = ev["object"]
+                        rv = obj["metadata"].get("resourceVersion", rv)
+                        if ev["type"] in ("ADDED", "MODIFIED"):
+                            self._record(obj)
+            except httpx.HTTPError:
+                if self.stop:
+                    return
+                time.sleep(0.2)
+
+    def wait(self, key: str, timeout: float = 30) -> float:
+        deadline = time.time() + timeout
+        with self.cond:
+            while key not in self.seen:
+                left = deadline - time.time()
+                if left <= 0:
+                    raise TimeoutError(f"{self.path}: {key} not seen in {timeout:.0f}s")
+                self.cond.wait(left)
+            return self.seen[key]
+
+    def close(self) -> None:
+        self.stop = True
+        with contextlib.suppress(Exception):
+            self.http.close()
+
+
+def ready_slice_services(obj: dict[str, Any]) -> list[str]:
+    """FirstWatch keys of an EndpointSlice: ns/Service when it lists a ready endpoint."""
+    meta = obj["metadata"]
+    svc = (meta.get("labels") or {}).get("kubernetes.io/service-name")
+    ready = any(  # a nil ready means ready (API convention)
+        (ep.get("conditions") or {}).get("ready") is not False for ep in obj.get("endpoints") or []
+    )
+    return [f"{meta.get('namespace')}/{svc}"] if svc and ready else []
+
+
+def noderules_services(obj: dict[str, Any]) -> list[str]:
+    """FirstWatch keys of a NodeRules object: ns/Service of each entry with a ready endpoint."""
+    entries = (obj.get("spec") or {}).get("services") or {}
+    return [
+        k
+        for k, e in entries.items()
+        if e and any(ep.get("ready", True) for ep in e.get("endpoints") or [])  # omitted: ready
+    ]
+
+
 def wait_serving(
     core: client.CoreV1Api,
     watch: IngressWatch,

@@ -13,8 +13,22 @@ B. node-2's link down -> no new flows to it: an ETP Local Service (the echo's no
    with --probe-interval/--probe-timeout 0.2.
 C. throughput and connection rate via the gateway vs direct to a node (gateway_throughput.py).
 
+With --floor, part A interleaves (one Service at a time, alternating which goes first) each
+Portico Service with a floor Service, and prints how far Portico is from that floor, stage by
+stage. The floor is what no load balancer can beat in this lab:
+  - a zero-work controller (a process: one raw watch on the namespace's Services; on the ADDED
+    event of a Service of its class it PATCHes status.loadBalancer.ingress, nothing else), and
+  - a pre-programmed path: the address it writes is a VIP the gateway already announces and
+    forwards, and the nodes already DNAT to the echo pods (a Portico Service holding that VIP,
+    made before the measurements), so what is left is the Service's own endpoints: the floor's
+    first answer is client-1's first request (ARPing again: its neighbour entry is flushed
+    before each create) once its ingress IP and a ready endpoint in its EndpointSlice are
+    seen.
+For Portico's Services the same watches give created -> EndpointSlice ready and created ->
+NodeRules entry with a ready endpoint (what the node agents program from).
+
   .venv/bin/python bench/gateway_e2e.py [--n 100] [--etp Cluster|Local] [--trials 5]
-                                        [--parts ABC] [--reps 3]
+                                        [--parts ABC] [--reps 3] [--floor] [--gap 0.25]
 """
 
 from __future__ import annotations
@@ -29,13 +43,21 @@ import time
 from typing import Any
 
 import gateway_throughput
-from _common import IngressWatch, pct, service, wait_until
+from _common import (
+    FirstWatch,
+    IngressWatch,
+    noderules_services,
+    pct,
+    ready_slice_services,
+    service,
+    wait_until,
+)
 from dataplane import Prober
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab, LabConfig
 from portico_lab.portico import install, start_gateway
-from portico_lab.procs import netns_argv
+from portico_lab.procs import Proc, netns_argv
 
 NS = "default"
 GATEWAY = "gw-1"
@@ -111,6 +133,85 @@ def delete_services(core: client.CoreV1Api, names: list[str]) -> None:
 
 
 # ---------------------------------------------------------------------------------------------
+# the floor: a zero-work controller and a pre-programmed path
+# ---------------------------------------------------------------------------------------------
+FLOOR_CLASS = "bench.portico.dev/floor"  # a class Portico does not serve
+FLOOR_HOLDER = "gwb-floor-path"  # the Portico Service that keeps the floor's VIP programmed
+
+# One raw watch on the namespace's Services; the ADDED event of a Service of class CLS without
+# an ingress -> one merge PATCH of its status with IP. Nothing else (no cache, no queue).
+_ZERO_WORK_CONTROLLER = r"""
+import json, ssl, sys, httpx
+server, ca, cert, key, ns, cls, ip = sys.argv[1:8]
+ctx = ssl.create_default_context(cafile=ca)
+ctx.load_cert_chain(cert, key)
+watch = httpx.Client(base_url=server, verify=ctx, timeout=httpx.Timeout(10, read=None))
+write = httpx.Client(base_url=server, verify=ctx, timeout=10)
+path = f"/api/v1/namespaces/{ns}/services"
+body = json.dumps({"status": {"loadBalancer": {"ingress": [{"ip": ip}]}}})
+headers = {"Content-Type": "application/merge-patch+json"}
+rv = watch.get(path).json()["metadata"]["resourceVersion"]
+print("watching", flush=True)
+while True:
+    params = {"watch": "1", "resourceVersion": rv, "allowWatchBookmarks": "true"}
+    with watch.stream("GET", path, params=params) as r:
+        for line in r.iter_lines():
+            if not line:
+                continue
+            ev = json.loads(line)
+            if ev["type"] == "ERROR":
+                rv = watch.get(path).json()["metadata"]["resourceVersion"]
+                break
+            obj = ev["object"]
+            rv = obj["metadata"].get("resourceVersion", rv)
+            if ev["type"] != "ADDED" or obj["spec"].get("loadBalancerClass") != cls:
+                continue
+            if ((obj.get("status") or {}).get("loadBalancer") or {}).get("ingress"):
+                continue
+            r2 = write.patch(f"{path}/{obj['metadata']['name']}/status", content=body,
+                             headers=headers)
+            print(obj["metadata"]["name"], r2.status_code, flush=True)
+"""
+
+
+def start_floor(lab: Lab, core: client.CoreV1Api, etp: str) -> str:
+    """The floor's VIP programmed on the gateway and the nodes (a Portico Service holding it,
+    answering client-1), and the zero-work controller writing it; returns the VIP."""
+    vip = str(lab.plan.vip_range_v4[-2])
+    body = service(
+        FLOOR_HOLDER,
+        NS,
+        annotations={"portico.dev/load-balancer-ips": vip},
+        externalTrafficPolicy=etp,
+    )
+    core.create_namespaced_service(NS, body)
+    prober = Prober(lab, "client-1")
+    try:
+        if prober.ask(f"tcp {vip}")["t"] is None:
+            raise RuntimeError(f"the floor's VIP {vip} never answered client-1")
+    finally:
+        prober.close()
+    cp = lab.control_plane
+    assert cp is not None and cp.files is not None
+    log = lab.workdir / "logs" / "floor-controller.log"
+    argv = [
+        sys.executable,
+        "-c",
+        _ZERO_WORK_CONTROLLER,
+        cp.server,
+        str(cp.files.ca),
+        str(cp.files.admin.cert),
+        str(cp.files.admin.key),
+        NS,
+        FLOOR_CLASS,
+        vip,
+    ]
+    lab.procs.append(Proc("floor-controller", argv, log).start())
+    wait_until(lambda: "watching" in log.read_text(), "the zero-work controller", 30)
+    return vip
+
+
+# ---------------------------------------------------------------------------------------------
 # A. Service created -> first answer
 # ---------------------------------------------------------------------------------------------
 def lb_gone(lab: Lab, name: str) -> bool:
@@ -126,23 +227,63 @@ def lb_gone(lab: Lab, name: str) -> bool:
 
 
 def part_a(
-    lab: Lab, core: client.CoreV1Api, n: int, etp: str, churn: bool = False
+    lab: Lab,
+    core: client.CoreV1Api,
+    n: int,
+    etp: str,
+    churn: bool = False,
+    floor_vip: str | None = None,
+    floor_rows: list[dict[str, float]] | None = None,
+    gap: float = 0.0,
 ) -> list[dict[str, float]]:
     """``churn``: each Service is deleted (and its LoadBalancer gone) before the next is made,
     so the gateway serves one Service at a time; the client's neighbour table is flushed
-    before each create, as the allocator may hand out the freed VIP again."""
+    before each create, as the allocator may hand out the freed VIP again. ``floor_vip``:
+    each round also times a floor Service (see start_floor), appended to ``floor_rows``.
+    ``gap``: seconds of quiet before each create (the last Service's aftermath settles)."""
     watch = IngressWatch(lab, NS)
-    watch.start()
-    watch.ready.wait(30)
+    slices = FirstWatch(
+        lab, f"/apis/discovery.k8s.io/v1/namespaces/{NS}/endpointslices", ready_slice_services
+    )
+    rules = FirstWatch(lab, "/apis/portico.dev/v1alpha1/noderules", noderules_services)
+    # Without the floor, only the watch part A always had (the same load as before).
+    watches: list[IngressWatch | FirstWatch] = [watch, slices, rules] if floor_vip else [watch]
+    for w in watches:
+        w.start()
+        w.ready.wait(30)
     prober = Prober(lab, "client-1")
     names: list[str] = []
+    floor_names: list[str] = []
     rows: list[dict[str, float]] = []
+
+    def one_floor(i: int) -> None:
+        assert floor_vip is not None and floor_rows is not None
+        name = f"gwb-f-{i}"
+        floor_names.append(name)
+        # As for a new VIP: the client has no neighbour entry for it, its first packet ARPs.
+        lab.exec("client-1", ["ip", "neigh", "flush", "to", floor_vip, "dev", "eth0"], check=True)
+        time.sleep(gap)
+        created = time.time()
+        body = service(name, NS, lb_class=FLOOR_CLASS, externalTrafficPolicy=etp)
+        core.create_namespaced_service(NS, body)
+        ingress = watch.wait(name, 30)
+        ready = slices.wait(f"{NS}/{name}", 30)
+        got = prober.ask(f"tcp {floor_vip}")
+        if got["t"] is None:
+            raise RuntimeError(f"{name} ({floor_vip}) never answered client-1")
+        floor_rows.append(
+            {"created": created, "ingress": ingress, "slice": ready, "answered": got["t"]}
+        )
+
     try:
         for i in range(n):
+            if floor_vip is not None and i % 2 == 1:
+                one_floor(i)
             name = f"gwb-a-{i}"
             names.append(name)
             if churn:
                 lab.exec("client-1", ["ip", "neigh", "flush", "dev", "eth0"], check=True)
+            time.sleep(gap)
             created = time.time()
             core.create_namespaced_service(NS, service(name, NS, externalTrafficPolicy=etp))
             ingress = watch.wait(name, 30)
@@ -151,7 +292,11 @@ def part_a(
             got = prober.ask(f"tcp {vip}")
             if got["t"] is None:
                 raise RuntimeError(f"{name} ({vip}) never answered client-1")
-            rows.append({"name_i": i, "created": created, "ingress": ingress, "answered": got["t"]})
+            row = {"name_i": i, "created": created, "ingress": ingress, "answered": got["t"]}
+            if floor_vip is not None:
+                row["slice"] = slices.wait(f"{NS}/{name}", 30)
+                row["noderules"] = rules.wait(f"{NS}/{name}", 30)
+            rows.append(row)
             if churn:
                 wait_until(
                     lambda nm=name: served_timings_has(lab, nm), f"{name}'s serving line", 10
@@ -160,6 +305,8 @@ def part_a(
                 wait_until(
                     lambda nm=name: lb_gone(lab, nm), f"{name}'s LoadBalancer gone", 30, 0.02
                 )
+            if floor_vip is not None and i % 2 == 0:
+                one_floor(i)
         # The gateway logs "serving" just after it announced, so the lines are there by now;
         # give the last one a moment. A CR the gateway first sees in a (re)list gets no line
         # (seen after its watch was refused with a 429 at start): such rows count in the total
@@ -181,10 +328,12 @@ def part_a(
             row["announced"] = t["announced"]
     finally:
         prober.close()
-        watch.close()
-        delete_services(core, names)
+        for w in watches:
+            w.close()
+        delete_services(core, names + floor_names)
+    gone = set(names + floor_names)
     wait_until(
-        lambda: not [s for s in core.list_namespaced_service(NS).items if s.metadata.name in names],
+        lambda: not [s for s in core.list_namespaced_service(NS).items if s.metadata.name in gone],
         "part A's Services gone",
         120,
         0.5,
@@ -225,6 +374,75 @@ def print_a(rows: list[dict[str, float]], etp: str) -> None:
         progs = [r["programmed"] - r["healthy"] for r in chunk if "cr_seen" in r]
         prog = ms(statistics.median(progs)) if progs else "-"
         print(f"| {k} to {k + len(chunk) - 1} | {ms(tot)} | {prog} |")
+
+
+def print_floor(rows: list[dict[str, float]], floor: list[dict[str, float]], etp: str) -> None:
+    """Portico beside the floor, from each Service's create (medians and p99 over the Services;
+    Portico's gateway stages from its timing lines)."""
+
+    def since(rs: list[dict[str, float]], key: str) -> list[float]:
+        return [r[key] - r["created"] for r in rs if key in r]
+
+    def cell(xs: list[float]) -> str:
+        return f"{ms(statistics.median(xs))} / {ms(pct(xs, 99))}" if xs else "-"
+
+    def ratio(a: list[float], b: list[float], p: float) -> str:
+        return f"{pct(a, p) / pct(b, p):.2f}" if a and b and pct(b, p) > 0 else "-"
+
+    tot_p, tot_f = since(rows, "answered"), since(floor, "answered")
+    print(
+        f"| floor (ETP {etp}, interleaved; Portico n={len(rows)}, floor n={len(floor)}) "
+        "| Portico p50 / p99 | floor p50 / p99 | Portico / floor p50 | p99 | goal |"
+    )
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| created → first answer at client-1 | {cell(tot_p)} | {cell(tot_f)} "
+        f"| {ratio(tot_p, tot_f, 50)} | {ratio(tot_p, tot_f, 99)} | ≤ 2 |"
+    )
+    ing_p, ing_f = since(rows, "ingress"), since(floor, "ingress")
+    print(
+        "| created → ingress IP seen (operator / zero-work controller) "
+        f"| {cell(ing_p)} | {cell(ing_f)} | {ratio(ing_p, ing_f, 50)} | {ratio(ing_p, ing_f, 99)} "
+        "| |"
+    )
+    sl_p, sl_f = since(rows, "slice"), since(floor, "slice")
+    print(
+        "| created → EndpointSlice with a ready endpoint seen (kube-controller-manager) "
+        f"| {cell(sl_p)} | {cell(sl_f)} | {ratio(sl_p, sl_f, 50)} | {ratio(sl_p, sl_f, 99)} | |"
+    )
+    both_f = [max(r["ingress"], r["slice"]) - r["created"] for r in floor]
+    print(
+        "| created → both of those seen (floor: when its client may ask) "
+        f"| | {cell(both_f)} | | | |"
+    )
+    print(
+        "| created → NodeRules entry with a ready endpoint seen (operator) "
+        f"| {cell(since(rows, 'noderules'))} | - | | | |"
+    )
+    for label, key in (
+        ("lbnode saw the CR", "cr_seen"),
+        ("gateway programmed", "programmed"),
+        ("gateway announced", "announced"),
+    ):
+        print(f"| created → {label} | {cell(since(rows, key))} | (already) | | | |")
+    timed = [r for r in rows if "announced" in r and "noderules" in r]
+    last = [r["answered"] - max(r["announced"], r["noderules"]) for r in timed]
+    print(
+        "| last of (announced, NodeRules) → first answer (agents apply, client ARPs, RTT) "
+        f"| {cell(last)} | - | | | |"
+    )
+    after = [r["answered"] - max(r["ingress"], r["slice"]) for r in floor]
+    print(
+        "| floor: both seen → first answer (client ARPs, RTT via the pre-programmed path) "
+        f"| - | {cell(after)} | | | |"
+    )
+    first_p = [r["answered"] - r["created"] for r in rows if r["name_i"] % 2 == 0]
+    second_p = [r["answered"] - r["created"] for r in rows if r["name_i"] % 2 == 1]
+    print(
+        f"| (Portico created → first answer when first / second in its round: "
+        f"{ms(statistics.median(first_p))} / "
+        f"{ms(statistics.median(second_p)) if second_p else '-'}) | | | | | |"
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -376,6 +594,8 @@ def main() -> int:
     ap.add_argument(
         "--churn", action="store_true", help="A: delete each Service before creating the next"
     )
+    ap.add_argument("--floor", action="store_true", help="A: interleave floor Services (see above)")
+    ap.add_argument("--gap", type=float, default=0.0, help="A: seconds of quiet before a create")
     args = ap.parse_args()
     cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
     results: dict[str, Any] = {}
@@ -389,9 +609,18 @@ def main() -> int:
         print(f"lab up and Portico installed in {time.time() - t_start:.0f} s", flush=True)
         if "A" in args.parts:
             t = time.time()
-            results["A"] = part_a(lab, core, args.n, args.etp, args.churn)
+            floor_vip = start_floor(lab, core, args.etp) if args.floor else None
+            floor_rows: list[dict[str, float]] = []
+            results["A"] = part_a(
+                lab, core, args.n, args.etp, args.churn, floor_vip, floor_rows, args.gap
+            )
+            if floor_vip is not None:
+                delete_services(core, [FLOOR_HOLDER])
             print(f"part A took {time.time() - t:.0f} s", flush=True)
             print_a(results["A"], args.etp + (", one Service at a time" if args.churn else ""))
+            if floor_vip is not None:
+                print()
+                print_floor(results["A"], floor_rows, args.etp)
         if "B" in args.parts:
             t = time.time()
             name = "gwb-b"
