@@ -14,7 +14,11 @@ and element) and refuses, with :class:`Refused`, what the kernel refuses:
 * a chain deleted while it has rules or while a rule or a verdict-map element jumps to it; a set
   or map deleted while a rule or element refers to it;
 * an element added when its key is there already, or deleted when absent; an interval set's
-  element that overlaps another.
+  element that overlaps another;
+* at the end of a transaction, a NAT statement (dnat, snat, masquerade, redirect) in a chain
+  that a ``filter`` base chain reaches, by jump or goto or through a verdict map it looks up
+  or dispatches with ("Operation not supported": the kernel validates a verdict map's chains
+  from every chain that uses the map, even as a plain lookup).
 
 (Stricter than the kernel in one way, on purpose: ``add element`` of an existing key is refused
 although the kernel accepts an identical one, so that a differ which adds what is there fails.)
@@ -120,10 +124,33 @@ class Kernel:
                 getattr(k, f"add_{kind}")(obj)
                 if elem:
                     k.add_element({**obj, "name": obj["name"], "elem": elem})
+        k.validate()
         return k
 
     def run(self, doc: Mapping[str, Any] | Iterable[Json]) -> None:
-        """Runs commands (a ``{"nftables": [...]}`` document or the list), in order."""
+        """Runs commands (a ``{"nftables": [...]}`` document or the list), in order, as one
+        transaction: a refused one leaves the table as it was."""
+        before = self._state()
+        try:
+            self._run(doc)
+        except Refused:
+            self._restore(before)
+            raise
+
+    def _state(self) -> tuple[Any, ...]:
+        return (
+            self.family,
+            self.name,
+            dict(self.chains),
+            {k: list(v) for k, v in self.rules.items()},
+            dict(self.colls),
+            {k: dict(v) for k, v in self.elems.items()},
+        )
+
+    def _restore(self, state: tuple[Any, ...]) -> None:
+        self.family, self.name, self.chains, self.rules, self.colls, self.elems = state
+
+    def _run(self, doc: Mapping[str, Any] | Iterable[Json]) -> None:
         for cmd in doc["nftables"] if isinstance(doc, Mapping) else doc:
             ((verb, body),) = cmd.items()
             if verb == "metainfo":
@@ -135,6 +162,39 @@ class Kernel:
             if handler is None:
                 raise Unsupported(f"command {verb} {kind}")
             handler(obj)
+        self.validate()
+
+    _NAT = ("dnat", "snat", "masquerade", "redirect")
+
+    def validate(self) -> None:
+        """What the kernel checks when a transaction commits: no NAT statement is reachable
+        from a filter base chain (through jumps, gotos and the chains of verdict maps)."""
+        for base, d in self.chains.items():
+            if d.get("type") != "filter":
+                continue
+            seen: set[str] = set()
+            todo = [base]
+            while todo:
+                chain = todo.pop()
+                if chain in seen:
+                    continue
+                seen.add(chain)
+                for text in self.rules.get(chain, []):
+                    for stmt in json.loads(text):
+                        if any(k in stmt for k in self._NAT):
+                            raise Refused(
+                                f"Operation not supported: {next(iter(stmt))} in {chain}, "
+                                f"reached from filter chain {base}"
+                            )
+                    for ref in refs(json.loads(text)):
+                        kind, name = ref.split(":", 1)
+                        if kind == "chain":
+                            todo.append(name)
+                        elif self.colls.get(name, {}).get("map") == "verdict":
+                            for value in self.elems.get(name, {}).values():
+                                todo += [
+                                    r.split(":", 1)[1] for r in refs(json.loads(value or "null"))
+                                ]
 
     # -- tables ------------------------------------------------------------------------------
     def _in_table(self, obj: Json, key: str = "table") -> None:

@@ -106,7 +106,32 @@ REFUSED = {
     "base chain redefined": base("in", "prerouting", prio=1),
     "set redefined": add("set", name="s", type="ipv6_addr"),
     "map added under a set's name": add("map", name="s", type="ipv4_addr", map="verdict"),
+    "dnat in a chain a filter chain dispatches to": rule(
+        "a", {"dnat": {"family": "ip", "addr": "10.0.0.1"}}
+    ),
+    "masquerade in a chain a filter chain jumps to": rule("b", {"masquerade": None}),
 }
+
+
+def test_the_kernel_refuses_a_filter_chains_lookup_of_a_map_whose_chains_dnat() -> None:
+    # Valid from a nat chain; the same verdict map merely looked up from a filter chain (as a
+    # set) is refused: the kernel validates a map's chains from every chain that uses it.
+    k = Kernel.load(
+        table(
+            base("nat", "prerouting", type="nat", prio=-100),
+            base("out", "output"),
+            add("chain", name="d"),
+            add("map", name="m2", type=["ipv4_addr"], map="verdict"),
+            add("element", name="m2", elem=[["192.0.2.1", {"goto": {"target": "d"}}]]),
+            rule("d", {"dnat": {"family": "ip", "addr": "10.0.0.1"}}),
+            rule("nat", {"vmap": {"key": DADDR, "data": "@m2"}}),
+        )
+    )
+    with pytest.raises(Refused, match="Operation not supported"):
+        k.run([rule("out", match(DADDR, "@m2"), {"accept": None})])
+    # a data map looked up the same way is fine
+    k.run([add("map", name="d2", type=["ipv4_addr"], map="mark")])
+    k.run([rule("out", match(DADDR, "@d2"), {"accept": None})])
 
 
 @pytest.mark.parametrize("what", sorted(REFUSED))
@@ -244,7 +269,8 @@ def test_an_unknown_form_raises(what: str) -> None:
 
 def test_what_the_kernel_would_not_load_raises() -> None:
     dnat = {"dnat": {"family": "ip", "addr": "10.0.0.1"}}
-    with pytest.raises(Invalid, match="dnat reached from filter chain"):
+    # refused by the fake kernel already as the transaction commits
+    with pytest.raises(Refused, match="Operation not supported: dnat in pre"):
         Tracer(table(base("pre", "prerouting"), rule("pre", dnat))).trace(pkt())
     masq = {"masquerade": None}
     with pytest.raises(Invalid, match="masquerade reached from hook prerouting"):
