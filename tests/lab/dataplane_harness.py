@@ -12,7 +12,7 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import start_node_agents
+from portico_lab.portico import start_gateway, start_node_agents
 from portico_lab.procs import Proc
 
 from .netcheck import request
@@ -85,6 +85,19 @@ def running_agents(lab: Lab, *extra: str) -> Iterator[list[Proc]]:
         for p in procs:
             if p.popen is not None and p.popen.returncode not in (0, None):
                 print(p.log_tail())
+
+
+@contextmanager
+def running_gateway(lab: Lab, name: str) -> Iterator[Proc]:
+    """The gateway ``name`` (lbnode in its lab namespace); its tables removed afterwards."""
+    proc = start_gateway(lab, name)
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        lab.exec(name, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+        if proc.popen is not None and proc.popen.returncode not in (0, None):
+            print(proc.log_tail())
 
 
 @contextmanager

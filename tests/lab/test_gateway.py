@@ -16,7 +16,6 @@ from typing import Any
 
 import pytest
 from portico_lab.lab import Lab
-from portico_lab.portico import start_gateway
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
@@ -25,12 +24,12 @@ from .dataplane_harness import (
     deleting_services,
     http,
     running_agents,
+    running_gateway,
     running_operator,
 )
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 GATEWAY = "gw-1"
-LBNODE = [sys.executable, "-m", "portico_lbnode"]
 
 
 @pytest.fixture(scope="module")
@@ -47,14 +46,8 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
 
 @pytest.fixture(scope="module")
 def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
-    proc = start_gateway(lab, GATEWAY)
-    try:
+    with running_gateway(lab, GATEWAY) as proc:
         yield proc
-    finally:
-        proc.stop()
-        lab.exec(GATEWAY, [*LBNODE, "--cleanup"])
-        if proc.popen is not None and proc.popen.returncode not in (0, None):
-            print(proc.log_tail())
 
 
 @pytest.fixture()

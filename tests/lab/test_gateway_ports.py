@@ -13,15 +13,19 @@ from typing import Any
 
 import pytest
 from portico_lab.lab import Lab
-from portico_lab.portico import start_gateway
 from portico_lab.procs import Proc
 
-from .dataplane_harness import create, deleting_services, running_agents, running_operator
+from .dataplane_harness import (
+    create,
+    deleting_services,
+    running_agents,
+    running_gateway,
+    running_operator,
+)
 from .netcheck import request
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 GATEWAY = "gw-1"
-LBNODE = [sys.executable, "-m", "portico_lbnode"]
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +42,8 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
 
 @pytest.fixture(scope="module")
 def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
-    proc = start_gateway(lab, GATEWAY)
-    try:
+    with running_gateway(lab, GATEWAY) as proc:
         yield proc
-    finally:
-        proc.stop()
-        lab.exec(GATEWAY, [*LBNODE, "--cleanup"])
-        if proc.popen is not None and proc.popen.returncode not in (0, None):
-            print(proc.log_tail())
 
 
 @pytest.fixture()
