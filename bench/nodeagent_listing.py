@@ -1,10 +1,13 @@
 """What reading the node's table back costs at 10,000 Services: the agent's verify (every 5 s)
 and its start on a node that has the table both list it and read the listing into a
-RulesIndex. The whole table as one libnftables JSON listing (what NftTable does) against
+RulesIndex. The whole table as one libnftables JSON listing (what NftTable did) against
 leaner ways to the same index: the rules, chains and map definitions from a terse listing
 (``list ruleset inet`` without elements, which nft 1.0.6 then does not fetch) and each map's
 elements from a listing of that map alone, each command in a libnftables context of its own,
-freed after it (a context keeps its cache of everything it listed until its next command).
+freed after it (a context keeps its cache of everything it listed until its next command);
+and what the agent does now (NftTable.current, at a restart; NftTable.kernel_holds, verify's
+comparison): the terse listing, then each map's elements dumped from netlink and decoded,
+one map at a time (read into the index, or compared as they come and kept nowhere).
 Runs in a network namespace of its own (root needed), no lab.
 
     .venv/bin/python bench/nodeagent_listing.py [--services 10000]
@@ -49,7 +52,7 @@ def run(nft: Any, cmd: str) -> dict[str, Any]:
 
 
 def whole(nft: Any) -> RulesIndex:
-    """What NftTable does: one JSON listing of the table, read into an index."""
+    """What NftTable did: one JSON listing of the table, read into an index."""
     return index_rules(run(nft, f"list table {N.FAMILY} {N.TABLE}"))
 
 
@@ -70,6 +73,23 @@ def lean(_: Any) -> RulesIndex:
         idx.maps.update(sub.maps)
         idx.elements.update(sub.elements)
     return idx
+
+
+def agent_current(_: Any) -> RulesIndex:
+    """NftTable.current: the terse listing, then each map's elements from netlink."""
+    render = TABLE.current()
+    assert render is not None
+    return render.index
+
+
+def agent_compare(_: Any) -> RulesIndex:
+    """NftTable.kernel_holds (verify): compared as they come; the index returned is the
+    applied one when it holds."""
+    applied = TABLE.applied
+    assert applied is not None
+    if not TABLE.kernel_holds(applied):
+        raise SystemExit("the kernel's table differs from what was applied")
+    return applied.index
 
 
 def measure(label: str, read: Callable[[Any], RulesIndex], want: RulesIndex, fresh: bool) -> None:
@@ -94,10 +114,11 @@ def measure(label: str, read: Callable[[Any], RulesIndex], want: RulesIndex, fre
 
 
 SHARED: Any = None
+TABLE: Any = None
 
 
 def main() -> int:
-    global SHARED
+    global SHARED, TABLE
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
@@ -113,16 +134,27 @@ def main() -> int:
             subprocess.run(["ip", "netns", "del", NETNS])
     from portico_nodeagent.nft import NftTable
 
-    table = NftTable()
+    table = TABLE = NftTable()
     render = NodeRenderer().render(services(args.services), NODE)
     table.apply(render)
-    SHARED = table._nft._nft  # the handle the agent lists through (its cache as it is)
+    SHARED = table._nft._nft  # the handle the agent's transactions go through
     print(f"{args.services} Services, {render.index.counts()['elements']} elements")
     print("| how | time | peak RSS (+ over start) | kept after, trimmed |")
     print("|---|---|---|---|")
-    measure("whole table, JSON, the agent's handle", whole, render.index, fresh=False)
+    measure(
+        "whole table, JSON, a long-lived handle (the agent's before)",
+        whole,
+        render.index,
+        fresh=False,
+    )
     measure("whole table, JSON, a fresh handle (freed)", whole, render.index, fresh=True)
     measure("terse ruleset + one map at a time", lean, render.index, fresh=True)
+    measure(
+        "the agent's: terse ruleset + netlink, into an index", agent_current, render.index, True
+    )
+    measure(
+        "the agent's verify: terse ruleset + netlink, compared", agent_compare, render.index, True
+    )
     table.cleanup()
     return 0
 

@@ -22,8 +22,27 @@ both in this order, each step tried only when the one before was refused (or doe
 
 A refused step is logged and counted in ``stats.errors``. ``ApplyResult.mode`` names the step
 that succeeded: "none" (a diff with nothing to change), "incremental" (a diff), "replace".
-libnftables works in the network namespace of the calling thread. Calls are serialised by a
-lock, so a verifier thread and the applier can share one table.
+
+``verify`` reads the table back (``kernel_holds``; an owner may read it in parts, see the node
+agent's) only when something may have changed it. The kernel keeps a generation of the ruleset
+(``Libnftables.generation``): every committed transaction bumps it, whatever table it changes,
+and nothing else does. So when the generation is the one at which the table last held what was
+applied, no transaction has run since and the table still holds it: verify returns without
+reading. When it differs, someone's transaction ran, on this table or on any other (kube-proxy's,
+a firewall's), so the table is read and compared: a fast path, not a proof of change. The
+generation at which the table is known to hold ``applied`` is taken before a read that finds
+it so (a transaction during the read bumps it past that), and carried over an ``apply`` whose
+own transactions account for the whole bump (it was that generation before, and is that plus
+the number of our transactions after; anything else, and the next verify reads). Two things
+change a table without a transaction (the kernel deleting a table whose owner process exits,
+``flags owner``; the nf_tables module reloaded, which restarts the count), and a transaction
+that changes nothing bumps nothing (one of ours with another's could look like ours alone), so
+every ``verify_read_every``-th verify reads the table anyway.
+
+After big operations (a listing read, a transaction that took libnftables long), the C heap's
+free memory is given back to the system (``trim``). libnftables works in the network namespace
+of the calling thread. Calls are serialised by a lock, so a verifier thread and the applier can
+share one table.
 """
 
 from __future__ import annotations
@@ -35,19 +54,35 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, ClassVar, Generic, TypeVar
 
-from .nfthandle import Libnftables
+from .nfthandle import Libnftables, trim
 from .nftresult import ApplyResult, NftError, Stats
 
-__all__ = ["ApplyResult", "Commands", "NftError", "OwnedTable", "Stats"]
+__all__ = ["ApplyResult", "Commands", "JsonText", "NftError", "OwnedTable", "Stats"]
 
-# One transaction: a libnftables JSON batch ({"nftables": [...]}) or nft text (``nft -f``).
+
+class JsonText(str):
+    """A libnftables JSON batch already serialised (``{"nftables": [...]}``), written as text
+    where building it as Python objects would cost more than the text (a full replace);
+    ``commands``: how many it holds."""
+
+    commands: int = 1
+
+
+# One transaction: a libnftables JSON batch ({"nftables": [...]}), the same as ``JsonText``, or
+# nft text (``nft -f``).
 Commands = Mapping[str, Any] | str
+
+# libnftables seconds in one apply past which its memory is given back (``trim``): a change of
+# a few elements takes ~1 ms, a table built at 10,000 Services seconds.
+TRIM_AFTER_SECONDS = 0.05
 
 S = TypeVar("S")  # what the table holds, in the owner's comparable form
 
 
 def _size(cmds: Commands) -> int:
     """Commands in a transaction (nft text counts as one, or none when empty)."""
+    if isinstance(cmds, JsonText):
+        return cmds.commands
     if isinstance(cmds, str):
         return 1 if cmds.strip() else 0
     return len(cmds.get("nftables") or ())
@@ -61,6 +96,9 @@ class OwnedTable(Generic[S]):
     name: ClassVar[str]
     # Step 2 of the fallback order: ``diff(read(listing), new)`` is exact.
     diff_from_listing: ClassVar[bool] = False
+    # A verify reads the table at least this often (once a minute at the agent's 5 s), whatever
+    # the generation says (see the module docstring).
+    verify_read_every: ClassVar[int] = 12
     log: ClassVar[logging.Logger] = logging.getLogger("portico.nft")
 
     def __init__(self) -> None:
@@ -68,6 +106,12 @@ class OwnedTable(Generic[S]):
         self._lock = threading.Lock()
         self._applied: S | None = None  # what we last put in the kernel
         self._run_seconds = 0.0  # in libnftables and the kernel, during one apply
+        self._transactions = 0  # committed by ``run``, ever
+        # The ruleset's generation at which the table held ``applied`` (None: not known).
+        self._held_at: int | None = None
+        self._unread = 0  # verifies in a row that did not read the table
+        self.reads = 0  # verifies that read the table (and compared it)
+        self.skips = 0  # verifies that did not: nothing had changed
         self.stats = Stats()
 
     # -- what a subclass says about its table ---------------------------------------------------
@@ -79,8 +123,14 @@ class OwnedTable(Generic[S]):
         return a == b
 
     def holds(self, listing: Mapping[str, Any], applied: S) -> bool:
-        """Whether the table as listed is ``applied`` (``verify``'s test)."""
+        """Whether the table as listed is ``applied``."""
         return self.same(self.read(listing), applied)
+
+    def kernel_holds(self, applied: S) -> bool:
+        """Whether the kernel's table is ``applied`` (``verify``'s test): by default its
+        listing, read whole, and ``holds``; an owner may read it in parts."""
+        listing = self.listing()
+        return listing is not None and self.holds(listing, applied)
 
     def diff(self, old: S | None, new: S) -> Commands | None:
         """One transaction turning ``old`` (None: no table) into ``new``, empty when they are
@@ -108,19 +158,25 @@ class OwnedTable(Generic[S]):
         """One transaction, JSON or nft text; raises ``NftError`` when it is refused."""
         t0 = time.perf_counter()
         try:
-            if isinstance(cmds, str):
+            if isinstance(cmds, JsonText):
+                self._nft.run_json_text(cmds)
+            elif isinstance(cmds, str):
                 self._nft.run_text(cmds)
             else:
                 self._nft.run_json(cmds)
+            if _size(cmds):
+                self._transactions += 1
         finally:
             self._run_seconds += time.perf_counter() - t0
 
     def listing(self) -> dict[str, Any] | None:
-        """The kernel's JSON listing of the table, or None when it does not exist."""
+        """The kernel's JSON listing of the table, or None when it does not exist (made in a
+        libnftables handle freed after it)."""
         return self._nft.listing(self.family, self.name)
 
     def current(self) -> S | None:
-        """What the kernel's table holds, or None when there is none."""
+        """What the kernel's table holds, or None when there is none (an owner may read it in
+        parts)."""
         listing = self.listing()
         return self.read(listing) if listing is not None else None
 
@@ -136,8 +192,21 @@ class OwnedTable(Generic[S]):
         with self._lock:
             t0 = time.perf_counter()
             self._run_seconds = 0.0
-            commands, mode = self._put(new, self._applied, functools.cache(self.current))
+            held_at, self._held_at = self._held_at, None
+            before = self._nft.generation() if held_at is not None else None
+            transactions, errors = self._transactions, self.stats.errors
+            current = functools.cache(self.current)
+            try:
+                commands, mode = self._put(new, self._applied, current)
+            finally:
+                if current.cache_info().currsize or self._run_seconds > TRIM_AFTER_SECONDS:
+                    trim()
             seconds = time.perf_counter() - t0
+            if before is not None and before == held_at and self.stats.errors == errors:
+                # Our transactions alone since the table held what was applied: it holds new.
+                after = self._nft.generation()
+                if after == before + self._transactions - transactions:
+                    self._held_at = after
             self._applied = self.kept(new)
             self.stats.applies += 1
             self.stats.last_seconds = seconds
@@ -147,28 +216,44 @@ class OwnedTable(Generic[S]):
 
     def verify(self) -> bool:
         """Compares the kernel's table with what was applied and, if someone flushed, edited or
-        deleted it, restores it by steps 2 to 4 of the fallback order. True when it restored."""
+        deleted it, restores it by steps 2 to 4 of the fallback order. True when it restored.
+        Reads the table only when a transaction has run since it last held what was applied,
+        or every ``verify_read_every``-th time (see the module docstring)."""
         with self._lock:
             applied = self._applied
             if applied is None:
                 return False
-            listing = self.listing()
-            if listing is not None and self.holds(listing, applied):
+            generation = self._nft.generation()
+            if (
+                generation is not None
+                and generation == self._held_at
+                and self._unread + 1 < self.verify_read_every
+            ):
+                self._unread += 1
+                self.skips += 1
                 return False
+            self._unread, self._held_at = 0, None
+            self.reads += 1
+            try:
+                if self.kernel_holds(applied):
+                    self._held_at = generation
+                    return False
+            finally:
+                trim()
             self.log.warning(
                 "table %s %s differs from what was applied: restoring", self.family, self.name
             )
-
-            def current() -> S | None:
-                return self.read(listing) if listing is not None else None
-
-            self._put(applied, None, functools.cache(current))
+            try:
+                self._put(applied, None, functools.cache(self.current))
+            finally:
+                trim()
             self.stats.restores += 1
             return True
 
     def delete(self) -> None:
         """Removes the table (shutdown, uninstall); nothing else is touched."""
         with self._lock:
+            self._held_at = None
             self.run(self.removal())
             self._applied = None
 

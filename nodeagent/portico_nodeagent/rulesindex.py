@@ -1,10 +1,13 @@
 """What a table holds, in comparable form (pure): a render's ``add`` commands, a ``Table``
-being built and the kernel's ``nft -j list table`` all read into a ``RulesIndex``.
+being built and the kernel's ``nft -j list table`` all read into a ``RulesIndex``; or the
+kernel's table read in parts (a terse listing, then each map's elements), compared or read as
+they come.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import sys
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -95,6 +98,36 @@ def index_rules(doc: Mapping[str, Any]) -> RulesIndex:
                 "timeout": obj.get("timeout"),
             }
     return idx
+
+
+def same_outline(a: RulesIndex, b: RulesIndex) -> bool:
+    """Whether two tables are the same but for their maps' elements (of which only which maps
+    have them is compared): a terse listing's index (no elements) against a render's."""
+    return (
+        a.table == b.table
+        and a.chains == b.chains
+        and a.rules == b.rules
+        and a.maps == b.maps
+        and a.sets == b.sets
+        and a.elements.keys() == b.elements.keys()
+    )
+
+
+def read_elements(elements: Iterable[tuple[str, str]]) -> dict[str, str]:
+    """One map's elements, (key, value) as canonical text, as an index holds them (values
+    interned, as ``canon_value`` does)."""
+    return {k: sys.intern(v) for k, v in elements}
+
+
+def holds_elements(want: Mapping[str, str], elements: Iterable[tuple[str, str]]) -> bool:
+    """Whether a map's elements, (key, value) as canonical text, are ``want`` (an index's),
+    compared as they come: none is kept, and the first difference ends it."""
+    n = 0
+    for k, v in elements:
+        if want.get(k) != v:
+            return False
+        n += 1
+    return n == len(want)  # a map's keys are distinct
 
 
 def index_of(t: Table, *, maps: bool = True) -> RulesIndex:
