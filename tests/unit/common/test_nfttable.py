@@ -15,8 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
-from portico_common import nfthandle, nfttable
-from portico_common.nfthandle import Libnftables, canon
+from portico_common import nfthandle, nftnetlink, nfttable
+from portico_common.nfthandle import Libnftables
+from portico_common.nftnetlink import canon
 from portico_common.nfttable import JsonText, NftError, OwnedTable
 
 Words = frozenset[str]
@@ -394,7 +395,7 @@ def dumps(monkeypatch: pytest.MonkeyPatch) -> list[bytes]:
         answer.append(request)
         return out
 
-    monkeypatch.setattr(nfthandle, "_dump", fake_dump)
+    monkeypatch.setattr(nftnetlink, "_dump", fake_dump)
     monkeypatch.setattr(nfthandle, "_handle", lambda terse=False: None)
     return answer
 
@@ -499,7 +500,7 @@ def test_a_map_that_is_gone_has_no_elements(monkeypatch: pytest.MonkeyPatch) -> 
     def gone(request: bytes) -> list[bytes]:
         raise FileNotFoundError(2, "No such file or directory")
 
-    monkeypatch.setattr(nfthandle, "_dump", gone)
+    monkeypatch.setattr(nftnetlink, "_dump", gone)
     monkeypatch.setattr(nfthandle, "_handle", lambda terse=False: None)
     assert read({"name": "m", "type": "mark", "map": "mark"}) == []
 
@@ -510,11 +511,11 @@ def test_a_dump_a_transaction_interrupted_is_read_again(monkeypatch: pytest.Monk
     def talk(request: bytes, dump: bool) -> Iterator[tuple[int, int, bytes]]:
         yield from next(answers)
 
-    monkeypatch.setattr(nfthandle, "_talk", talk)
-    assert nfthandle._dump(b"") == [b"new"]
-    monkeypatch.setattr(nfthandle, "_talk", lambda request, dump: iter([(0, 0x10, b"x")]))
+    monkeypatch.setattr(nftnetlink, "_talk", talk)
+    assert nftnetlink._dump(b"") == [b"new"]
+    monkeypatch.setattr(nftnetlink, "_talk", lambda request, dump: iter([(0, 0x10, b"x")]))
     with pytest.raises(NftError, match="interrupted"):
-        nfthandle._dump(b"")
+        nftnetlink._dump(b"")
 
 
 def test_the_generation_is_read_from_netlink(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -525,7 +526,7 @@ def test_the_generation_is_read_from_netlink(monkeypatch: pytest.MonkeyPatch) ->
         sent.append(request)
         yield (10 << 8) | 15, 0, message(15, nlattr(1, struct.pack(">I", 4242)))
 
-    monkeypatch.setattr(nfthandle, "_talk", talk)
+    monkeypatch.setattr(nftnetlink, "_talk", talk)
     assert Libnftables().generation() == 4242
     assert struct.unpack_from("=HH", sent[0], 4) == ((10 << 8) | 16, 1)  # GETGEN, a request
 
@@ -533,5 +534,5 @@ def test_the_generation_is_read_from_netlink(monkeypatch: pytest.MonkeyPatch) ->
         raise PermissionError(1, "Operation not permitted")
         yield  # a generator
 
-    monkeypatch.setattr(nfthandle, "_talk", refused)
+    monkeypatch.setattr(nftnetlink, "_talk", refused)
     assert Libnftables().generation() is None
