@@ -74,7 +74,8 @@ def service_entry(svc: LBService) -> dict[str, Any]:
             for p in svc.ports
         ],
         "endpoints": [
-            _endpoint_entry(e) for e in sorted(svc.endpoints, key=lambda e: (e.address, e.node))
+            _endpoint_entry(e)
+            for e in sorted(svc.endpoints, key=lambda e: (e.address, e.node or ""))
         ],
         "externalTrafficPolicy": svc.external_traffic_policy,
         "forwardingMode": svc.forwarding_mode,

@@ -62,7 +62,10 @@ class Publishing:
                 await self._withdrawn(key, view)
                 return
             view = self.cache.services[key]
-        basis = (self._good(key) or view) if outcome.input_error else view
+        # The last valid configuration while the input is bad: as stage one judged it, or as
+        # the view says already (a publish may run before stage one has seen an edit).
+        bad = outcome.input_error or view.input_error()
+        basis = (self._good(key) or view) if bad else view
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
         endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]

@@ -465,16 +465,11 @@ def held_ports(kube: Any, key: str) -> list[int]:
     return [p["port"] for p in entries[key]["ports"]]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=TypeError,
-    reason="rulesdoc.service_entry sorts endpoints by (address, node): None vs a node name",
-)
 def test_an_address_with_and_without_a_node_in_two_slices() -> None:
     # One address in two slices (a selector-less Service's own slice beside another, a slice
-    # being replaced), once with a nodeName and once without: rendering the entry raises, so
-    # every publish of the Service fails (retried with back-off, forever) and neither its node
-    # rules nor its LoadBalancer CR follow any change until the slices change.
+    # being replaced), once with a nodeName and once without: rendering the entry raised (None
+    # sorted against a node name), so every publish of the Service failed, retried forever, and
+    # neither its node rules nor its LoadBalancer CR followed any change.
     with_node = {"endpoints": [{"addresses": ["10.244.0.1"], "nodeName": "n0"}]}
     without = {"endpoints": [{"addresses": ["10.244.0.1"]}]}
     endpoints = endpoints_from_slices([with_node, without])
@@ -482,18 +477,12 @@ def test_an_address_with_and_without_a_node_in_two_slices() -> None:
     node_rules_entry(view, (), "DSR", endpoints)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="Publishing.publish renders from the cache's newest view while stage one's outcome "
-    "is for an older one",
-)
 def test_a_publish_before_stage_one_keeps_the_last_valid_configuration() -> None:
     # The Service turns bad; before stage one sees it, a publish of it runs (queued by an
     # EndpointSlice, a Node — every Service —, an agent's report, the Programmed recheck). The
-    # outcome it reads is the valid version's (no input error), so it renders the cache's view:
-    # the bad version's configuration reaches every node and the CR, until stage one records
-    # the input error and the next publish puts the last valid one back.
+    # outcome it reads is the valid version's (no input error); it rendered the cache's view,
+    # and the bad version's configuration reached every node and the CR until stage one
+    # recorded the input error. The view's own input error now keeps the last valid one.
     async def go() -> list[int]:
         kube = FakeKube()
         kube.put("pools", copy.deepcopy(POOL))
