@@ -25,6 +25,12 @@ from .term import Term
 from .withdrawing import Withdrawing
 from .writes import Writes
 
+# What a NodeRules entry and a LoadBalancer CR spec say that is not the Service's
+# configuration: what is rendered afresh while a new term keeps a bad-input Service's
+# configuration as written.
+ENTRY_NOT_CONFIG = ("namespace", "name", "vips", "endpoints")
+SPEC_NOT_CONFIG = ("service", "vips", "pool", "backends", "excludedNodes")
+
 
 class Publishing:
     def __init__(
@@ -69,9 +75,17 @@ class Publishing:
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
         endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        # A new term (a restart, the Lease moving) knows no last valid configuration: what is
+        # in force is what the previous leader wrote. Rendered from the bad input it would be
+        # replaced (a new port, a raw range) while the Valid condition says it stays, so the
+        # configuration written is kept, and only what is not configuration follows (the
+        # addresses, the endpoints, the nodes). Nothing written (never valid): as rendered.
+        keep = bool(bad) and self._good(key) is None
         entry = (
             node_rules_entry(basis, outcome.vips, outcome.mode, endpoints) if outcome.vips else None
         )
+        if keep and entry is not None and key in self.rules.written:
+            entry = {**self.rules.written[key], **{k: entry[k] for k in ENTRY_NOT_CONFIG}}
         if entry is not None:
             # The node rules first, then the CR. The gateway forwards a Service's addresses to
             # every node that passes its health probe, and for a Cluster Service that is every
@@ -81,7 +95,7 @@ class Publishing:
             self.rules.want(key, entry)
             if not self.rules.holds(key, entry):
                 return
-        await self._apply_lb(view, basis, outcome, endpoints)
+        await self._apply_lb(view, basis, outcome, endpoints, keep)
         if self.term.outcome(key) is None:
             await self._withdrawn(key, view)  # while this wrote: do not leave a CR behind
             return
@@ -101,12 +115,20 @@ class Publishing:
         return st.good if st is not None else None
 
     async def _apply_lb(
-        self, view: ServiceView, basis: ServiceView, outcome: Outcome, endpoints: list[Endpoint]
+        self,
+        view: ServiceView,
+        basis: ServiceView,
+        outcome: Outcome,
+        endpoints: list[Endpoint],
+        keep: bool = False,
     ) -> None:
-        """The CR: identity from ``view``, configuration from ``basis`` (the last valid one)."""
+        """The CR: identity from ``view``, configuration from ``basis`` (the last valid one), or,
+        with ``keep``, the configuration the CR already has (see ``publish``)."""
         vips, pool, mode = outcome.vips, outcome.pool, outcome.mode
         spec = render_spec(basis, vips, pool, mode, self.cache.nodes.values(), endpoints)
         current = self.cache.lbs.get(view.key) or {}
+        if keep and ((current.get("spec") or {}).get("service") or {}).get("uid") == view.uid:
+            spec = {**current["spec"], **{k: spec[k] for k in SPEC_NOT_CONFIG}}
         generation = (current.get("metadata") or {}).get("generation")
         if current.get("spec") != spec:
             current = await self.writes.apply_lb_spec(view, spec)
