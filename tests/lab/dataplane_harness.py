@@ -141,3 +141,22 @@ def answered(lab: Lab, client: str, addr: str, proto: str = "http") -> dict[str,
         return request(lab, client, addr, 80, proto)["answer"]
     except ConnectionError:
         return None
+
+
+# Both families: every test that sends traffic to a VIP runs for IPv4 and IPv6.
+FAMILIES = [4, 6]
+
+
+def family_spec(family: int) -> dict[str, Any]:
+    """The Service fields that make it single-stack in ``family`` (4 or 6)."""
+    return {"ipFamilyPolicy": "SingleStack", "ipFamilies": [f"IPv{family}"]}
+
+
+def named(name: str, family: int) -> str:
+    """A Service name unique per family: ``name`` for IPv4, ``name-v6`` for IPv6."""
+    return name if family == 4 else f"{name}-v6"
+
+
+def addr(host: Any, family: int) -> str:
+    """The address of ``family`` of a lab host or pod (anything with ``ipv4`` and ``ipv6``)."""
+    return str(host.ipv4 if family == 4 else host.ipv6)

@@ -21,10 +21,14 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
+    FAMILIES,
+    addr,
     answered,
     create,
     deleting_services,
+    family_spec,
     http,
+    named,
     running_agents,
     running_operator,
 )
@@ -53,21 +57,24 @@ def services(api: Api) -> Iterator[list[str]]:
 
 
 # ==============================================================================================
+@pytest.mark.parametrize("family", FAMILIES)
 def test_local_service_answers_with_the_client_ip_and_serves_healthz(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-local", externalTrafficPolicy="Local")
-    ip = api.wait_ips("dp-local")[0]
-    hcnp = api.service("dp-local").spec.health_check_node_port
+    name = named("dp-local", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    hcnp = api.service(name).spec.health_check_node_port
     client = lab.plan.client(1)
     with routed(lab, "client-1", ip, "node-2"):
         first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through node-2")
         got = [first] + [answered(lab, "client-1", ip) for _ in range(5)]
         udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers too")
     assert {a["node"] for a in got if a} == {"node-2"}, "Local left the node"
-    assert {a["client_ip"] for a in got if a} | {udp["client_ip"]} == {str(client.ipv4)}
+    assert {a["client_ip"] for a in got if a} | {udp["client_ip"]} == {addr(client, family)}
 
-    node2 = str(lab.host("node-2").ipv4)
+    # The health ports, asked over the node's address of the Service's family.
+    node2 = addr(lab.host("node-2"), family)
     hz = wait_for(
         lambda: (r := http(lab, "client-1", node2, hcnp)).get("status") == 200 and r,
         "healthCheckNodePort answers 200",
@@ -75,33 +82,33 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
     assert hz["headers"]["X-Load-Balancing-Endpoint-Weight"] == "2"
     assert hz["headers"]["Content-Type"] == "application/json"
     assert json.loads(hz["body"]) == {
-        "service": {"namespace": NS, "name": "dp-local"},
+        "service": {"namespace": NS, "name": name},
         "localEndpoints": 2,
         "serviceProxyHealthy": True,
     }
     agg = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
     assert agg["rulesCurrent"] is True and agg["nodeEligible"] is True
-    assert agg["services"][f"{NS}/dp-local"]["localEndpoints"]["IPv4"] == 2
+    assert agg["services"][f"{NS}/{name}"]["localEndpoints"][f"IPv{family}"] == 2
     node_hz = http(lab, "client-1", node2, 10256, "/healthz")
     assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True
 
     # Cluster: the health port stops listening at once (refused, not 503).
-    api.core.patch_namespaced_service(
-        "dp-local", NS, {"spec": {"externalTrafficPolicy": "Cluster"}}
-    )
+    api.core.patch_namespaced_service(name, NS, {"spec": {"externalTrafficPolicy": "Cluster"}})
     wait_for(
         lambda: http(lab, "client-1", node2, hcnp).get("error") == "refused",
         "the health port closed",
     )
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pod_not_ready_drains_healthz_and_rules(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-drain", externalTrafficPolicy="Local")
-    ip = api.wait_ips("dp-drain")[0]
-    hcnp = api.service("dp-drain").spec.health_check_node_port
-    node3 = str(lab.host("node-3").ipv4)
+    name = named("dp-drain", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    hcnp = api.service(name).spec.health_check_node_port
+    node3 = addr(lab.host("node-3"), family)
     wait_for(lambda: http(lab, "client-1", node3, hcnp).get("status") == 200, "healthz 200")
     lab.set_pod_ready("echo-3-1", False)
     try:
@@ -130,13 +137,15 @@ def test_pod_not_ready_drains_healthz_and_rules(
         lab.set_pod_ready("echo-3-2", True)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_cluster_service_reaches_other_nodes_and_masquerades_only_then(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-cluster")
-    ip = api.wait_ips("dp-cluster")[0]
-    client = str(lab.plan.client(1).ipv4)
-    node1 = str(lab.host("node-1").ipv4)
+    name = named("dp-cluster", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    client = addr(lab.plan.client(1), family)
+    node1 = addr(lab.host("node-1"), family)
     seen: dict[str, set[str]] = {}
     with routed(lab, "client-1", ip, "node-1"):
         wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through node-1")
@@ -151,18 +160,20 @@ def test_cluster_service_reaches_other_nodes_and_masquerades_only_then(
     assert seen["node-2"] == seen["node-3"] == {node1}, "other nodes must see the node's address"
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_deleted_service_stops_answering(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-gone")
-    ip = api.wait_ips("dp-gone")[0]
+    name = named("dp-gone", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
     with routed(lab, "client-1", ip, "node-1"):
         wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
-        api.core.delete_namespaced_service("dp-gone", NS)
+        api.core.delete_namespaced_service(name, NS)
         wait_for(lambda: answered(lab, "client-1", ip) is None, "the VIP stops answering")
     shards = api.custom.list_cluster_custom_object("portico.dev", "v1alpha1", "noderules")
     keys = {k for o in shards["items"] for k in (o["spec"].get("services") or {})}
-    assert f"{NS}/dp-gone" not in keys
+    assert f"{NS}/{name}" not in keys
 
 
 # Requests in a loop, one line per request ("ok" or the error), until a stop file appears; bounded
@@ -188,13 +199,15 @@ for _ in range(n):
 """
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_flushed_table_and_agent_restart_keep_traffic(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-keep")
-    ip = api.wait_ips("dp-keep")[0]
+    name = named("dp-keep", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
     status = lab.workdir / "agents" / "node-2.status.json"
-    out, stop = lab.workdir / "dp-keep.loop", lab.workdir / "dp-keep.stop"
+    out, stop = lab.workdir / f"{name}.loop", lab.workdir / f"{name}.stop"
     stop.unlink(missing_ok=True)
     with routed(lab, "client-1", ip, "node-2"):
         wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
@@ -244,9 +257,10 @@ def test_flushed_table_and_agent_restart_keep_traffic(
 _FIXED_PORT = r"""
 import json, socket, sys, time
 host, sport, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
-s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+six = ":" in host
+s = socket.socket(socket.AF_INET6 if six else socket.AF_INET, socket.SOCK_DGRAM)
 s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-s.bind(("0.0.0.0", sport)); s.settimeout(0.5)
+s.bind(("::" if six else "0.0.0.0", sport)); s.settimeout(0.5)
 out = []
 for _ in range(n):
     s.sendto(b"hello", (host, 80))
@@ -264,11 +278,13 @@ def fixed_port_pods(lab: Lab, ip: str, sport: int, n: int) -> list[str | None]:
     return json.loads(res.stdout)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_udp_client_with_a_fixed_port_follows_an_endpoint_change(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-udp", externalTrafficPolicy="Local")
-    ip = api.wait_ips("dp-udp")[0]
+    name = named("dp-udp", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
     with routed(lab, "client-1", ip, "node-1"):
         wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers through node-1")
         first = fixed_port_pods(lab, ip, 40053, 3)
@@ -289,13 +305,15 @@ def test_udp_client_with_a_fixed_port_follows_an_endpoint_change(
             lab.set_pod_ready(pinned, True)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pods_reach_a_vip_also_back_to_themselves(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
 ) -> None:
-    create(api, services, "dp-hairpin")
-    ip = api.wait_ips("dp-hairpin")[0]
-    me = lab.pod("echo-1-1")
-    node1 = str(lab.host("node-1").ipv4)
+    name = named("dp-hairpin", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    me = addr(lab.pod("echo-1-1"), family)
+    node1 = addr(lab.host("node-1"), family)
     bridge = lab.exec("node-1", ["bridge", "-d", "link", "show"], check=True).stdout
     assert "hairpin on" in bridge, "the lab must set hairpin mode as the kubelet does"
     seen: dict[str, str] = {}
@@ -309,8 +327,8 @@ def test_pods_reach_a_vip_also_back_to_themselves(
     # Back to itself: masqueraded (else the reply would bypass the DNAT); to its neighbour on
     # the same node: its own address; to other nodes: the node's.
     assert "echo-1-1" in seen and "echo-1-2" in seen, seen
-    assert seen["echo-1-2"] == str(me.ipv4)
-    assert seen["echo-1-1"] != str(me.ipv4)
+    assert seen["echo-1-2"] == me
+    assert seen["echo-1-1"] != me
     assert {v for k, v in seen.items() if not k.startswith("echo-1-")} <= {node1}
 
 

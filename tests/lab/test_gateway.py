@@ -19,10 +19,14 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
+    FAMILIES,
+    addr,
     answered,
     create,
     deleting_services,
+    family_spec,
     http,
+    named,
     running_agents,
     running_gateway,
     running_operator,
@@ -103,6 +107,23 @@ print(json.dumps(out))
 """
 
 
+_MAC = r"[0-9A-Fa-f]{2}(?::[0-9A-Fa-f]{2}){5}"
+
+
+def neighbour_macs(lab: Lab, client: str, ip: str, tries: int, wait: int) -> tuple[int, set[str]]:
+    """Who answers ``client``'s neighbour solicitations for ``ip``: ARP (arping) for an IPv4
+    address, NDP (ndisc6, every answer) for an IPv6 one; the exit status and the MACs seen."""
+    if ":" in ip:
+        argv = ["ndisc6", "-m", "-n", "-r", str(tries), "-w", str(wait * 1000), ip, "eth0"]
+        res = lab.exec(client, argv)
+        found = re.findall(rf"link-layer address:\s*({_MAC})", res.stdout)
+    else:
+        argv = ["arping", "-c", str(tries), "-w", str(wait), "-I", "eth0", ip]
+        res = lab.exec(client, argv)
+        found = re.findall(rf"\[({_MAC})\]", res.stdout)
+    return res.returncode, {m.lower() for m in found}
+
+
 def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str, str | None]:
     res = lab.exec(
         "client-1",
@@ -116,23 +137,25 @@ def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str
 
 
 # ==============================================================================================
+@pytest.mark.parametrize("family", FAMILIES)
 def test_vip_answers_through_the_gateway_with_the_client_ip(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-local", externalTrafficPolicy="Local")
-    ip = api.wait_ips("gw-local")[0]
+    name = named("gw-local", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
     first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through the gateway")
     got = [first] + [answered(lab, "client-2", ip) for _ in range(6)]
-    assert first["client_ip"] == str(lab.plan.client(1).ipv4)
-    assert {a["client_ip"] for a in got[1:] if a} == {str(lab.plan.client(2).ipv4)}
+    assert first["client_ip"] == addr(lab.plan.client(1), family)
+    assert {a["client_ip"] for a in got[1:] if a} == {addr(lab.plan.client(2), family)}
     udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP answers too")
-    assert udp["client_ip"] == str(lab.plan.client(1).ipv4)
-    # The client's neighbour entry for the VIP is the gateway's MAC.
-    neigh = lab.exec("client-1", ["ip", "neigh", "show", ip], check=True).stdout
+    assert udp["client_ip"] == addr(lab.plan.client(1), family)
+    # The client's neighbour entry for the VIP (ARP or NDP) is the gateway's MAC.
+    neigh = lab.exec("client-1", ["ip", f"-{family}", "neigh", "show", ip], check=True).stdout
     assert gateway_mac(lab) in neigh, neigh
 
     st = wait_for(
-        lambda: (s := status(api, "gw-local")).get("healthyNodes") == 3 and s,
+        lambda: (s := status(api, name)).get("healthyNodes") == 3 and s,
         "status: three healthy nodes",
     )
     assert st["ownerGateway"] == GATEWAY
@@ -142,19 +165,21 @@ def test_vip_answers_through_the_gateway_with_the_client_ip(
     assert condition(st, "Allocated")["status"] == "True"
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_arping_sees_exactly_one_mac_the_gateways_and_none_for_others(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-arp")
-    ip = api.wait_ips("gw-arp")[0]
+    # ARP for IPv4, NDP (every Neighbor Advertisement, ndisc6 -m) for IPv6.
+    name = named("gw-arp", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
     wait_for(lambda: answered(lab, "client-2", ip), "the VIP answers")
-    out = lab.exec("client-2", ["arping", "-c", "3", "-w", "4", "-I", "eth0", ip]).stdout
-    macs = {m.lower() for m in re.findall(r"\[([0-9A-Fa-f:]{17})\]", out)}
-    assert macs == {gateway_mac(lab)}, out
+    _, macs = neighbour_macs(lab, "client-2", ip, 3, 4)
+    assert macs == {gateway_mac(lab)}, macs
     # An address of the pool that no Service holds: nobody answers.
     free = str(ipaddress.ip_address(ip) + 20)
-    res = lab.exec("client-2", ["arping", "-c", "2", "-w", "2", "-I", "eth0", free])
-    assert res.returncode != 0 and not re.findall(r"\[([0-9A-Fa-f:]{17})\]", res.stdout)
+    rc, macs = neighbour_macs(lab, "client-2", free, 2, 2)
+    assert rc != 0 and not macs, (rc, macs)
 
 
 def test_ipv6_vip_through_ndp(lab: Lab, api: Api, gateway: Proc, services: list[str]) -> None:
@@ -174,13 +199,15 @@ def test_ipv6_vip_through_ndp(lab: Lab, api: Api, gateway: Proc, services: list[
     assert gateway_mac(lab).upper() in out.upper(), out
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_nodes_without_ready_local_endpoints_get_no_traffic(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-drain", externalTrafficPolicy="Local")
-    ip = api.wait_ips("gw-drain")[0]
-    wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2", "node-3"}, "3 nodes")
-    sources = [str(lab.plan.client(1).ipv4)]
+    name = named("gw-drain", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    wait_for(lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"}, "3 nodes")
+    sources = [addr(lab.plan.client(1), family)]
     # node-3's pods: two not ready, and a third terminating but still serving (its /healthz
     # says 503: terminating endpoints do not count).
     extra = lab.add_pod("node-3")
@@ -188,8 +215,8 @@ def test_nodes_without_ready_local_endpoints_get_no_traffic(
     lab.set_pod_ready("echo-3-2", False)
     lab.terminate_pod(extra.name)
     try:
-        wait_for(lambda: healthy_nodes(api, "gw-drain") == {"node-1", "node-2"}, "node-3 out")
-        st = status(api, "gw-drain")
+        wait_for(lambda: healthy_nodes(api, name) == {"node-1", "node-2"}, "node-3 out")
+        st = status(api, name)
         node3 = next(n for n in st["nodes"] if n["node"] == "node-3")
         # The node agent's aggregate answer (or its healthCheckNodePort's 503) says why.
         assert not node3["healthy"] and "0 local endpoints" in node3["message"], node3
@@ -202,13 +229,15 @@ def test_nodes_without_ready_local_endpoints_get_no_traffic(
         lab.remove_pod(extra.name)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_node_failure_moves_only_that_nodes_flows(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-fail", externalTrafficPolicy="Local")
-    ip = api.wait_ips("gw-fail")[0]
-    wait_for(lambda: len(healthy_nodes(api, "gw-fail")) == 3, "three healthy nodes")
-    sources = [str(lab.plan.client(1).ipv4)]
+    name = named("gw-fail", family)
+    create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    wait_for(lambda: len(healthy_nodes(api, name)) == 3, "three healthy nodes")
+    sources = [addr(lab.plan.client(1), family)]
     before = flows(lab, ip, sources, 42000, 60)
     assert None not in before.values() and set(before.values()) == {
         "node-1",
@@ -217,7 +246,7 @@ def test_node_failure_moves_only_that_nodes_flows(
     }, before
     lab.fail_node("node-2", stop_heartbeat=False)
     try:
-        wait_for(lambda: "node-2" not in healthy_nodes(api, "gw-fail"), "node-2 out")
+        wait_for(lambda: "node-2" not in healthy_nodes(api, name), "node-2 out")
         after = flows(lab, ip, sources, 42000, 60)
     finally:
         lab.restore_node("node-2")
@@ -227,17 +256,30 @@ def test_node_failure_moves_only_that_nodes_flows(
     assert moved and all(before[f] == "node-2" for f in moved), (before, after)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_client_ip_affinity_survives_a_change_of_the_node_set(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
     # Local: the echo's node is the node the gateway chose.
-    create(api, services, "gw-aff", sessionAffinity="ClientIP", externalTrafficPolicy="Local")
-    ip = api.wait_ips("gw-aff")[0]
-    wait_for(lambda: len(healthy_nodes(api, "gw-aff")) == 3, "three healthy nodes")
-    base = lab.plan.client(1).ipv4 + 100
+    name = named("gw-aff", family)
+    create(
+        api,
+        services,
+        name,
+        sessionAffinity="ClientIP",
+        externalTrafficPolicy="Local",
+        **family_spec(family),
+    )
+    ip = api.wait_ips(name)[0]
+    wait_for(lambda: len(healthy_nodes(api, name)) == 3, "three healthy nodes")
+    client = lab.plan.client(1)
+    base = (client.ipv4 if family == 4 else client.ipv6) + 100
     sources = [str(base + k) for k in range(12)]
+    plen = 32 if family == 4 else 128
+    nodad = [] if family == 4 else ["nodad"]  # usable at once, no duplicate address detection
     for s in sources:
-        lab.exec("client-1", ["ip", "addr", "add", f"{s}/32", "dev", "eth0"], check=True)
+        argv = ["ip", "addr", "add", f"{s}/{plen}", "dev", "eth0", *nodad]
+        lab.exec("client-1", argv, check=True)
     try:
         before = flows(lab, ip, sources, 43000, 3)
         # Every port of one client address: one node (the hash is of the address alone).
@@ -245,29 +287,31 @@ def test_client_ip_affinity_survives_a_change_of_the_node_set(
             assert len({before[f"{s}:{p}"] for p in range(43000, 43003)}) == 1, before
         lab.fail_node("node-3", stop_heartbeat=False)
         try:
-            wait_for(lambda: "node-3" not in healthy_nodes(api, "gw-aff"), "node-3 out")
+            wait_for(lambda: "node-3" not in healthy_nodes(api, name), "node-3 out")
             after = flows(lab, ip, sources, 43000, 3)
         finally:
             lab.restore_node("node-3")
     finally:
         for s in sources:
-            lab.exec("client-1", ["ip", "addr", "del", f"{s}/32", "dev", "eth0"])
+            lab.exec("client-1", ["ip", "addr", "del", f"{s}/{plen}", "dev", "eth0"])
     # Clients whose node stays healthy keep it; node-3's move (to one node each).
     kept = [f for f in before if before[f] != "node-3"]
     assert kept and all(after[f] == before[f] for f in kept), (before, after)
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_nat_mode_reaches_the_pod_through_the_node_port(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-nat")
+    name = named("gw-nat", family)
+    create(api, services, name, **family_spec(family))
     # Switched from direct server return to NAT while served.
     api.core.patch_namespaced_service(
-        "gw-nat", NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": "nat"}}}
+        name, NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": "nat"}}}
     )
-    ip = api.wait_ips("gw-nat")[0]
+    ip = api.wait_ips(name)[0]
     wait_for(
-        lambda: api.service("gw-nat").status.load_balancer.ingress[0].ip_mode == "Proxy",
+        lambda: api.service(name).status.load_balancer.ingress[0].ip_mode == "Proxy",
         "ipMode Proxy: the client's address is not preserved",
     )
     # Until the gateway has taken the switch, the VIP still answers by direct server return.
@@ -278,30 +322,32 @@ def test_nat_mode_reaches_the_pod_through_the_node_port(
     a = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through a nodePort")
     # Masqueraded by the gateway: the pod sees the gateway's address, or a node's when the
     # node's rules sent the flow on to a pod elsewhere (Cluster).
-    nodes = {str(lab.host(n).ipv4) for n in lab.node_names()}
-    assert a["client_ip"] in {str(lab.host(GATEWAY).ipv4)} | nodes, a
-    assert a["client_ip"] != str(lab.plan.client(1).ipv4)
+    nodes = {addr(lab.host(n), family) for n in lab.node_names()}
+    assert a["client_ip"] in {addr(lab.host(GATEWAY), family)} | nodes, a
+    assert a["client_ip"] != addr(lab.plan.client(1), family)
     udp = wait_for(lambda: answered(lab, "client-1", ip, "udp"), "UDP through a nodePort too")
-    assert udp["client_ip"] != str(lab.plan.client(1).ipv4)
+    assert udp["client_ip"] != addr(lab.plan.client(1), family)
     table = lab.exec(GATEWAY, ["nft", "list", "table", "inet", "portico-gw-nat"], check=True)
     assert ip in table.stdout
-    st = status(api, "gw-nat")
+    st = status(api, name)
     assert condition(st, "Announced")["status"] == "True"
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_deleted_service_is_withdrawn(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    create(api, services, "gw-gone")
-    ip = api.wait_ips("gw-gone")[0]
+    name = named("gw-gone", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
     wait_for(lambda: answered(lab, "client-2", ip), "the VIP answers")
-    api.core.delete_namespaced_service("gw-gone", NS)
-    wait_for(
-        lambda: (
-            lab.exec("client-2", ["arping", "-c", "1", "-w", "1", "-I", "eth0", ip]).returncode != 0
-        ),
-        "the gateway stops answering ARP for the VIP",
-    )
+    api.core.delete_namespaced_service(name, NS)
+
+    def unanswered() -> bool:
+        rc, macs = neighbour_macs(lab, "client-2", ip, 1, 1)
+        return rc != 0 and not macs
+
+    wait_for(unanswered, "the gateway stops answering ARP / NDP for the VIP")
     table = lab.exec(GATEWAY, ["nft", "list", "table", "netdev", "portico-gw"], check=True).stdout
     assert ip not in table
 
@@ -338,19 +384,21 @@ def _blocked(lab: Lab, client: str, ip: str) -> bool:
     return answered(lab, client, ip) is None
 
 
+@pytest.mark.parametrize("family", FAMILIES)
 def test_source_ranges_set_then_cleared_let_everyone_in_again(
-    lab: Lab, api: Api, gateway: Proc, services: list[str]
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    one = f"{lab.plan.client(1).ipv4}/32"
-    create(api, services, "gw-ranges", loadBalancerSourceRanges=[one])
-    ip = api.wait_ips("gw-ranges")[0]
+    name = named("gw-ranges", family)
+    one = f"{addr(lab.plan.client(1), family)}/{32 if family == 4 else 128}"
+    create(api, services, name, loadBalancerSourceRanges=[one], **family_spec(family))
+    ip = api.wait_ips(name)[0]
     wait_for(lambda: answered(lab, "client-1", ip), "the allowed client gets in")
     assert _blocked(lab, "client-2", ip)
     # The field removed (null in a patch, as `kubectl edit` sends when a field is deleted).
-    api.core.patch_namespaced_service("gw-ranges", NS, {"spec": {"loadBalancerSourceRanges": None}})
-    assert not api.service("gw-ranges").spec.load_balancer_source_ranges
+    api.core.patch_namespaced_service(name, NS, {"spec": {"loadBalancerSourceRanges": None}})
+    assert not api.service(name).spec.load_balancer_source_ranges
     wait_for(lambda: answered(lab, "client-2", ip), "everyone gets in once the ranges are gone")
-    assert not (api.lb("gw-ranges")["spec"].get("sourceRanges") or [])
+    assert not (api.lb(name)["spec"].get("sourceRanges") or [])
     for node in lab.node_names():
         table = lab.exec(node, ["nft", "list", "table", "inet", "portico"], check=True).stdout
         assert one.split("/")[0] not in table, f"{node} still filters by {one}"
