@@ -12,7 +12,12 @@ from typing import Any
 
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import start_gateway, start_node_agents
+from portico_lab.portico import (
+    cleanup_kube_proxy,
+    start_gateway,
+    start_kube_proxies,
+    start_node_agents,
+)
 from portico_lab.procs import Proc
 
 from .netcheck import request
@@ -85,6 +90,30 @@ def running_agents(lab: Lab, *extra: str) -> Iterator[list[Proc]]:
         for p in procs:
             if p.popen is not None and p.popen.returncode not in (0, None):
                 print(p.log_tail())
+
+
+def tables(lab: Lab, node: str) -> set[tuple[str, str]]:
+    """The (family, name) of every nftables table on ``node``."""
+    out = lab.exec(node, ["nft", "-j", "list", "tables"], check=True).stdout
+    items = json.loads(out)["nftables"]
+    return {(t["table"]["family"], t["table"]["name"]) for t in items if "table" in t}
+
+
+@contextmanager
+def running_kube_proxy(lab: Lab, mode: str) -> Iterator[list[Proc]]:
+    """kube-proxy in ``mode`` on every node; afterwards its rules are cleaned up and the nodes
+    go back to the tables they had (iptables-nft leaves its empty tables behind)."""
+    before = {node: tables(lab, node) for node in lab.node_names()}
+    procs = start_kube_proxies(lab, mode)
+    try:
+        yield procs
+    finally:
+        for p in procs:
+            p.stop()
+        cleanup_kube_proxy(lab)
+        for node, had in before.items():
+            for family, name in sorted(tables(lab, node) - had):
+                lab.exec(node, ["nft", "delete", "table", family, name], check=True)
 
 
 @contextmanager

@@ -66,9 +66,10 @@ from kubernetes import client
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
 from portico_lab.plan import zone_of
-from portico_lab.portico import cleanup_kube_proxy, start_kube_proxies, start_node_agents
+from portico_lab.portico import start_node_agents
 from portico_lab.procs import Proc, netns_argv
 
+from .dataplane_harness import running_kube_proxy
 from .operator_harness import NS, TEST_LABEL, Api, OperatorProcess, wait_for
 
 # -- the matrix -------------------------------------------------------------------------------
@@ -566,15 +567,6 @@ def kube_proxy_dump(lab: Lab, node: str, mode: str) -> str:
     return "\n".join(ln for ln in text.splitlines() if not ln.startswith("#"))  # (timestamps)
 
 
-def tables(lab: Lab, node: str) -> set[tuple[str, str]]:
-    out = lab.exec(node, ["nft", "-j", "list", "tables"], check=True).stdout
-    return {
-        (t["table"]["family"], t["table"]["name"])
-        for t in json.loads(out)["nftables"]
-        if "table" in t
-    }
-
-
 _FLUSH = (
     "from pyroute2 import Conntrack\nfor fam in (2, 10):\n    Conntrack(nfgen_family=fam).flush()"
 )
@@ -601,18 +593,10 @@ def portico_agents(lab: Lab) -> Iterator[list[Proc]]:
 
 @contextmanager
 def kube_proxy(lab: Lab, mode: str) -> Iterator[list[Proc]]:
-    before = {node: tables(lab, node) for node in lab.node_names()}
-    procs = start_kube_proxies(lab, mode)
     try:
-        yield procs
+        with running_kube_proxy(lab, mode) as procs:
+            yield procs
     finally:
-        for p in procs:
-            p.stop()
-        cleanup_kube_proxy(lab)
-        # iptables-nft leaves its (empty) tables behind: the nodes go back to what they had.
-        for node, had in before.items():
-            for family, name in sorted(tables(lab, node) - had):
-                lab.exec(node, ["nft", "delete", "table", family, name], check=True)
         flush_conntrack(lab)
 
 

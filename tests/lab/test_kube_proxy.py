@@ -18,7 +18,6 @@ from typing import Any
 
 import pytest
 from portico_lab.lab import Lab
-from portico_lab.portico import cleanup_kube_proxy, start_kube_proxies
 from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
@@ -27,7 +26,9 @@ from .dataplane_harness import (
     deleting_services,
     http,
     running_agents,
+    running_kube_proxy,
     running_operator,
+    tables,
 )
 from .netcheck import routed
 from .operator_harness import Api, OperatorProcess, wait_for
@@ -54,24 +55,8 @@ def kube_proxy(request: pytest.FixtureRequest, lab: Lab, agents: list[Proc]) -> 
     # priority runs first, so from here only Portico's priority puts it ahead.
     for node in lab.node_names():
         wait_for(lambda n=node: ("inet", "portico") in tables(lab, n), f"{node}'s table")
-    before = {node: tables(lab, node) for node in lab.node_names()}
-    procs = start_kube_proxies(lab, mode)
-    try:
+    with running_kube_proxy(lab, mode):
         yield mode
-    finally:
-        for p in procs:
-            p.stop()
-        cleanup_kube_proxy(lab)
-        # iptables-nft leaves its (empty) tables behind: the nodes go back to what they had.
-        for node, had in before.items():
-            for family, name in sorted(tables(lab, node) - had):
-                lab.exec(node, ["nft", "delete", "table", family, name], check=True)
-
-
-def tables(lab: Lab, node: str) -> set[tuple[str, str]]:
-    out = lab.exec(node, ["nft", "-j", "list", "tables"], check=True).stdout
-    items = json.loads(out)["nftables"]
-    return {(t["table"]["family"], t["table"]["name"]) for t in items if "table" in t}
 
 
 @pytest.fixture()
