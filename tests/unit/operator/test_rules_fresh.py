@@ -29,8 +29,7 @@ from typing import Any
 
 import pytest
 from portico_common import rulesdoc
-from portico_operator import controller as controller_module
-from portico_operator import rules_writer, workers
+from portico_operator import rules_writer
 from portico_operator.controller import Controller
 from portico_operator.metrics import Metrics
 from portico_operator.noderules_push import node_rules_entry
@@ -47,6 +46,7 @@ from portico_operator.slices import endpoints_from_slices
 
 from .fake_kube import FakeKube
 from .test_machine import POOL, Replica, World
+from .test_machine import fast_retries as fast_retries  # autouse: the walks' retries are quick
 
 NS = "ns"
 NAMES = [f"w{i}" for i in range(6)]
@@ -423,15 +423,6 @@ async def walk(seed: int, steps: int) -> Walk:
     finally:
         await w.close()
     return w
-
-
-@pytest.fixture(autouse=True)
-def fast_retries(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(workers, "RETRY_SECONDS", (0.001,) * 7)
-    monkeypatch.setattr(workers, "CONFLICT_RETRY_SECONDS", 0.001)
-    monkeypatch.setattr(controller_module, "POOL_FLUSH_SECONDS", 0.005)
-    monkeypatch.setattr(rules_writer, "RULES_GATHER_SECONDS", 0.001)
-    monkeypatch.setattr(rules_writer, "RULES_MIN_INTERVAL", 0.002)
 
 
 SEEDS = 24
