@@ -7,10 +7,12 @@ import ipaddress
 import json
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pytest
 from kubernetes.client.exceptions import ApiException
+from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
 from portico_lab.lab import Lab
 from portico_lab.portico import (
     cleanup_kube_proxy,
@@ -24,6 +26,7 @@ from .netcheck import request
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 AGENT = [sys.executable, "-m", "portico_nodeagent"]
+AGENT_PORT = AGENT_HEALTH_PORT  # the agents' own node /healthz and aggregate view
 
 # One HTTP request, its status line, headers and body, or the error (refused, timeout).
 _HTTP = r"""
@@ -117,9 +120,9 @@ def running_kube_proxy(lab: Lab, mode: str) -> Iterator[list[Proc]]:
 
 
 @contextmanager
-def running_gateway(lab: Lab, name: str) -> Iterator[Proc]:
+def running_gateway(lab: Lab, name: str, *extra: str) -> Iterator[Proc]:
     """The gateway ``name`` (lbnode in its lab namespace); its tables removed afterwards."""
-    proc = start_gateway(lab, name)
+    proc = start_gateway(lab, name, *extra)
     try:
         yield proc
     finally:
@@ -189,3 +192,77 @@ def named(name: str, family: int) -> str:
 def addr(host: Any, family: int) -> str:
     """The address of ``family`` of a lab host or pod (anything with ``ipv4`` and ``ipv6``)."""
     return str(host.ipv4 if family == 4 else host.ipv6)
+
+
+# Beside what the data-plane tests run: Portico alone, or with kube-proxy (nftables mode) on every
+# node as on kind and most clusters. Tests parametrized over it run their kube-proxy cases last
+# in their module (tests/lab/conftest.py orders them), so kube-proxy starts once per module.
+ALONE, KUBE_PROXY = "alone", "kube-proxy"
+BESIDE = [ALONE, KUBE_PROXY]
+
+
+class KubeProxySwitch:
+    """kube-proxy beside a module's agents, started when a test first wants it and kept until
+    the module ends. As on a cluster where it came first, kube-proxy binds its ports before the
+    agents do: :10256 and the health ports of the Services that exist then."""
+
+    def __init__(self, lab: Lab, agents: list[Proc]) -> None:
+        self.lab, self.agents = lab, agents
+        self._stack: ExitStack | None = None
+
+    @property
+    def on(self) -> bool:
+        return self._stack is not None
+
+    def want(self, beside: str) -> None:
+        if (beside == KUBE_PROXY) != self.on:
+            self.start() if beside == KUBE_PROXY else self.stop()
+
+    def start(self) -> None:
+        lab = self.lab
+        # Portico's table first, kube-proxy's after (see test_kube_proxy): its agents made it.
+        for node in lab.node_names():
+            wait_for(lambda n=node: ("inet", "portico") in tables(lab, n), f"{node}'s table")
+        for p in self.agents:
+            p.stop()  # their rules stay in force
+        self._stack = ExitStack()
+        try:
+            self._stack.enter_context(running_kube_proxy(lab, "nftables"))
+            for node in lab.node_names():
+                wait_for(
+                    lambda n=node: (
+                        http(lab, n, "127.0.0.1", KUBE_PROXY_HEALTHZ_PORT).get("status") == 200
+                    ),
+                    f"kube-proxy on {node} serves :{KUBE_PROXY_HEALTHZ_PORT}/healthz (synced)",
+                    60,
+                )
+        finally:
+            for p in self.agents:
+                p.start()
+        for node in lab.node_names():
+            wait_for(
+                lambda n=node: http(lab, n, "127.0.0.1", AGENT_PORT).get("status") == 200,
+                f"{node}'s agent serves its own port again",
+                30,
+            )
+
+    def stop(self) -> None:
+        stack, self._stack = self._stack, None
+        if stack is not None:
+            stack.close()
+
+
+@contextmanager
+def kube_proxy_switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]:
+    switch = KubeProxySwitch(lab, agents)
+    try:
+        yield switch
+    finally:
+        switch.stop()
+
+
+def beside_param(request: pytest.FixtureRequest, switch: KubeProxySwitch) -> str:
+    """For a module's ``beside`` fixture (indirect parameter): kube-proxy on or off as asked."""
+    beside = str(getattr(request, "param", ALONE))
+    switch.want(beside)
+    return beside

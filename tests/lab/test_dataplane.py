@@ -21,6 +21,7 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
+    AGENT_PORT,
     FAMILIES,
     addr,
     answered,
@@ -86,10 +87,10 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
         "localEndpoints": 2,
         "serviceProxyHealthy": True,
     }
-    agg = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
+    agg = json.loads(http(lab, "client-1", node2, AGENT_PORT, "/portico/v1/services")["body"])
     assert agg["rulesCurrent"] is True and agg["nodeEligible"] is True
     assert agg["services"][f"{NS}/{name}"]["localEndpoints"][f"IPv{family}"] == 2
-    node_hz = http(lab, "client-1", node2, 10256, "/healthz")
+    node_hz = http(lab, "client-1", node2, AGENT_PORT, "/healthz")
     assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True
 
     # Cluster: the health port stops listening at once (refused, not 503).
