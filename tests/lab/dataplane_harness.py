@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -209,6 +211,7 @@ class KubeProxySwitch:
     def __init__(self, lab: Lab, agents: list[Proc]) -> None:
         self.lab, self.agents = lab, agents
         self._stack: ExitStack | None = None
+        self._procs: list[Proc] = []
 
     @property
     def on(self) -> bool:
@@ -227,7 +230,7 @@ class KubeProxySwitch:
             p.stop()  # their rules stay in force
         self._stack = ExitStack()
         try:
-            self._stack.enter_context(running_kube_proxy(lab, "nftables"))
+            self._procs = self._stack.enter_context(running_kube_proxy(lab, "nftables"))
             for node in lab.node_names():
                 wait_for(
                     lambda n=node: (
@@ -247,9 +250,24 @@ class KubeProxySwitch:
             )
 
     def stop(self) -> None:
-        stack, self._stack = self._stack, None
+        stack, self._stack, self._procs = self._stack, None, []
         if stack is not None:
             stack.close()
+
+    @contextmanager
+    def behind(self, node: str) -> Iterator[None]:
+        """``node``'s kube-proxy keeps the rules it has (stopped, SIGSTOP) until the block
+        ends: its view a sync behind Portico's, as within its min-sync-period (1 s: a change
+        that follows another by less waits) or a long sync. Nothing without kube-proxy."""
+        proc = next((p for p in self._procs if p.name == f"kube-proxy-{node}"), None)
+        if proc is None or proc.popen is None:
+            yield
+            return
+        os.kill(proc.popen.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.popen.pid, signal.SIGCONT)
 
 
 @contextmanager
@@ -259,6 +277,49 @@ def kube_proxy_switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]
         yield switch
     finally:
         switch.stop()
+
+
+def kube_proxy_programmed(lab: Lab, node: str, vip: str) -> bool:
+    """Whether ``node``'s kube-proxy (nftables) sends ``vip`` to endpoints."""
+    family = "ip6" if ":" in vip else "ip"
+    out = lab.exec(node, ["nft", "list", "map", family, "kube-proxy", "service-ips"]).stdout
+    return f"{vip} " in out
+
+
+# Connections to port 80 of an address, all at once (each its own source port), with a short
+# timeout: the pod that answered each, or why none did.
+_ATTEMPTS = r"""
+import json, socket, sys, threading
+host, n, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+out = [None] * n
+def one(i):
+    try:
+        s = socket.create_connection((host, 80), timeout=timeout)
+        s.sendall(b"GET /attempt HTTP/1.0\r\n\r\n"); data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        out[i] = json.loads(data.split(b"\r\n\r\n", 1)[1])["pod"]
+    except ConnectionRefusedError:
+        out[i] = "refused"
+    except (socket.timeout, TimeoutError):
+        out[i] = "timeout"
+    except OSError as e:
+        out[i] = type(e).__name__
+threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
+
+def attempts(lab: Lab, where: str, addr: str, n: int, timeout: float = 1.0) -> list[str]:
+    """``n`` connections from ``where`` to ``addr``:80 at once: each answering pod, or
+    "refused" / "timeout"."""
+    argv = [sys.executable, "-S", "-c", _ATTEMPTS, addr, str(n), str(timeout)]
+    res = lab.exec(where, argv, timeout=timeout + 30)
+    assert res.returncode == 0, res.stderr
+    return list(json.loads(res.stdout))
 
 
 def beside_param(request: pytest.FixtureRequest, switch: KubeProxySwitch) -> str:

@@ -20,6 +20,7 @@ from portico_lab.procs import Proc
 
 from .dataplane_harness import (
     AGENT_PORT,
+    BESIDE,
     FAMILIES,
     KUBE_PROXY,
     KubeProxySwitch,
@@ -154,12 +155,18 @@ def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str
     return json.loads(res.stdout)
 
 
+def suffixed(name: str, family: int, beside: str) -> str:
+    """A Service name unique per family and per kube-proxy beside or not."""
+    return named(name, family) + ("-kp" if beside == KUBE_PROXY else "")
+
+
 # ==============================================================================================
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vip_answers_through_the_gateway_with_the_client_ip(
-    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, beside: str
 ) -> None:
-    name = named("gw-local", family)
+    name = suffixed("gw-local", family, beside)
     create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
     ip = api.wait_ips(name)[0]
     first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through the gateway")
@@ -436,6 +443,29 @@ def test_source_ranges_are_read_as_kubernetes_reads_them(
     # A value Kubernetes cannot read never gets this far: the apiserver refuses it in the field
     # and in the legacy annotation alike (what the operator does if one does arrive — Valid=False,
     # a Warning Event, the last valid rules kept — is unit-tested: test_operator_source_ranges).
+
+
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_client_ip_affinity_with_local_keeps_a_client_on_one_pod(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, beside: str
+) -> None:
+    name = suffixed("gw-pin", family, beside)
+    create(
+        api,
+        services,
+        name,
+        sessionAffinity="ClientIP",
+        externalTrafficPolicy="Local",
+        **family_spec(family),
+    )
+    ip = api.wait_ips(name)[0]
+    wait_for(lambda: len(healthy_nodes(api, name)) == 3, "three healthy nodes")
+    first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
+    got = [answered(lab, "client-1", ip) for _ in range(15)]
+    # One client address: one node (the gateway hashes the address alone), one pod (pinned).
+    assert None not in got, got
+    assert {a["pod"] for a in got if a} == {first["pod"]}, [a and a["pod"] for a in got]
 
 
 def probe_counts(lab: Lab) -> dict[tuple[str, str], float]:
