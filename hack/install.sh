@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Portico's lab and tests need on a fresh Debian machine, idempotently:
 # Debian packages (nftables, iproute2, python3-nftables), a virtualenv in .venv with Portico
-# and its test extras, and the pinned control plane built from the Go module proxy.
+# (the product, root pyproject.toml) and the lab (lab/pyproject.toml), both editable, plus the
+# test and lint tools (the pyproject's dependency groups), and the pinned control plane built
+# from the Go module proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -27,10 +29,11 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.portico-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  echo "==> pip install -e .[test,dev]"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || lab/pyproject.toml -nt $stamp ]]; then
+  echo "==> pip install -e . -e ./lab --group test --group dev"
+  # Dependency groups (PEP 735) need pip >= 25.1.
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test,dev]"
+  .venv/bin/pip install -q -e . -e ./lab --group test --group dev
   touch "$stamp"
 fi
 
