@@ -12,8 +12,10 @@ command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
 # iputils-arping, ndisc6: the gateway tests ask for VIPs as a LAN host would; iperf3, wrk: its
-# benchmarks; iptables: kube-proxy's iptables mode, which the lab can run beside the agent.
-for pkg in nftables libnftables1 python3-nftables iproute2 procps psmisc util-linux \
+# benchmarks; iptables: kube-proxy's iptables mode, which the lab can run beside the agent;
+# python3-venv: tests/unit/packaging installs the product wheel into a virtualenv of Debian's
+# python3, as images/Dockerfile does.
+for pkg in nftables libnftables1 python3-nftables python3-venv iproute2 procps psmisc util-linux \
   iputils-arping ndisc6 iperf3 wrk iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
