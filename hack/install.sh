@@ -32,10 +32,13 @@ if [[ ! -x .venv/bin/python ]]; then
 fi
 stamp=.venv/.portico-installed
 if [[ ! -f $stamp || pyproject.toml -nt $stamp || lab/pyproject.toml -nt $stamp ]]; then
-  echo "==> pip install -e . -e ./lab --group test --group dev"
+  echo "==> pip install -e . --group test --group dev; pip install -e ./lab"
   # Dependency groups (PEP 735) need pip >= 25.1.
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e . -e ./lab --group test --group dev
+  .venv/bin/pip install -q -e . --group test --group dev
+  # The lab second: a .venv made when the product still held the lab loses the portico-lab
+  # command when that old product is replaced, after which the lab brings it back.
+  .venv/bin/pip install -q -e ./lab
   touch "$stamp"
 fi
 
