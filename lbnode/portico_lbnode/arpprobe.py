@@ -131,10 +131,12 @@ class NeighbourProber:
             new = judge(old, now, self.settings)
             self._states[node] = new
             if new.reachable != old.reachable:
+                # The verdict's exact time, for the benchmarks (bench/deadnode.py).
+                timing = {"timing": {"node": node, "reachable": new.reachable, "at": now}}
                 if new.reachable is False:
-                    log.warning("node %s: no ARP answer to %d requests", node, len(old.outstanding))
+                    log.warning("node %s: no ARP answer", node, extra=timing)
                 else:
-                    log.info("node %s answers ARP", node)
+                    log.info("node %s answers ARP", node, extra=timing)
                 if self.on_change is not None:
                     self.on_change(node, new)
         for node, ip in self._targets.items():
