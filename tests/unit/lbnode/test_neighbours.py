@@ -104,3 +104,21 @@ def test_report_status_lists_unreachable_nodes() -> None:
     assert status["probedNodes"] == 2
     assert [n["node"] for n in status["nodes"]] == ["node-1", "node-2"]  # type: ignore[index]
     assert unreachable({"a": Neighbour(False), "b": Neighbour(True), "c": Neighbour()}) == {"a"}
+
+
+def test_arp_probe_frames_and_replies() -> None:
+    import ipaddress
+
+    from portico_lbnode.arpprobe import BROADCAST, probe_frame, reply_sender
+
+    mac, node_mac = bytes.fromhex("020000000001"), bytes.fromhex("020000000002")
+    ip = ipaddress.IPv4Address("198.18.0.11")
+    frame = probe_frame(mac, ip, BROADCAST)
+    assert frame[:6] == BROADCAST and frame[12:14] == b"\x08\x06" and len(frame) == 42
+    assert frame[28:32] == b"\0\0\0\0" and frame[38:42] == ip.packed  # RFC 5227: no sender IP
+    assert reply_sender(frame) is None  # a request is no answer
+    # The node's reply: op 2, its MAC and address as sender.
+    reply = mac + node_mac + b"\x08\x06" + frame[14:20] + b"\x00\x02" + node_mac + ip.packed
+    reply += mac + b"\0\0\0\0"
+    assert reply_sender(reply) == (ip, node_mac)
+    assert reply_sender(reply[:30]) is None

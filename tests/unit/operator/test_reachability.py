@@ -66,12 +66,14 @@ def test_never_more_than_half_of_any_reporters_nodes(
 ) -> None:
     ra, rb = parse_report(report("gw-a", a)), parse_report(report("gw-b", b))
     reach = decide([(ra, 0.0), (rb, 0.0)], now=0.0)
+    trusted = [r for r in (ra, rb) if 2 * len(r.unreachable) <= len(r.probed)]
+    # Exactly the nodes a report within the guard names, each credited to those reports.
+    assert reach.unreachable == {n for r in trusted for n in r.unreachable}
+    for node, gateways in reach.by.items():
+        assert set(gateways) == {r.gateway for r in trusted if node in r.unreachable}
     for r in (ra, rb):
-        taken = reach.unreachable & r.probed
-        assert taken <= r.unreachable | (reach.unreachable - r.unreachable)
-        if 2 * len(r.unreachable) > len(r.probed):
-            assert r.gateway not in {g for gs in reach.by.values() for g in gs}
-    assert reach.unreachable <= ra.unreachable | rb.unreachable
+        if r not in trusted:
+            assert r.gateway in reach.ignored
 
 
 def test_verdicts_equal_when_the_heartbeat_only_changes() -> None:
