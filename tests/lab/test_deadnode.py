@@ -6,6 +6,7 @@ gateway that is itself cut off (it hears no ARP answer from anyone) takes nobody
 from __future__ import annotations
 
 import json
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -65,17 +66,41 @@ def dnat_targets(lab: Lab, node: str, vip: str) -> set[str]:
     return found
 
 
-def tcp_flows_to(lab: Lab, node: str, vip: str, pods: set[str]) -> int:
-    """``node``'s conntrack entries of TCP flows to the VIP answered by one of ``pods``."""
+def flows_to(lab: Lab, node: str, vip: str, pods: set[str], proto: str = "tcp") -> int:
+    """``node``'s conntrack entries of ``proto`` flows to the VIP answered by one of ``pods``."""
     out = lab.exec(node, ["cat", "/proc/net/nf_conntrack"], check=True).stdout
     n = 0
     for line in out.splitlines():
         fields = line.split()
-        if "tcp" not in fields or f"dst={vip}" not in fields:
+        if proto not in fields or f"dst={vip}" not in fields:
             continue
         sources = [f[4:] for f in fields if f.startswith("src=")]
         n += len(sources) > 1 and sources[1] in pods
     return n
+
+
+# One datagram from each of many source ports (a flow each), each answered, to the VIP's port 80.
+_UDP_FLOWS = r"""
+import socket, sys
+host, first, n = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+answered = 0
+for sport in range(first, first + n):
+    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("", sport)); s.settimeout(1.0)
+    s.sendto(b"flow", (host, 80))
+    try:
+        s.recvfrom(65536); answered += 1
+    except OSError:
+        pass
+    s.close()
+print(answered)
+"""
+
+
+def udp_flows(lab: Lab, vip: str, n: int = 30) -> int:
+    res = lab.exec("client-2", [sys.executable, "-S", "-c", _UDP_FLOWS, vip, "43000", str(n)])
+    assert res.returncode == 0, res.stderr
+    return int(res.stdout)
 
 
 def condition(api: Api, name: str, kind: str) -> dict[str, Any]:
@@ -106,9 +131,12 @@ def test_a_dead_node_leaves_every_nodes_rules_within_a_second(
     loop = start_request_loop(lab.netns_of("client-1"), vip, RATE, COUNT)
     try:
         time.sleep(DOWN_AFTER)  # the loop's own schedule: nothing to wait for but time
-        # The first 40 requests left TIME_WAIT entries, some through node-1/3 to node-2's pods.
+        # The first 40 requests left TIME_WAIT entries, some through node-1/3 to node-2's pods,
+        # and so did 30 UDP flows (each datagram answered).
+        assert udp_flows(lab, vip) == 30
         others = ("node-1", "node-3")
-        assert sum(tcp_flows_to(lab, n, vip, lost) for n in others)
+        for proto in ("tcp", "udp"):
+            assert sum(flows_to(lab, n, vip, lost, proto) for n in others), proto
         down_at = time.time()
         lab.fail_node("node-2", stop_heartbeat=False)
         wait_for(lambda: not dnat_targets(lab, "node-1", vip) & lost, "node-1 drops node-2's pods")
@@ -128,7 +156,8 @@ def test_a_dead_node_leaves_every_nodes_rules_within_a_second(
         assert late and all(r.node for r in late) and "node-2" not in {r.node for r in late}
         assert not dnat_targets(lab, "node-3", vip) & lost
         # Their conntrack entries went with them (TCP too: those connections are dead).
-        assert sum(tcp_flows_to(lab, n, vip, lost) for n in others) == 0
+        for proto in ("tcp", "udp"):
+            assert sum(flows_to(lab, n, vip, lost, proto) for n in others) == 0, proto
         cond = condition(api, name, "NodesReachable")
         assert cond["status"] == "False" and cond["reason"] == "NodesUnreachable", cond
         assert "node-2" in report(api)["unreachableNodes"]
