@@ -68,6 +68,9 @@ class NeighbourProber:
         self._states: dict[str, Neighbour] = {}
         self._macs: dict[str, bytes] = {}
         self._socks: list[tuple[socket.socket, bytes]] = []
+        # A previous run's verdicts for nodes not (yet) targets; gone at the first targets.
+        self._carried: dict[str, Neighbour] = {}
+        self._targets_known = False
 
     @property
     def enabled(self) -> bool:
@@ -81,7 +84,19 @@ class NeighbourProber:
         return s is not None and s.reachable is False
 
     def states(self) -> Mapping[str, Neighbour]:
-        return self._states
+        """Every verdict, those carried over from a previous run included (for the report:
+        its first write, before the targets are known, must not drop them)."""
+        return {**self._carried, **self._states} if self._carried else self._states
+
+    def carry_over(self, states: Mapping[str, Neighbour]) -> None:
+        """A previous run's verdicts: each node starts from its own when it becomes
+        a target (before its first verdict of this run), and stays out until it answers."""
+        for node, state in states.items():
+            if node not in self._targets:
+                if not self._targets_known:
+                    self._carried[node] = state
+            elif (cur := self._states.get(node)) is None or cur.reachable is None:
+                self._states[node] = state
 
     def set_targets(self, addresses: Mapping[str, str]) -> None:
         """node -> address; IPv6 addresses are not asked. A node whose address changed starts
@@ -97,6 +112,12 @@ class NeighbourProber:
                 self._macs.pop(node, None)
         self._targets = want
         self._by_ip = {ip: node for node, ip in want.items()}
+        for node in want:
+            carried = self._carried.pop(node, None)
+            if carried is not None and node not in self._states:
+                self._states[node] = carried
+        self._carried.clear()  # no longer backends: nothing to say of them
+        self._targets_known = True
 
     # -- the loop -------------------------------------------------------------------------------
     async def run(self) -> None:

@@ -42,6 +42,7 @@ from .neighbours import (
     Neighbour,
     NeighbourSettings,
     NodeVerdict,
+    carried_over,
     report_status,
 )
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
@@ -95,7 +96,12 @@ class Gateway:
         self.neighbours = NeighbourProber(
             settings.neighbour, settings.interfaces, on_change=self._neighbour_changed
         )
-        self.report = ReportWriter(kube, settings.name, self.report_status)
+        self.report = ReportWriter(
+            kube,
+            settings.name,
+            self.report_status,
+            lambda status: self.neighbours.carry_over(carried_over(status)),
+        )
         self.fwd = FwdTable()
         self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]

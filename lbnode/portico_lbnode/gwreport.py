@@ -3,7 +3,8 @@ can reach, for the operator, which takes the endpoints of the nodes it cannot ou
 node's Cluster rules (``portico_operator.reachability``). What the status says is pure
 (``neighbours.report_status``); this module writes it: at once when a verdict changes, and
 every ``heartbeat`` seconds besides, so that the operator can tell a live report from one a
-stopped gateway left behind.
+stopped gateway left behind. A stopped gateway leaves its report (the operator ignores it 30 s
+later): a restart reads it back first, so a node that is down stays out across the restart.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from portico_common import API_GROUP, API_VERSION
@@ -34,15 +36,30 @@ class ReportWriter:
         kube: KubeClient,
         gateway: str,
         status: Callable[[], dict[str, object]],
+        previous: Callable[[Any], None],
         heartbeat: float = HEARTBEAT_SECONDS,
     ) -> None:
         self.kube = kube
         self.gateway = gateway
         self.status = status
+        self.previous = previous
         self.heartbeat = heartbeat
         self.dirty = asyncio.Event()
 
     async def run(self) -> None:
+        # The previous run's report first: its verdicts carry over (neighbours.carried_over)
+        # before this run's first write replaces them.
+        while True:
+            try:
+                self.previous((await self.kube.get(report_path(self.gateway))).get("status"))
+                break
+            except ApiError as e:
+                if e.status == 404:
+                    break
+                log.warning("GatewayReport: %s (retrying)", e)
+            except (aiohttp.ClientError, OSError, TimeoutError) as e:
+                log.warning("GatewayReport: %s (retrying)", e)
+            await asyncio.sleep(1.0)
         self.dirty.set()
         while True:
             with contextlib.suppress(TimeoutError):
@@ -72,8 +89,3 @@ class ReportWriter:
             }
             await self.kube.create(report_path(), obj)
             await self.kube.patch(path, body)
-
-    async def delete(self) -> None:
-        """A clean stop: the report goes with the gateway (its verdicts no longer hold)."""
-        with contextlib.suppress(ApiError, aiohttp.ClientError, OSError, TimeoutError):
-            await self.kube.delete(report_path(self.gateway))

@@ -110,7 +110,6 @@ async def run(args: argparse.Namespace) -> int:
             log.info("stopping: announcements withdrawn, the forwarding table stays in force")
     finally:
         await gw.withdraw()
-        await gw.report.delete()
         await gw.prober.close()
         await kube.close()
     return 0

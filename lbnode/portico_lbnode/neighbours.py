@@ -11,12 +11,17 @@ reachable again.
 
 A node that has never answered gets no verdict (``reachable`` None): a node that is not on the
 gateway's segment (reached through a router) never answers ARP and must not be called dead.
+A restarted gateway starts from the verdicts of its previous run (``carried_over``, from its
+GatewayReport): a node that died before the restart would otherwise have no verdict, and its
+endpoints would return to every node's rules while it is still gone. The reachable ones come
+along too: a report naming only the dead would look like a gateway cut off from most nodes.
 ARP replies carry no request id, so any answer from the node's address clears every request
 outstanding.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -72,6 +77,25 @@ def judge(state: Neighbour, now: float, settings: NeighbourSettings) -> Neighbou
     if (reachable, since, answers) == (state.reachable, state.since, state.answers):
         return state
     return replace(state, reachable=reachable, since=since, answers=answers)
+
+
+def carried_over(status: object) -> dict[str, Neighbour]:
+    """The verdicts of a previous run's report status (see ``report_status``); anything
+    malformed is left out (such a node starts without a verdict)."""
+    nodes = status.get("nodes") if isinstance(status, dict) else None
+    out: dict[str, Neighbour] = {}
+    for n in nodes if isinstance(nodes, list) else []:
+        if not isinstance(n, dict) or not isinstance(n.get("reachable"), bool):
+            continue
+        name, since = n.get("node"), n.get("lastTransitionTime")
+        if not isinstance(name, str) or not isinstance(since, str):
+            continue
+        try:
+            at = dt.datetime.strptime(since, "%Y-%m-%dT%H:%M:%SZ").replace(tzinfo=dt.UTC)
+        except ValueError:
+            continue
+        out[name] = Neighbour(reachable=n["reachable"], since=at.timestamp())
+    return out
 
 
 def unreachable(states: Mapping[str, Neighbour]) -> frozenset[str]:

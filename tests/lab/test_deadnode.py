@@ -201,3 +201,35 @@ def test_a_gateway_that_hears_no_arp_answer_takes_no_node_out(
     finally:
         lab.exec(GATEWAY, ["nft", "delete", "table", "netdev", CUT_OFF])
     wait_for(lambda: not report(api).get("unreachableNodes"), "every node reachable again")
+
+
+def test_a_gateway_restart_keeps_a_dead_node_out(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    name = "dead-restart"
+    vip = cluster_service(lab, api, services, name)
+    lost = pods_of(lab, "node-2")
+    lab.fail_node("node-2", stop_heartbeat=False)
+    try:
+        wait_for(lambda: not dnat_targets(lab, "node-1", vip) & lost, "node-2's pods out")
+        before = api.custom.get_cluster_custom_object(
+            "portico.dev", "v1alpha1", "gatewayreports", GATEWAY
+        )["metadata"]["resourceVersion"]
+        # A restarted gateway never heard node-2 answer: without its previous verdicts it would
+        # have none for node-2, and node-2's endpoints would return to every node's rules.
+        gateway.stop()
+        gateway.start()
+        wait_for(
+            lambda: (
+                api.custom.get_cluster_custom_object(
+                    "portico.dev", "v1alpha1", "gatewayreports", GATEWAY
+                )["metadata"]["resourceVersion"]
+                != before
+            ),
+            "the restarted gateway's first report",
+        )
+        assert "node-2" in report(api)["unreachableNodes"]
+        assert not dnat_targets(lab, "node-1", vip) & lost
+    finally:
+        lab.restore_node("node-2")
+    wait_for(lambda: lost <= dnat_targets(lab, "node-1", vip), "node-2's pods back on node-1")

@@ -122,3 +122,45 @@ def test_arp_probe_frames_and_replies() -> None:
     reply += mac + b"\0\0\0\0"
     assert reply_sender(reply) == (ip, node_mac)
     assert reply_sender(reply[:30]) is None
+
+
+def test_verdicts_carry_over_a_restart() -> None:
+    from portico_lbnode.arpprobe import NeighbourProber
+    from portico_lbnode.neighbours import carried_over
+
+    status = {
+        "nodes": [
+            {"node": "node-2", "reachable": False, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"node": "node-1", "reachable": True, "lastTransitionTime": "2026-01-01T00:00:00Z"},
+            {"node": "node-3", "reachable": False, "lastTransitionTime": "yesterday"},
+            {"node": 4, "reachable": False},
+        ]
+    }
+    carried = carried_over(status)
+    assert set(carried) == {"node-1", "node-2"}
+    assert carried["node-2"].reachable is False and carried["node-1"].reachable is True
+    assert carried_over(None) == {} and carried_over({"nodes": "x"}) == {}
+    # Before its targets are known, and after: either way node-2 starts unreachable.
+    early = NeighbourProber(S, ["eth0"])
+    early.carry_over(carried)
+    early.set_targets({"node-1": "198.18.0.10", "node-2": "198.18.0.11"})
+    late = NeighbourProber(S, ["eth0"])
+    late.set_targets({"node-1": "198.18.0.10", "node-2": "198.18.0.11"})
+    late.carry_over(carried)
+    for p in (early, late):
+        assert p.unreachable("node-2") and not p.unreachable("node-1")
+    # A verdict of this run wins over a carried one.
+    late.carry_over({"node-2": Neighbour(reachable=True)})
+    assert late.unreachable("node-2")
+
+
+def test_carried_verdicts_are_reported_until_the_targets_are_known() -> None:
+    from portico_lbnode.arpprobe import NeighbourProber
+
+    p = NeighbourProber(S, ["eth0"])
+    p.carry_over({"node-2": Neighbour(reachable=False), "node-9": Neighbour(reachable=False)})
+    assert set(p.states()) == {"node-2", "node-9"}  # the first report keeps them
+    p.set_targets({"node-2": "198.18.0.11"})
+    assert set(p.states()) == {"node-2"} and p.unreachable("node-2")
+    p.carry_over({"node-9": Neighbour(reachable=False)})  # late, and not a backend: ignored
+    assert set(p.states()) == {"node-2"}
