@@ -1,13 +1,16 @@
-"""Asks every backend node "who has <your IPv4 address>?" ten times a second and hands the
-answers to ``neighbours`` (pure), which judges. The I/O only: one AF_PACKET socket per
-interface bound to ETH_P_ARP (so the kernel queues ARP frames only; a socket bound to one
-EtherType also sees them after the interface's netdev ingress hook, as the IP stack does).
+"""Asks every backend node "who has <your address>?" ten times a second and hands the answers
+to ``neighbours`` (pure), which judges. The I/O only. IPv4: one AF_PACKET socket per interface
+bound to ETH_P_ARP (so the kernel queues ARP frames only; a socket bound to one EtherType also
+sees them after the interface's netdev ingress hook, as the IP stack does). IPv6 (a node known
+by an IPv6 address only): one raw ICMPv6 socket per interface that lets only neighbour
+advertisements in (ICMP6_FILTER); the solicitations go to the node's solicited-node multicast
+group with the gateway's MAC as source link-layer option, hop limit 255 (RFC 4861), and the
+kernel fills in the checksum.
 
 The requests are RFC 5227 ARP probes (sender address 0.0.0.0): the node's kernel answers them
 as any request for its address, and no node's ARP cache is written by them. They go unicast to
 the node's MAC once known; after a request went unanswered, to the broadcast address (a node
-whose NIC was replaced answers that). Nodes known only by an IPv6 address are not asked: the
-HTTP probe alone judges them.
+whose NIC was replaced answers that).
 """
 
 from __future__ import annotations
@@ -28,6 +31,9 @@ ETH_P_ARP = 0x0806
 BROADCAST = b"\xff" * 6
 _ARP = struct.Struct("!HHBBH6s4s6s4s")  # htype, ptype, hlen, plen, op, sha, spa, tha, tpa
 ARP_REQUEST, ARP_REPLY = 1, 2
+ND_SOLICIT, ND_ADVERT = 135, 136
+ICMP6_FILTER = 1  # linux/icmpv6.h, at level IPPROTO_ICMPV6
+IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def probe_frame(mac: bytes, target: ipaddress.IPv4Address, eth_dst: bytes) -> bytes:
@@ -43,6 +49,30 @@ def reply_sender(frame: bytes) -> tuple[ipaddress.IPv4Address, bytes] | None:
     if op != ARP_REPLY or ptype != 0x0800 or hlen != 6 or plen != 4:
         return None
     return ipaddress.IPv4Address(spa), sha
+
+
+def solicitation(mac: bytes, target: ipaddress.IPv6Address) -> bytes:
+    """A neighbour solicitation for ``target`` (the ICMPv6 message; checksum left to the
+    kernel) with our MAC as source link-layer address option."""
+    return struct.pack("!BBHI", ND_SOLICIT, 0, 0, 0) + target.packed + b"\x01\x01" + mac
+
+
+def solicited_node(target: ipaddress.IPv6Address) -> ipaddress.IPv6Address:
+    return ipaddress.IPv6Address(b"\xff\x02" + b"\0" * 9 + b"\x01\xff" + target.packed[13:])
+
+
+def advertised_target(message: bytes) -> ipaddress.IPv6Address | None:
+    """The target of a neighbour advertisement (an ICMPv6 message), None for anything else."""
+    if len(message) < 24 or message[0] != ND_ADVERT or message[1] != 0:
+        return None
+    return ipaddress.IPv6Address(message[8:24])
+
+
+def _advert_only_filter() -> bytes:
+    """struct icmp6_filter: a set bit blocks its type; every type but 136 is blocked."""
+    words = [0xFFFFFFFF] * 8
+    words[ND_ADVERT >> 5] &= ~(1 << (ND_ADVERT & 31)) & 0xFFFFFFFF
+    return struct.pack("8I", *words)
 
 
 OnChange = Callable[[str, Neighbour], None]
@@ -63,11 +93,12 @@ class NeighbourProber:
         self.interfaces = tuple(interfaces)
         self.on_change = on_change
         self._clock = clock
-        self._targets: dict[str, ipaddress.IPv4Address] = {}
-        self._by_ip: dict[ipaddress.IPv4Address, str] = {}
+        self._targets: dict[str, IP] = {}
+        self._by_ip: dict[IP, str] = {}
         self._states: dict[str, Neighbour] = {}
         self._macs: dict[str, bytes] = {}
         self._socks: list[tuple[socket.socket, bytes]] = []
+        self._socks6: list[tuple[socket.socket, bytes, int]] = []  # socket, MAC, ifindex
         # A previous run's verdicts for nodes not (yet) targets; gone at the first targets.
         self._carried: dict[str, Neighbour] = {}
         self._targets_known = False
@@ -99,13 +130,9 @@ class NeighbourProber:
                 self._states[node] = state
 
     def set_targets(self, addresses: Mapping[str, str]) -> None:
-        """node -> address; IPv6 addresses are not asked. A node whose address changed starts
+        """node -> address (ARP for IPv4, NDP for IPv6). A node whose address changed starts
         over without a verdict."""
-        want: dict[str, ipaddress.IPv4Address] = {}
-        for node, address in addresses.items():
-            ip = ipaddress.ip_address(address)
-            if isinstance(ip, ipaddress.IPv4Address):
-                want[node] = ip
+        want: dict[str, IP] = {node: ipaddress.ip_address(a) for node, a in addresses.items()}
         for node in list(self._states):
             if want.get(node) != self._targets.get(node):
                 del self._states[node]
@@ -127,7 +154,19 @@ class NeighbourProber:
             sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ARP))
             sock.bind((dev, ETH_P_ARP))
             sock.setblocking(False)
-            self._socks.append((sock, bytes(sock.getsockname()[4])))
+            mac = bytes(sock.getsockname()[4])
+            self._socks.append((sock, mac))
+            try:
+                six = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+            except OSError as e:  # IPv6 disabled on this host: IPv4 nodes are still asked
+                log.warning("no NDP on %s: %s", dev, e)
+                continue
+            six.setsockopt(socket.IPPROTO_ICMPV6, ICMP6_FILTER, _advert_only_filter())
+            six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+            six.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+            six.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, dev.encode())
+            six.setblocking(False)
+            self._socks6.append((six, mac, socket.if_nametoindex(dev)))
         try:
             loop = asyncio.get_running_loop()
             next_at = loop.time()
@@ -141,7 +180,10 @@ class NeighbourProber:
         finally:
             for sock, _mac in self._socks:
                 sock.close()
+            for sock, _mac, _ifindex in self._socks6:
+                sock.close()
             self._socks.clear()
+            self._socks6.clear()
 
     def tick(self) -> None:
         """Read every answer waiting, judge, then ask again."""
@@ -155,20 +197,25 @@ class NeighbourProber:
                 # The verdict's exact time, for the benchmarks (bench/deadnode.py).
                 timing = {"timing": {"node": node, "reachable": new.reachable, "at": now}}
                 if new.reachable is False:
-                    log.warning("node %s: no ARP answer", node, extra=timing)
+                    log.warning("node %s: no ARP/NDP answer", node, extra=timing)
                 else:
-                    log.info("node %s answers ARP", node, extra=timing)
+                    log.info("node %s answers ARP/NDP", node, extra=timing)
                 if self.on_change is not None:
                     self.on_change(node, new)
         for node, ip in self._targets.items():
             st = self._states[node]
-            mac = self._macs.get(node)
-            dst = mac if mac is not None and not st.outstanding else BROADCAST
-            for sock, own in self._socks:
-                try:
-                    sock.send(probe_frame(own, ip, dst))
-                except OSError as e:  # a full queue, a link going down: a missed request
-                    log.debug("ARP request to %s: %s", node, e)
+            try:
+                if isinstance(ip, ipaddress.IPv4Address):
+                    mac = self._macs.get(node)
+                    dst = mac if mac is not None and not st.outstanding else BROADCAST
+                    for sock, own in self._socks:
+                        sock.send(probe_frame(own, ip, dst))
+                else:
+                    group = str(solicited_node(ip))
+                    for six, own, ifindex in self._socks6:
+                        six.sendto(solicitation(own, ip), (group, 0, 0, ifindex))
+            except OSError as e:  # a full queue, a link going down: a missed request
+                log.debug("neighbour request to %s: %s", node, e)
             self._states[node] = sent(st, now, self.settings)
 
     def _read(self, now: float) -> None:
@@ -189,3 +236,16 @@ class NeighbourProber:
                     continue
                 self._macs[node] = got[1]
                 self._states[node] = answered(self._states.get(node) or Neighbour(), now)
+        for six, _own, _ifindex in self._socks6:
+            for _ in range(4096):
+                try:
+                    message = six.recv(256)
+                except (BlockingIOError, InterruptedError):
+                    break
+                except OSError as e:
+                    log.warning("NDP receive: %s", e)
+                    break
+                target = advertised_target(message)
+                node = self._by_ip.get(target) if target is not None else None
+                if node is not None:
+                    self._states[node] = answered(self._states.get(node) or Neighbour(), now)

@@ -1,4 +1,4 @@
-"""The gateway's second health signal, as data: does a node still answer ARP? (pure)
+"""The gateway's second health signal, as data: does a node still answer ARP (or NDP)? (pure)
 
 The HTTP probe needs ``fall`` (2) timeouts of ``timeout`` (1 s) each at a 1 s interval to call a
 silent node down: 2.3-2.7 s. A node that dropped off the LAN gives no answer at all, and the
@@ -26,7 +26,7 @@ import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 
-UNREACHABLE_MESSAGE = "no ARP answer"
+UNREACHABLE_MESSAGE = "no ARP/NDP answer"
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ gateway that is itself cut off (it hears no ARP answer from anyone) takes nobody
 from __future__ import annotations
 
 import json
+import select
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -14,7 +16,7 @@ from typing import Any
 import pytest
 from portico_lab.lab import Lab
 from portico_lab.load import finish, outage, start_request_loop
-from portico_lab.procs import Proc
+from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
     create,
@@ -233,3 +235,55 @@ def test_a_gateway_restart_keeps_a_dead_node_out(
     finally:
         lab.restore_node("node-2")
     wait_for(lambda: lost <= dnat_targets(lab, "node-1", vip), "node-2's pods back on node-1")
+
+
+# The gateway's neighbour prober alone, in the gateway's namespace, for one node: one JSON line
+# per verdict. Bounded by its argument in seconds.
+_PROBER = r"""
+import asyncio, contextlib, json, sys
+from portico_lbnode.arpprobe import NeighbourProber
+from portico_lbnode.neighbours import NeighbourSettings
+node, address, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+def changed(n, st):
+    print(json.dumps({"node": n, "reachable": st.reachable, "at": st.since}), flush=True)
+p = NeighbourProber(NeighbourSettings(), ["eth0"], on_change=changed)
+p.set_targets({node: address})
+async def main():
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(p.run(), seconds)
+asyncio.run(main())
+"""
+
+
+def next_verdict(proc: subprocess.Popen[str], timeout: float = 10) -> dict[str, Any]:
+    assert proc.stdout is not None
+    ready, _, _ = select.select([proc.stdout], [], [], timeout)
+    assert ready, "no verdict in time"
+    line = proc.stdout.readline()
+    assert line, proc.stderr.read() if proc.stderr else "the prober ended"
+    return dict(json.loads(line))
+
+
+def test_ndp_judges_an_ipv6_only_node(lab: Lab) -> None:
+    """A node known by its IPv6 address only is asked by neighbour solicitation."""
+    address = str(lab.host("node-3").ipv6)
+    argv = [sys.executable, "-c", _PROBER, "node-3", address, "30"]
+    proc = subprocess.Popen(
+        netns_argv(lab.netns_of(GATEWAY), argv),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert next_verdict(proc)["reachable"] is True
+        down_at = time.time()
+        lab.fail_node("node-3", stop_heartbeat=False)
+        try:
+            out = next_verdict(proc)
+            assert out["reachable"] is False and out["at"] - down_at < 1.0, (out, down_at)
+        finally:
+            lab.restore_node("node-3")
+        assert next_verdict(proc)["reachable"] is True
+    finally:
+        proc.kill()
+        proc.wait()

@@ -164,3 +164,19 @@ def test_carried_verdicts_are_reported_until_the_targets_are_known() -> None:
     assert set(p.states()) == {"node-2"} and p.unreachable("node-2")
     p.carry_over({"node-9": Neighbour(reachable=False)})  # late, and not a backend: ignored
     assert set(p.states()) == {"node-2"}
+
+
+def test_ndp_solicitations_and_advertisements() -> None:
+    import ipaddress
+
+    from portico_lbnode.arpprobe import advertised_target, solicitation, solicited_node
+
+    mac = bytes.fromhex("020000000001")
+    target = ipaddress.IPv6Address("fd00:18::c")
+    assert solicited_node(target) == ipaddress.IPv6Address("ff02::1:ff00:c")
+    ns = solicitation(mac, target)
+    assert ns[0] == 135 and ns[8:24] == target.packed and ns[24:] == b"\x01\x01" + mac
+    assert advertised_target(ns) is None  # a solicitation is no answer
+    na = bytes([136, 0, 0, 0, 0x60, 0, 0, 0]) + target.packed + b"\x02\x01" + mac
+    assert advertised_target(na) == target
+    assert advertised_target(na[:20]) is None
