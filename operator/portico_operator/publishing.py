@@ -12,6 +12,7 @@ turns False if it still has not).
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 from portico_common.clock import now_rfc3339 as now
 from portico_common.conditions import condition
@@ -161,9 +162,26 @@ class Publishing:
         )
         reach = reachable_condition(self.cache.reachability, (ep.node for ep in endpoints))
         conds.append(condition("NodesReachable", *reach, gen, t, previous))
+        self._reachability_event(view, reach, previous)
         if lb_status_current(current.get("status"), conds, generation):
             return
         await self.writes.apply_lb_status(view, generation, conds)
+
+    def _reachability_event(
+        self, view: ServiceView, reach: tuple[bool, str, str], previous: list[Any]
+    ) -> None:
+        """An Event when the Service's endpoints go out for an unreachable node, and when they
+        are back: once per change of the CR's NodesReachable reason."""
+        before = next((c for c in previous if c.get("type") == "NodesReachable"), None)
+        ok, reason, message = reach
+        if before is None and ok:
+            return  # a new CR, or an older operator's: nothing happened to tell
+        if before is not None and before.get("reason") == reason:
+            return
+        if not ok:
+            self.writes.service_event(view, "Warning", reason, message)
+        elif before is not None and before.get("reason") == "NodesUnreachable":
+            self.writes.service_event(view, "Normal", reason, message)
 
     def _check_node_ports(self, view: ServiceView) -> None:
         missing = [p for p in view.ports if not p.node_port]

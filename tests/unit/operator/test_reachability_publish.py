@@ -80,6 +80,13 @@ def test_an_unreachable_nodes_endpoints_are_marked_and_return() -> None:
             await world.settle()
             assert marked(world, "ns/s1") == {"n1": False, "n2": False, "n3": False}
             assert reachable_condition(world, "ns/s1")["status"] == "True"
+            # One Warning when the endpoints went out, one Normal when they came back.
+            reasons = [
+                (e.get("type"), e.get("reason"))
+                for e in world.kube.events
+                if e.get("reason") in ("NodesUnreachable", "VerdictIgnored", "Reachable")
+            ]
+            assert reasons == [("Warning", "NodesUnreachable"), ("Normal", "VerdictIgnored")]
         finally:
             await world.replicas["a"].kill()
 
