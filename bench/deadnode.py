@@ -67,6 +67,16 @@ def healthy(lab: Lab) -> set[str]:
     return {n["node"] for n in lb_status(lab).get("nodes") or [] if n.get("healthy")}
 
 
+def unreachable_reported(lab: Lab) -> list[str]:
+    try:
+        obj = client.CustomObjectsApi(lab.api).get_cluster_custom_object(
+            "portico.dev", "v1alpha1", "gatewayreports", GATEWAY
+        )
+    except ApiException:
+        return []
+    return list((obj.get("status") or {}).get("unreachableNodes") or [])
+
+
 def node1_targets(lab: Lab) -> str:
     res = lab.exec("node-1", ["nft", "-j", "list", "map", "inet", "portico", "endpoint-addrs4"])
     return res.stdout if res.returncode == 0 else ""
@@ -215,6 +225,8 @@ def main() -> int:
                 restart_gateway(lab, gateway, *extra)
                 ready(lab, pod2)
                 r = one_run(lab, vip, pod2, args.seconds)
+                # The next gateway starts from this one's report: node-2 back in it first.
+                wait_until(lambda: not unreachable_reported(lab), "node-2 reachable again")
                 results[mode].append(r)
                 print(f"run {run + 1} {mode}: {json.dumps(r)}", flush=True)
         restart_gateway(lab, gateway)

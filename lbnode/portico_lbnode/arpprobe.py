@@ -121,7 +121,10 @@ class NeighbourProber:
 
     def carry_over(self, states: Mapping[str, Neighbour]) -> None:
         """A previous run's verdicts: each node starts from its own when it becomes
-        a target (before its first verdict of this run), and stays out until it answers."""
+        a target (before its first verdict of this run), and stays out until it answers.
+        Not when this run does not ask (``enabled`` False): nothing would ever take them back."""
+        if not self.enabled:
+            return
         for node, state in states.items():
             if node not in self._targets:
                 if not self._targets_known:

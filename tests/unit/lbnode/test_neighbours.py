@@ -152,6 +152,11 @@ def test_verdicts_carry_over_a_restart() -> None:
     # A verdict of this run wins over a carried one.
     late.carry_over({"node-2": Neighbour(reachable=True)})
     assert late.unreachable("node-2")
+    # A run that does not ask could never take a carried verdict back: none is carried.
+    off = NeighbourProber(NeighbourSettings(interval=0), ["eth0"])
+    off.carry_over(carried)
+    off.set_targets({"node-2": "198.18.0.11"})
+    assert not off.unreachable("node-2") and not off.states()
 
 
 def test_carried_verdicts_are_reported_until_the_targets_are_known() -> None:
