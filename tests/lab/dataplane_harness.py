@@ -130,6 +130,8 @@ def running_gateway(lab: Lab, name: str, *extra: str) -> Iterator[Proc]:
     finally:
         proc.stop()
         lab.exec(name, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+        # Its GatewayReport stays after a stop (a restart carries its verdicts over): not here.
+        lab.kubectl("delete", "gatewayreport", name, "--ignore-not-found", check=False)
         if proc.popen is not None and proc.popen.returncode not in (0, None):
             print(proc.log_tail())
 
