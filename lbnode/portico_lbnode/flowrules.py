@@ -28,6 +28,8 @@ The data path of a Service port (chain ``svc-<id>``, ``fwdrules``), TCP::
         ... each helper then forwards to the node the mark names
     SYN without ACK     -> the hash decides; nothing is stored (a SYN flood neither fills the
                            map nor evicts anything: it costs one lookup a SYN)
+    FIN or RST          -> the hash decides; nothing is stored (a connection that ends, or
+                           the RST a client answers a flood's SYN-ACK with)
     otherwise           -> the hash decides, goto pin-add: ``add`` (the flow is pinned to the
                            node the hash chose; a full map refuses the add and only that
                            statement fails: the packet is forwarded unpinned)

@@ -8,11 +8,14 @@ tells a *draining* node from a *dead* one. Pure: no I/O, no clock (``now`` is pa
   Service's drain timeout (``DEFAULT_DRAIN_TIMEOUT``: AWS NLB's deregistration delay) from the
   moment it turned unhealthy, so a connection to a terminating pod can finish.
 * **out**: the node's probes get no answer (timeouts, refused or unreachable connections: it is
-  dead or cut off), or its drain timeout has passed, or it was never healthy. Its pinned flows
-  go to the hash at their next packet. ``reachable=False`` is a faster signal of a dead node
+  dead or cut off), or its drain timeout has passed. Its pinned flows go to the hash at their
+  next packet. ``reachable=False`` is a faster signal of a dead node
   (the kernel's neighbour state, say) that overrides an answer seen before it.
 
 A node that stops answering while draining is out at once: its connections cannot finish.
+A node never seen healthy that answers no drains too: it has no pins of this gateway's, but a
+gateway that restarts while a node drains must keep that node's pins (they survive in the
+kernel), and it has never seen the node healthy; so a restart starts the drain clocks anew.
 """
 
 from __future__ import annotations
@@ -47,7 +50,7 @@ def standing(
         return Standing.OUT
     if health.healthy:
         return Standing.SERVING
-    if not health.answered or not health.ever_healthy:
+    if not health.answered:
         return Standing.OUT
     return Standing.DRAINING if now < drain_deadline(health, drain_timeout) else Standing.OUT
 

@@ -570,8 +570,11 @@ def _pinned_rules(port: FwdPort, size: int, slots_map: str | None, est: str) -> 
         rules.append([NOT_CLOSING, *lookup, est_match(est), goto(helper("refresh", fam, proto))])
         rules.append([CLOSING, *lookup, est_match(est), goto(helper("close", fam, proto))])
         if slots_map:
+            # Not pinned, and nothing to pin: a SYN (a connection that may never be), a FIN or
+            # RST (one that ends; a flood's SYN-ACKs draw the RSTs of the spoofed client).
             new = [*_hash_stmts(port, size, slots_map, "tcp"), fwd_to_node(fam)]
             rules.append([SYN_ONLY, *new])
+            rules.append([CLOSING, *new])
     else:
         lookup = flow_lookup(fam, proto, "th")
         rules.append([*lookup, est_match(est), goto(helper("refresh", fam, proto))])

@@ -72,6 +72,9 @@ def test_a_pinned_flow_keeps_its_draining_node_and_new_ones_avoid_it() -> None:
     for sport in range(41000, 41100):
         tr = t.trace(Packet(CLIENT, str(VIP), sport=sport))
         assert tr.outcome.fwd in (str(B), str(C)) and tr.updates == [], tr.fired
+    # an unpinned RST (a client answering a SYN-ACK it did not ask for) stores nothing
+    rst = t.trace(Packet(CLIENT, str(VIP), sport=41000, tcp_flags=("rst",)))
+    assert rst.outcome.fwd in (str(B), str(C)) and rst.updates == []
     # its first ACK is pinned where the hash sent the SYN
     tr = t.trace(Packet(CLIENT, str(VIP), sport=41000, tcp_flags=ACK))
     syn = t.trace(Packet(CLIENT, str(VIP), sport=41000))
@@ -150,8 +153,8 @@ def test_a_node_that_answers_no_drains_and_one_that_does_not_answer_is_out() -> 
     assert standing(gone, 12, 300) is Standing.OUT
     # one timeout does not make a healthy node unhealthy (fall 2)
     assert standing(health((True, True, 0), (False, False, 1)), 2, 300) is Standing.SERVING
-    # never healthy: nothing pinned to keep
-    assert standing(health((False, True, 0)), 1, 300) is Standing.OUT
+    # never seen healthy (a gateway restarted while the node drains): its pins are kept
+    assert standing(health((False, True, 0)), 1, 300) is Standing.DRAINING
     # the faster signal: a node whose neighbour entry failed is out whatever it said before
     assert standing(draining, 20, 300, reachable=False) is Standing.OUT
 

@@ -166,6 +166,11 @@ def test_small_render_as_data() -> None:
             {"goto": {"target": "pin-close4-tcp"}},
         ],
         [syn, *hashed("tcp"), fwd],  # a new connection: the hash alone, nothing stored
+        [  # an unpinned FIN or RST: the hash alone, nothing stored
+            {"match": {"op": "in", "left": tcp("flags"), "right": ["fin", "rst"]}},
+            *hashed("tcp"),
+            fwd,
+        ],
         [*hashed("th"), {"goto": {"target": "pin-add4-tcp"}}],  # not pinned (yet): pin it
     ]
     assert rules_of(r, "pin-add4-tcp") == [
@@ -292,9 +297,10 @@ def test_the_hash_seed_is_fixed_in_every_forwarding_rule() -> None:
         for st in json.loads(x)
         if isinstance(st, dict) and "jhash" in str(st.get("mangle"))
     ]
-    assert len(hashes) == 2 * 2 + 2  # SYN and miss rules of each port; IPv6 pins' key
+    # SYN, FIN/RST and miss rules of each port; the IPv6 pins' key (pinned and FIN rules)
+    assert len(hashes) == 3 * 2 + 2
     assert all(h["seed"] in (FLOW_HASH_SEED, V6_KEY_SEED) for h in hashes)
-    assert sum(h["seed"] == FLOW_HASH_SEED for h in hashes) == 4
+    assert sum(h["seed"] == FLOW_HASH_SEED for h in hashes) == 6
 
 
 def test_affinity_hashes_the_client_address_only() -> None:
@@ -432,7 +438,7 @@ def test_without_previous_a_changed_slot_list_is_a_new_map_and_chain_rewrites() 
     kinds = [next(iter(next(iter(c.values())))) for c in cmds]
     # one flush + one rule for the Service's chain, the new map and its elements; the old map is
     # still used by ns/b and stays
-    assert sorted(kinds) == ["chain", "element", "element", "map", *["rule"] * 4, "set"]
+    assert sorted(kinds) == ["chain", "element", "element", "map", *["rule"] * 5, "set"]
     assert len(slot_maps(new)) == 2
     assert simulate(old, cmds).same_as(new)
 
