@@ -27,6 +27,7 @@ from portico_common.logs import setup_json_logging
 from portico_common.tasks import run_together, run_until_signalled
 
 from .maglev import DEFAULT_TABLE_SIZE
+from .neighbours import NeighbourSettings
 from .prober import ProbeSettings
 
 log = logging.getLogger("portico.lbnode")
@@ -48,6 +49,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--rise", type=int, default=2)
     p.add_argument("--fall", type=int, default=2)
     p.add_argument("--node-health-port", type=int, default=10256)
+    p.add_argument(
+        "--neighbour-interval",
+        type=float,
+        default=0.1,
+        help="seconds between ARP requests to each node (0: off, the probes alone judge)",
+    )
+    p.add_argument(
+        "--neighbour-misses",
+        type=int,
+        default=3,
+        help="unanswered ARP requests in a row that make a node unreachable",
+    )
     p.add_argument("--verify-interval", type=float, default=10.0)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0: off)")
     p.add_argument("--log-level", default="info")
@@ -73,6 +86,11 @@ async def run(args: argparse.Namespace) -> int:
             fall=args.fall,
             node_port=args.node_health_port,
         ),
+        neighbour=NeighbourSettings(
+            interval=args.neighbour_interval,
+            timeout=1.5 * args.neighbour_interval,
+            misses=args.neighbour_misses,
+        ),
     )
     kube = KubeClient(load_credentials(args.kubeconfig))
     gw = Gateway(settings, kube)
@@ -84,12 +102,15 @@ async def run(args: argparse.Namespace) -> int:
                 gw.status_loop(),
                 gw.verify_loop(args.verify_interval),
                 gw.prober.run(),
+                gw.neighbours.run(),
+                gw.report.run(),
                 *(a.run() for a in gw.announcers),
             )
         ):
             log.info("stopping: announcements withdrawn, the forwarding table stays in force")
     finally:
         await gw.withdraw()
+        await gw.report.delete()
         await gw.prober.close()
         await kube.close()
     return 0

@@ -11,13 +11,17 @@ turns False if it still has not).
 
 from __future__ import annotations
 
+import dataclasses
+
 from portico_common.clock import now_rfc3339 as now
+from portico_common.conditions import condition
 from portico_common.model import Endpoint
 
 from .cache import ClusterCache
 from .decisions import Outcome
 from .lbspec import lb_conditions, lb_status_current, render_spec
 from .noderules_push import node_rules_entry
+from .reachability import reachable_condition
 from .rules_writer import NodeRulesWriter
 from .service import ServiceView
 from .settings import OperatorSettings
@@ -75,6 +79,13 @@ class Publishing:
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
         endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
+        down = self.cache.reachability.unreachable
+        if down:
+            endpoints = [
+                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
+                for ep in endpoints
+            ]
         # A new term (a restart, the Lease moving) knows no last valid configuration: what is
         # in force is what the previous leader wrote. Rendered from the bad input it would be
         # replaced (a new port, a raw range) while the Valid condition says it stays, so the
@@ -148,6 +159,8 @@ class Publishing:
             previous,
             programmed,
         )
+        reach = reachable_condition(self.cache.reachability, (ep.node for ep in endpoints))
+        conds.append(condition("NodesReachable", *reach, gen, t, previous))
         if lb_status_current(current.get("status"), conds, generation):
             return
         await self.writes.apply_lb_status(view, generation, conds)

@@ -26,6 +26,7 @@ CRD_FILES = {
     "LoadBalancer": CRDS / "portico.dev_loadbalancers.yaml",
     "NodeRules": CRDS / "portico.dev_noderules.yaml",
     "NodeAgent": CRDS / "portico.dev_nodeagents.yaml",
+    "GatewayReport": CRDS / "portico.dev_gatewayreports.yaml",
 }
 
 # Fields of ObjectMeta a printer column may name (metadata has no schema of its own in a CRD).
@@ -175,6 +176,10 @@ def test_conditions_are_metav1_conditions(crd):
         # Nothing writes a NodeRules status yet: it has none.
         assert "status" not in schema_of(crd)["properties"]
         return
+    if crd["spec"]["names"]["kind"] == "GatewayReport":
+        # A list of verdicts, one per node, each with its own transition time: no conditions.
+        assert "conditions" not in schema_of(crd)["properties"]["status"]["properties"]
+        return
     conditions = resolve(schema_of(crd), ".status.conditions")
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
@@ -237,6 +242,7 @@ EXPECTED_COLUMNS = {
     "LoadBalancer": ["VIPs", "Ports", "Healthy", "Gateway", "Allocated", "Age"],
     "NodeRules": ["Age"],
     "NodeAgent": ["Services", "Applied", "Error", "Age"],
+    "GatewayReport": ["Nodes", "Unreachable", "Heartbeat", "Age"],
 }
 
 
@@ -566,7 +572,7 @@ def test_render_defaults(helm):
     docs = render(helm)
     assert Counter(d["kind"] for d in docs) == Counter(
         {
-            "CustomResourceDefinition": 4,
+            "CustomResourceDefinition": 5,
             # The operator's and the node agent's.
             "ServiceAccount": 2,
             "ClusterRole": 2,

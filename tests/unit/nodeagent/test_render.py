@@ -1120,3 +1120,18 @@ add rule inet portico reject-dnat6 meta mark set meta mark | 0x800000 dnat ip6 t
     # a Local Service without local endpoints drops, it is not rejected locally
     local = LBService(**{**LOCAL_WEB.__dict__, "endpoints": LOCAL_WEB.endpoints[3:]})
     assert not elements(render([local], ips=("198.18.0.10",)), "reject-local4")
+
+
+def test_unreachable_endpoints_are_left_out_by_the_other_nodes_only() -> None:
+    a = Endpoint("198.19.1.2", "node-1", "zone-a")
+    b = Endpoint("198.19.2.2", "node-2", "zone-b", unreachable=True)
+    node1, node2 = NodeInfo("node-1", "zone-a"), NodeInfo("node-2", "zone-b")
+    for policy in ("Cluster", "Local"):
+        # Local: the short-circuit path (a pod's connection) renders it as Cluster.
+        got = select_endpoints([a, b], "Cluster", node1).endpoints
+        assert [e.address for e in got] == [a.address], policy
+    assert [e.address for e in select_endpoints([a, b], "Cluster", node2).endpoints] == [
+        a.address,
+        b.address,
+    ]
+    assert [e.address for e in select_endpoints([a, b], "Local", node2).endpoints] == [b.address]
