@@ -22,14 +22,16 @@ test: install       ## lint, types, unit tests and lab tests (needs root; lab te
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/mypy common operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/hadolint images/Dockerfile
 	$(PY) -m pytest -v
 
 unit:               ## the fast tests of pure logic only
 	$(PY) -m pytest tests/unit -q
 
-lint:               ## ruff, mypy and the layering contracts (pyproject.toml [tool.importlinter])
+lint:               ## ruff, mypy, the layering contracts (pyproject.toml [tool.importlinter]), hadolint
 	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy common lab operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/hadolint images/Dockerfile
 
 bench-lab: install  ## lab start time and control-plane memory for 3 and 20 nodes
 	$(PY) bench/lab_start.py
