@@ -70,7 +70,13 @@ async def snapshot(kube: KubeClient, namespace: str, name: str) -> Snapshot:
     pools = asyncio.create_task(_items(kube, _portico("ippools")))
     agents = asyncio.create_task(_items(kube, _portico("nodeagents")))
     reports = asyncio.create_task(_items(kube, _portico("gatewayreports")))
-    await asyncio.wait([service, lb, slices, rules, pools, agents, reports])
+    tasks = [service, lb, slices, rules, pools, agents, reports]
+    await asyncio.wait(tasks)
+    # Every task's error is looked at (asyncio complains of one never retrieved); the first is
+    # raised.
+    errors = [e for e in (t.exception() for t in tasks) if e is not None]
+    if errors:
+        raise errors[0]
     return Snapshot(
         namespace=namespace,
         name=name,

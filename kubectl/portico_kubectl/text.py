@@ -7,6 +7,9 @@ from collections.abc import Sequence
 
 from .diagnose import Status
 
+# Findings after which the gateway's own words in the status may be old.
+STALE_GATEWAY = ("GatewayGone", "GatewayStale")
+
 
 def table(rows: Sequence[Sequence[str]], indent: str = "  ") -> list[str]:
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -41,6 +44,8 @@ def render(st: Status) -> str:
     out.append(f"Ports:      {st.ports or 'none'}  ({', '.join(details)})")
     out.append(f"Sources:    {', '.join(st.source_ranges) or 'any'}")
     note = f"  ({st.gateway_message})" if st.gateway_message else ""
+    if any(f.code in STALE_GATEWAY for f in st.findings):
+        note = "  (its status may be stale: see above)"
     out.append(f"Gateway:    {st.gateway or 'none'}{note}")
     if st.nodes:
         out += ["", "Nodes:"]

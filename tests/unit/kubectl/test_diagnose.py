@@ -168,6 +168,7 @@ def test_a_stale_owner_gateway() -> None:
     assert "95 s ago" in st.findings[0].message
     gone = diagnose(World(report_kept=False).snapshot(), NOW)
     assert codes(gone, blocking=True) == ["GatewayGone"]
+    assert "Gateway:    gw-1  (its status may be stale" in render(gone)
 
 
 def test_unreadable_reports_skip_the_gateway_check_and_say_so() -> None:

@@ -1,0 +1,34 @@
+"""The plugin's command line: what it asks for, and exit status 2 when it cannot tell (the
+answers themselves, 0 and 1, are the lab tests')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from portico_kubectl.main import CANNOT_TELL, main, parser
+
+
+def test_status_wants_one_service_or_all() -> None:
+    with pytest.raises(SystemExit) as e:
+        main(["status"])
+    assert e.value.code == CANNOT_TELL
+    with pytest.raises(SystemExit):
+        main(["status", "web", "--all"])
+
+
+def test_the_flags_kubectl_users_expect() -> None:
+    args = parser().parse_args(
+        ["status", "-n", "shop", "web", "--from", "198.18.1.7", "-o", "json"]
+    )
+    assert (args.namespace, args.service, args.client, args.output) == (
+        "shop",
+        "web",
+        "198.18.1.7",
+        "json",
+    )
+
+
+def test_no_kubeconfig_cannot_tell(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["status", "web", "--kubeconfig", str(tmp_path / "none")]) == CANNOT_TELL
+    assert capsys.readouterr().err.startswith("error: ")
