@@ -12,6 +12,7 @@ import asyncio
 import dataclasses
 import json
 import sys
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -21,6 +22,7 @@ from portico_common.kube import ApiError, KubeClient, load_credentials
 
 from . import fetch
 from .diagnose import DEFAULT_CLASS, Status, diagnose
+from .paths import BEHIND
 from .text import render, render_all, verdict
 
 REACHABLE, NOT_REACHABLE, CANNOT_TELL = 0, 1, 2
@@ -74,6 +76,21 @@ def as_json(st: Status) -> dict[str, Any]:
     return out
 
 
+# An agent applies a NodeRules change in milliseconds, but the shard's generation moves with
+# every Service in it: a node seen behind is looked at once more, this much later, before the
+# report calls its rules not applied.
+RECHECK_SECONDS = 1.0
+
+
+async def settled(read: Callable[[], Awaitable[Status]], wait: float = RECHECK_SECONDS) -> Status:
+    """A Service's status, read again once after ``wait`` if a node's rules looked behind."""
+    first = await read()
+    if not any(n.rules == BEHIND for n in first.nodes):
+        return first
+    await asyncio.sleep(wait)
+    return await read()
+
+
 async def _statuses(args: argparse.Namespace) -> list[Status]:
     creds = load_credentials(args.kubeconfig)
     namespace = args.namespace or creds.namespace
@@ -86,8 +103,12 @@ async def _statuses(args: argparse.Namespace) -> list[Status]:
                 diagnose(found.snapshot(ns, name), now, args.client, args.load_balancer_class)
                 for ns, name in found.load_balancer_services()
             ]
-        snap = await fetch.snapshot(kube, namespace, args.service)
-        return [diagnose(snap, now, args.client, args.load_balancer_class)]
+
+        async def read() -> Status:
+            snap = await fetch.snapshot(kube, namespace, args.service)
+            return diagnose(snap, datetime.now(UTC), args.client, args.load_balancer_class)
+
+        return [await settled(read)]
     finally:
         await kube.close()
 
