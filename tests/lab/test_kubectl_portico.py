@@ -197,6 +197,17 @@ def test_no_endpoints(lab: Lab, api: Api, gateway: Proc, services: list[str]) ->
         lab, "kp-empty", lambda rc, r: rc == 1 and r["vips"] and r["gateway"], "kp-empty announced"
     )
     assert codes(report) == ["NoEndpoints"] and not report["endpoints"]
+    # --all: one report per LoadBalancer Service of the namespace; not all reachable, exit 1.
+    argv = [sys.executable, "-m", "portico_kubectl", "status", "--all", "-n", NS, "-o", "json"]
+    res = subprocess.run(
+        [*argv, "--kubeconfig", str(lab.kubeconfig)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert res.returncode == 1, res.stderr
+    by_name = {r["service"]: r for r in json.loads(res.stdout)}
+    assert codes(by_name[f"{NS}/kp-empty"]) == ["NoEndpoints"]
 
 
 def test_rules_not_applied_on_a_node_whose_agent_stopped(
