@@ -2,7 +2,7 @@
 run with the lab's kubeconfig, over the objects the real operator, node agents and gateway
 wrote, for a Service that works and for each reason one does not that the lab can make: no
 pool matches, bad input, source ranges that exclude the client, no endpoints, a node whose
-agent stopped (its rules not applied), a node cut off the LAN. The exit status says whether
+agent stopped (its rules not applied), a node cut off the LAN, a gateway that stopped. The exit status says whether
 the Service is reachable, and the healthy case is checked against a real request."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from kubernetes.client.exceptions import ApiException
 from portico_lab.lab import Lab
-from portico_lab.portico import node_agent_argv
+from portico_lab.portico import node_agent_argv, start_gateway
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
@@ -25,7 +25,6 @@ from .dataplane_harness import (
     create,
     deleting_services,
     running_agents,
-    running_gateway,
     running_operator,
 )
 from .operator_harness import NS, Api, OperatorProcess, wait_for
@@ -47,9 +46,19 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
 
 
 @pytest.fixture(scope="module")
-def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
-    with running_gateway(lab, GATEWAY) as proc:
-        yield proc
+def gateways(lab: Lab, agents: list[Proc]) -> Iterator[list[Proc]]:
+    """The gateway, in a list a test may put a restarted one into (stopped at the end)."""
+    procs = [start_gateway(lab, GATEWAY)]
+    try:
+        yield procs
+    finally:
+        procs[0].stop()
+        lab.exec(GATEWAY, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+
+
+@pytest.fixture()
+def gateway(gateways: list[Proc]) -> Proc:
+    return gateways[0]
 
 
 @pytest.fixture()
@@ -265,3 +274,19 @@ def test_a_node_cut_off_the_lan(lab: Lab, api: Api, gateway: Proc, services: lis
     # The operator took node-2's endpoints (and only those) out of the other nodes' rules.
     assert unreachable_endpoints(report) == {"node-2"}
     wait_report(lab, "kp-cut", reachable_everywhere, "node-2 back")
+
+
+def test_a_gateway_that_stopped(
+    lab: Lab, api: Api, gateways: list[Proc], services: list[str]
+) -> None:
+    create(api, services, "kp-nogw", externalTrafficPolicy="Cluster")
+    wait_report(lab, "kp-nogw", reachable_everywhere, "kp-nogw reachable")
+    gateways[0].stop()  # a clean stop: it withdraws and deletes its GatewayReport
+    try:
+        rc, report = status(lab, "kp-nogw")
+    finally:
+        gateways[0] = start_gateway(lab, GATEWAY)
+    # The LoadBalancer status still names it; its report says it is gone.
+    assert rc == 1 and report["gateway"] == GATEWAY
+    assert codes(report, blocking=True) == ["GatewayGone"]
+    wait_report(lab, "kp-nogw", reachable_everywhere, "the restarted gateway reports again")
