@@ -2,8 +2,9 @@
 run with the lab's kubeconfig, over the objects the real operator, node agents and gateway
 wrote, for a Service that works and for each reason one does not that the lab can make: no
 pool matches, bad input, source ranges that exclude the client, no endpoints, a node whose
-agent stopped (its rules not applied), a node cut off the LAN, a gateway that stopped. The exit status says whether
-the Service is reachable, and the healthy case is checked against a real request."""
+agent stopped (its rules not applied), a node cut off the LAN, a gateway that stopped. The
+exit status says whether the Service is reachable, and the healthy case is checked against a
+real request."""
 
 from __future__ import annotations
 
