@@ -195,7 +195,9 @@ def test_no_node_rules_entry() -> None:
     [("service", "ServiceNotFound"), ("lb", "NoLoadBalancerObject")],
 )
 def test_missing_objects(kind: str, code: str) -> None:
-    st = diagnose(replace(World().snapshot(), **{kind: None}), NOW)
+    snap = World().snapshot()
+    snap = replace(snap, service=None) if kind == "service" else replace(snap, lb=None)
+    st = diagnose(snap, NOW)
     assert code in codes(st, blocking=True)
 
 

@@ -200,13 +200,10 @@ class World:
             1,
             T,
             [],
-            condition("Programmed", *prog, 1, T) if outcome.vips else None,
+            condition("Programmed", prog[0], prog[1], prog[2], 1, T) if outcome.vips else None,
         )
-        conds.append(
-            condition(
-                "NodesReachable", *reachable_condition(reach, (e.node for e in endpoints)), 1, T
-            )
-        )
+        ok, reason, message = reachable_condition(reach, (e.node for e in endpoints))
+        conds.append(condition("NodesReachable", ok, reason, message, 1, T))
         lb_status: dict[str, Any] = {"observedGeneration": 1, "conditions": conds}
         if self.gateway is not None:
             gw = render_status(self.gateway_report(backends, bool(outcome.vips)), 1, T, {})
@@ -216,7 +213,7 @@ class World:
             "spec": spec,
             "status": lb_status,
         }
-        rules = {
+        rules: dict[str, Any] = {
             "metadata": {"name": SHARD, "generation": SHARD_GENERATION},
             "spec": {"services": {}},
         }
