@@ -147,8 +147,12 @@ def diagnose(
             _client(client, vips, ranges, found)
         _published(snap, lb, found)
         _gateway(lb_status, reports.gateways, snap.reports is not None, found)
+        before = len(found)
         _endpoints(snap, endpoints, found)
-        _nodes(lb_spec, nodes, found)
+        if not any(f.blocking for f in found[before:]):
+            # Without endpoints, every Local node fails its health check for that reason
+            # alone: the nodes' findings would only repeat it (the Nodes table still shows them).
+            _nodes(lb_spec, nodes, found)
     found.sort(key=lambda f: not f.blocking)
     unread = [
         kind

@@ -96,6 +96,13 @@ def test_no_endpoints() -> None:
     assert "selector matches no pod" in st.findings[0].message
 
 
+def test_no_endpoints_of_a_local_service_is_said_once() -> None:
+    sick = dict.fromkeys(("node-1", "node-2", "node-3"), "HTTP 503, 0 local endpoints")
+    st = diagnose(World(policy="Local", pods={}, unhealthy=sick).snapshot(), NOW)
+    assert codes(st) == ["NoEndpoints"]
+    assert all(n.problems and not n.usable for n in st.nodes)
+
+
 def test_endpoints_none_ready() -> None:
     w = World(not_ready={"node-1", "node-2", "node-3"})
     st = diagnose(w.snapshot(), NOW)
