@@ -94,6 +94,15 @@ class Libnftables:
             for k, v in item.get("map", {}).get("elem") or ():
                 yield canon(k), canon(v)
 
+    def set_elements(self, family: str, table: str, name: str) -> list[Any]:
+        """The elements of one named set, as nft lists them (JSON values), in a handle of its
+        own; nothing when the set is not there."""
+        listing = _list(f"list set {family} {table} {name}", False)
+        for item in (listing or {}).get("nftables", ()):
+            if "set" in item:
+                return list(item["set"].get("elem") or ())
+        return []
+
 
 def _of(item: Mapping[str, Any], family: str, table: str) -> bool:
     """Whether a listing's object is table ``family`` ``table`` or in it."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+from .flowrules import is_helper
 from .fwdrules import (
     INGRESS_CHAIN_PREFIX,
     WHERE,
@@ -53,6 +54,9 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
             or any(ref in r for ref in refs for r in old.rules.get(n, ()))
         )
     ]
+    # The pin helpers' rules are nft text that JSON cannot write: they are static, and a table
+    # without them is rebuilt (``FwdTable``), never diffed into.
+    changed = [n for n in changed if not is_helper(n)]
     cmds: list[Json] = []
     for n in [*gone_chains, *changed]:
         if old.rules.get(n):
@@ -79,6 +83,8 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
         if add:
             cmds.append(element_cmd("add", name, new.collections[name], add))
     for n in [*changed, *added_chains]:
+        if is_helper(n) and new.rules.get(n):
+            raise ValueError(f"chain {n} is written as nft text: rebuild the table")
         cmds += [rule_cmd(n, r) for r in new.rules.get(n, ())]
     return cmds
 
@@ -117,10 +123,13 @@ def parse_listing(listing: Mapping[str, Any]) -> FwdRules:
                 tuple(typ) if isinstance(typ, list) else typ,
                 obj.get("map") if kind == "map" else None,
                 tuple(obj.get("flags") or ()),
+                obj.get("size"),
+                obj.get("timeout"),
             )
             out.collections[obj["name"]] = c
             elems: dict[str, str | None] = {}
-            for e in obj.get("elem") or []:
+            # The flows maps' pins are the packet path's, not part of what was applied.
+            for e in () if c.dynamic else obj.get("elem") or []:
                 if kind == "map":
                     elems[canon(e[0])] = canon(e[1])
                 else:

@@ -77,9 +77,30 @@ import ipaddress
 import json
 import re
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
+
+from .flowrules import (
+    CLOSING,
+    DEFAULT_FLOW_LIMIT,
+    EST_SET_PREFIX,
+    FLOW_KEY_TYPE,
+    FLOW_MAP,
+    FLOW_TIMEOUT,
+    NODES_MAP,
+    NOT_CLOSING,
+    SYN_ONLY,
+    est_match,
+    flow_lookup,
+    fwd_to_node,
+    goto,
+    helper,
+    helper_rules,
+    helpers,
+    is_helper,
+    node_ids,
+)
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -109,6 +130,7 @@ REFUSED_PROTOCOLS = ("tcp", "udp", "sctp")  # in the kernel's listing order (by 
 ADDR_TYPE = {4: "ipv4_addr", 6: "ipv6_addr"}
 IP_PROTO = {4: "ip", 6: "ip6"}
 SLOT_KEY_TYPE = "mark"  # 32 bits, as jhash's result (see the module docstring)
+SLOT_VALUE_TYPE = "mark"  # a node id (``flowrules``)
 PROTOCOLS = ("TCP", "UDP", "SCTP")
 DEVICE_NAME_MAX = 15  # IFNAMSIZ - 1
 ID_LEN = 12  # hex digits of sha256 in generated names
@@ -135,6 +157,9 @@ class FwdPort:
     # NAT mode: hand the packet (once past the source ranges) to the host's IP stack, whose
     # NAT table (``natrules``) sends it to a nodePort; ``slots`` is then unused.
     to_stack: bool = False
+    # Nodes that may carry the port's established (pinned) flows besides those in ``slots``:
+    # its draining nodes (see ``flowrules``); a node in neither loses its pinned flows.
+    established: tuple[IP, ...] = ()
 
     @property
     def family(self) -> int:
@@ -148,6 +173,13 @@ class Collection:
     key_type: str | tuple[str, ...]
     value_type: str | None = None
     flags: tuple[str, ...] = ()
+    size: int | None = None  # the element limit (the flows maps')
+    timeout: int | None = None  # seconds, the default of its elements (the flows maps')
+
+    @property
+    def dynamic(self) -> bool:
+        """Filled from the packet path (the flows maps): never flushed, never compared."""
+        return self.timeout is not None
 
     @property
     def kind(self) -> str:
@@ -160,6 +192,10 @@ class Collection:
             out["map"] = self.value_type
         if self.flags:
             out["flags"] = list(self.flags)
+        if self.size is not None:
+            out["size"] = self.size
+        if self.timeout is not None:
+            out["timeout"] = self.timeout
         return out
 
 
@@ -206,11 +242,13 @@ class FwdRules:
         """Each slot map's family and node addresses, slot 0 first."""
         out = {}
         for name, c in self.collections.items():
-            if not name.startswith(SLOTS_MAP_PREFIX) or c.value_type not in _FAMILY_OF_ADDR:
+            fam = _slot_map_family(name)
+            if fam is None or c.value_type != SLOT_VALUE_TYPE:
                 continue
+            nodes = self.elements.get(NODES_MAP[fam], {})
             elems = self.elements.get(name, {})
-            by_slot = sorted((int(k), _address_text(v)) for k, v in elems.items())
-            out[name] = (_FAMILY_OF_ADDR[c.value_type], tuple(a for _, a in by_slot))
+            by_slot = sorted((int(k), _address_text(nodes.get(v or ""))) for k, v in elems.items())
+            out[name] = (fam, tuple(a for _, a in by_slot))
         return out
 
     def counts(self) -> dict[str, int]:
@@ -229,9 +267,13 @@ class FwdRules:
         known) says what else to delete: objects no longer wanted, and sets or base chains whose
         definition changed (which ``add`` cannot change)."""
         table = {"family": FAMILY, "name": TABLE}
-        cmds: list[Json] = [{"add": {"table": table}}, {"flush": {"table": table}}]
+        cmds: list[Json] = [{"add": {"table": table}}]
         stale_chains: list[str] = []
         if current is not None:
+            # Every chain's rules but the pin helpers' (``flowrules``: nft text, kept as is).
+            for name in current.chains:
+                if current.rules.get(name) and not is_helper(name):
+                    cmds.append({"flush": {"chain": {**WHERE, "name": name}}})
             # Rules are gone after the flush, so nothing refers to these any more but vmap
             # elements, which go with their map or with the flush of the kept maps below.
             for name, c in current.collections.items():
@@ -242,14 +284,16 @@ class FwdRules:
             ]
         for name, c in self.collections.items():
             cmds.append({"add": {c.kind: c.json(name)}})
-            cmds.append({"flush": {c.kind: {**WHERE, "name": name}}})
+            if not c.dynamic:  # the flows maps keep their pins
+                cmds.append({"flush": {c.kind: {**WHERE, "name": name}}})
         cmds += [{"delete": {"chain": {**WHERE, "name": n}}} for n in stale_chains]
         cmds += [{"add": {"chain": chain_json(n, c)}} for n, c in self.chains.items()]
         for name, elems in self.elements.items():
             if elems:
                 cmds.append(element_cmd("add", name, self.collections[name], elems))
         for chain, rules in self.rules.items():
-            cmds += [rule_cmd(chain, r) for r in rules]
+            if not is_helper(chain):  # written as nft text after (``helpers_text``)
+                cmds += [rule_cmd(chain, r) for r in rules]
         return {"nftables": cmds}
 
 
@@ -342,31 +386,50 @@ def admit_set(vip: IP) -> str:
 
 def _content_name(family: int, slots: tuple[str, ...], attempt: int) -> str:
     salt = f"#{attempt}" if attempt else ""
-    return SLOTS_MAP_PREFIX + _digest(f"v{family}|{','.join(slots)}{salt}")
+    return f"{SLOTS_MAP_PREFIX}{family}-" + _digest(f"v{family}|{','.join(slots)}{salt}")
 
 
-_SLOT_REF = re.compile(r'"@(' + re.escape(SLOTS_MAP_PREFIX) + r'[^"]+)"')
+def _slot_map_family(name: str) -> int | None:
+    """A slot map's family, from its name (``slots-4-...``); None for any other name."""
+    if not name.startswith(SLOTS_MAP_PREFIX):
+        return None
+    fam = name[len(SLOTS_MAP_PREFIX) : len(SLOTS_MAP_PREFIX) + 2]
+    return {"4-": 4, "6-": 6}.get(fam)
 
 
-def _slot_map_of(rules: Iterable[str]) -> str | None:
+def _ref_of(prefix: str, rules: Iterable[str]) -> str | None:
+    """The first collection named ``prefix...`` that ``rules`` refer to."""
+    ref = re.compile(r'"@(' + re.escape(prefix) + r'[^"]+)"')
     for r in rules:
-        m = _SLOT_REF.search(r)
+        m = ref.search(r)
         if m:
             return m.group(1)
     return None
 
 
-SlotList = tuple[int, tuple[str, ...]]  # family, node addresses
+SlotList = tuple[int, tuple[str, ...]]  # family, node addresses (or ids, for est sets)
 
 
 def _slot_map_names(
     wanted: Mapping[SlotList, list[str]], previous: FwdRules | None
 ) -> dict[SlotList, str]:
-    """A map name per slot list (``wanted``: slot list -> the chains that use it). A list that a
-    previous map holds keeps that map; a new list takes over the previous map its chains used
-    before when that map is not otherwise kept (so the change is in place: only the slots that
-    differ); otherwise it gets a fresh name from its content."""
     prev = previous.slot_maps() if previous is not None else {}
+    return _inplace_names(wanted, prev, previous, SLOTS_MAP_PREFIX, _content_name, same_size=True)
+
+
+def _inplace_names(
+    wanted: Mapping[SlotList, list[str]],
+    prev: Mapping[str, SlotList],
+    previous: FwdRules | None,
+    prefix: str,
+    fresh: Callable[[int, tuple[str, ...], int], str],
+    same_size: bool,
+) -> dict[SlotList, str]:
+    """A name per content (``wanted``: content -> the chains that use it) for the slot maps
+    and est sets. A content that a previous collection (``prev``: name -> content) holds keeps
+    that name; a new content takes over the previous collection its chains used before when
+    that one is not otherwise kept (so the change is in place: only the elements that differ,
+    no chain rewritten); otherwise it gets a fresh name from its content."""
     by_content = {content: name for name, content in prev.items()}
     names: dict[SlotList, str] = {}
     for content in wanted:
@@ -379,21 +442,43 @@ def _slot_map_names(
         used_before: Counter[str] = Counter()
         if previous is not None:
             for chain in wanted[content]:
-                m = _slot_map_of(previous.rules.get(chain, ()))
+                m = _ref_of(prefix, previous.rules.get(chain, ()))
                 if m is not None:
                     used_before[m] += 1
         for name, _n in sorted(used_before.items(), key=lambda kv: (-kv[1], kv[0])):
             fam, slots = prev.get(name, (0, ()))
-            if name not in taken and fam == content[0] and len(slots) == len(content[1]):
+            if (
+                name not in taken
+                and fam == content[0]
+                and (not same_size or len(slots) == len(content[1]))
+            ):
                 names[content] = name
                 break
         else:
             attempt = 0
-            while (name := _content_name(*content, attempt)) in taken:
+            while (name := fresh(*content, attempt)) in taken:
                 attempt += 1
             names[content] = name
         taken.add(names[content])
     return names
+
+
+def _est_name(family: int, ids: tuple[str, ...], attempt: int) -> str:
+    salt = f"#{attempt}" if attempt else ""
+    return f"{EST_SET_PREFIX}{family}-" + _digest(f"v{family}|{','.join(ids)}{salt}")
+
+
+def _est_sets(rules: FwdRules) -> dict[str, SlotList]:
+    """Each est set's family (from its name) and node ids, sorted."""
+    out = {}
+    for name in rules.collections:
+        if (
+            name.startswith(EST_SET_PREFIX)
+            and name[len(EST_SET_PREFIX) + 1 : len(EST_SET_PREFIX) + 2] == "-"
+        ):
+            fam = int(name[len(EST_SET_PREFIX)])
+            out[name] = (fam, tuple(sorted(rules.elements.get(name, {}), key=int)))
+    return out
 
 
 # ==============================================================================================
@@ -465,13 +550,39 @@ def _source_rule(port: FwdPort) -> list[Json]:
     return [{"match": {"op": "!=", "left": saddr, "right": "@" + source_set(port)}}, _DROP]
 
 
-def _forward_rule(port: FwdPort, size: int, slots_map: str) -> list[Json]:
+def _hash_stmts(port: FwdPort, size: int, slots_map: str, l4: str) -> list[Json]:
+    """The Maglev choice: the mark set to the node id of the flow's slot. ``l4``: "tcp" in a
+    rule that matched TCP flags first (nft then lists the ports as tcp's)."""
     saddr = _payload(IP_PROTO[port.family], "saddr")
-    flow = saddr if port.affinity else {"concat": [saddr, _payload("th", "sport")]}
+    flow = saddr if port.affinity else {"concat": [saddr, _payload(l4, "sport")]}
     jhash = {"jhash": {"mod": size, "seed": FLOW_HASH_SEED, "expr": flow}}
     to = {"map": {"key": _MARK, "data": "@" + slots_map}}
-    fwd = {"fwd": {"dev": {"meta": {"key": "iif"}}, "family": IP_PROTO[port.family], "addr": to}}
-    return [{"mangle": {"key": _MARK, "value": jhash}}, fwd]
+    return [{"mangle": {"key": _MARK, "value": jhash}}, {"mangle": {"key": _MARK, "value": to}}]
+
+
+def _pinned_rules(port: FwdPort, size: int, slots_map: str | None, est: str) -> list[list[Json]]:
+    """A port's forwarding with flow pinning (``flowrules``); no ``slots_map``: no node takes
+    new flows (they are dropped), established ones still go to their node."""
+    fam, proto = port.family, port.protocol.lower()
+    rules: list[list[Json]] = []
+    if proto == "tcp":
+        lookup = flow_lookup(fam, proto, "tcp")
+        rules.append([NOT_CLOSING, *lookup, est_match(est), goto(helper("refresh", fam, proto))])
+        rules.append([CLOSING, *lookup, est_match(est), goto(helper("close", fam, proto))])
+        if slots_map:
+            # Not pinned, and nothing to pin: a SYN (a connection that may never be), a FIN or
+            # RST (one that ends; a flood's SYN-ACKs draw the RSTs of the spoofed client).
+            new = [*_hash_stmts(port, size, slots_map, "tcp"), fwd_to_node(fam)]
+            rules.append([SYN_ONLY, *new])
+            rules.append([CLOSING, *new])
+    else:
+        lookup = flow_lookup(fam, proto, "th")
+        rules.append([*lookup, est_match(est), goto(helper("refresh", fam, proto))])
+    if slots_map:
+        rules.append([*_hash_stmts(port, size, slots_map, "th"), goto(helper("add", fam, proto))])
+    else:
+        rules.append([_DROP])
+    return rules
 
 
 def _range_element(net: IPNetwork) -> Any:
@@ -522,6 +633,7 @@ def render_fwd(
     devices: Sequence[str],
     size: int,
     previous: FwdRules | None = None,
+    flow_limit: int = DEFAULT_FLOW_LIMIT,
 ) -> FwdRules:
     """The whole table for ``ports`` on LAN ``devices`` with Maglev tables of ``size`` slots.
 
@@ -545,6 +657,14 @@ def render_fwd(
         ingress = [canon(r(fam)) for fam in (4, 6) for r in (_dispatch_rule, _unknown_rule)]
         out.chains[ingress_chain(dev)] = BaseChain(dev)
         out.rules[ingress_chain(dev)] = tuple(ingress)
+    for (fam, proto), name in FLOW_MAP.items():
+        out.collections[name] = Collection(
+            FLOW_KEY_TYPE[fam], "mark", ("timeout",), flow_limit, FLOW_TIMEOUT[proto]
+        )
+        out.elements[name] = {}
+    for chain in helpers():
+        out.chains[chain] = None
+        out.rules[chain] = tuple(canon(r) for r in helper_rules(chain))
     out.chains[REFUSE_CHAIN] = None
     out.rules[REFUSE_CHAIN] = tuple(canon(r) for r in _refuse_rules())
     for fam in (4, 6):
@@ -570,9 +690,34 @@ def render_fwd(
         if p.slots and not p.to_stack:
             wanted.setdefault(slot_text(p), []).append(service_chain(p))
     map_names = _slot_map_names(wanted, previous)
-    for (fam, slots), name in map_names.items():
-        out.collections[name] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
-        out.elements[name] = {canon(i): canon(a) for i, a in enumerate(slots)}
+    # Node ids (``flowrules``): of every node a port may forward to, new flows or pinned ones.
+    pinning = [p for p in chosen if not p.to_stack and (p.slots or p.established)]
+    ids = node_ids(a for p in pinning for a in (*p.slots, *p.established))
+    id_text = {str(a): canon(n) for a, n in ids.items()}
+    for fam in (4, 6):
+        out.collections[NODES_MAP[fam]] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
+        out.elements[NODES_MAP[fam]] = {
+            canon(n): canon(str(a)) for a, n in ids.items() if a.version == fam
+        }
+    for (_fam, slots), name in map_names.items():
+        out.collections[name] = Collection(SLOT_KEY_TYPE, SLOT_VALUE_TYPE)
+        out.elements[name] = {canon(i): id_text[a] for i, a in enumerate(slots)}
+    est_of: dict[str, SlotList] = {}  # service chain -> its est content
+    for p in pinning:
+        nids = sorted({ids[a] for a in (*p.slots, *p.established) if a.version == p.family})
+        if nids:
+            est_of[service_chain(p)] = (p.family, tuple(canon(n) for n in nids))
+    est_wanted: dict[SlotList, list[str]] = {}
+    for chain, content in est_of.items():
+        est_wanted.setdefault(content, []).append(chain)
+    prev_est = _est_sets(previous) if previous is not None else {}
+    est_by_content = _inplace_names(
+        est_wanted, prev_est, previous, EST_SET_PREFIX, _est_name, same_size=False
+    )
+    for (_fam, members), name in est_by_content.items():
+        out.collections[name] = Collection(SLOT_KEY_TYPE)
+        out.elements[name] = {m: None for m in members}
+    est_names = {chain: est_by_content[content] for chain, content in est_of.items()}
 
     for p in chosen:
         chain = service_chain(p)
@@ -588,8 +733,9 @@ def render_fwd(
             rules.append(_source_rule(p))
         if p.to_stack:
             rules.append([{"accept": None}])
-        elif p.slots:
-            rules.append(_forward_rule(p, size, map_names[slot_text(p)]))
+        elif chain in est_names:
+            slots_map = map_names[slot_text(p)] if p.slots else None
+            rules.extend(_pinned_rules(p, size, slots_map, est_names[chain]))
         else:
             # Fail closed: a node that failed its health check would blackhole or reset the
             # flow anyway, and forwarding to it would hide the outage. Whether some unhealthy

@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from . import plan
 from .arpprobe import NeighbourProber
 from .arpsock import Announcer
+from .flowstate import Standing, next_drain_end, standing
 from .fwdnft import FwdTable
 from .fwdrules import render_fwd
 from .gwreport import ReportWriter
@@ -110,6 +111,7 @@ class Gateway:
         # key -> wall time the CR (with VIPs) was first seen, until its first healthy node is
         # programmed and announced: then one log line says where the time went.
         self._pending_first: dict[str, float] = {}
+        self._drain_wakeup: asyncio.TimerHandle | None = None
 
     # -- the cache of CRs -------------------------------------------------------------------
     def _set(self, obj: Mapping[str, Any]) -> None:
@@ -190,6 +192,25 @@ class Gateway:
         h = self.prober.health(node, key)
         return bool(h and h.healthy)
 
+    def keeps_pins(self, node: str, key: str) -> bool:
+        """The node still carries the Service's pinned flows: serving, or draining within the
+        Service's drain timeout (``flowstate``)."""
+        svc = self.services.get(key)
+        if svc is None:
+            return False
+        h = self.prober.health(node, key)
+        return standing(h, time.time(), svc.drain_timeout) is not Standing.OUT
+
+    def _wake_at_drain_end(self) -> None:
+        """A reconcile when the next drain timeout ends: the node's pins are let go then."""
+        if self._drain_wakeup is not None:
+            self._drain_wakeup.cancel()
+            self._drain_wakeup = None
+        end = next_drain_end(self.services.values(), self.prober.health, time.time())
+        if end is not None:
+            delay = max(0.0, end - time.time()) + 0.01
+            self._drain_wakeup = asyncio.get_running_loop().call_later(delay, self._dirty.set)
+
     def node_health(self, node: str, key: str) -> plan.NodeHealth | None:
         nb = self.neighbours.state(node)
         if nb is not None and nb.reachable is False:
@@ -223,8 +244,9 @@ class Gateway:
         if keep != self.announced:
             self._announce(keep)
         ports, nat = plan.forwarding_and_nat(
-            served.values(), self.healthy, self.maglev, self.settings.zone
+            served.values(), self.healthy, self.maglev, self.settings.zone, self.keeps_pins
         )
+        self._wake_at_drain_end()
         result, t0 = await asyncio.to_thread(self._program, ports, nat)
         if result.commands:
             log.info(

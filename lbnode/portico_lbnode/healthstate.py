@@ -46,6 +46,9 @@ class TargetHealth:
     fails: int  # consecutive bad probes, up to the latest
     ever_healthy: bool  # False until the first flip to healthy: then a single ok suffices
     last_probe: float
+    # The latest probe got an answer from the node (an ok or a definitive no): a node that
+    # says no is alive and may drain; one that does not answer is dead (``flowstate``).
+    answered: bool = True
 
 
 def observe(state: TargetHealth | None, probe: Probe, rise: int, fall: int) -> TargetHealth:
@@ -59,6 +62,7 @@ def observe(state: TargetHealth | None, probe: Probe, rise: int, fall: int) -> T
             fails=0 if probe.ok else 1,
             ever_healthy=probe.ok,
             last_probe=probe.at,
+            answered=probe.ok or probe.definitive,
         )
     oks = state.oks + 1 if probe.ok else 0
     fails = 0 if probe.ok else state.fails + 1
@@ -76,6 +80,7 @@ def observe(state: TargetHealth | None, probe: Probe, rise: int, fall: int) -> T
         fails=fails,
         ever_healthy=state.ever_healthy or healthy,
         last_probe=probe.at,
+        answered=probe.ok or probe.definitive,
     )
 
 

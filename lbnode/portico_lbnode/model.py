@@ -15,6 +15,10 @@ from typing import Any
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 PROTOCOLS = ("TCP", "UDP", "SCTP")
+# Seconds a draining node keeps a Service's pinned flows by default (``flowstate``): AWS NLB's
+# deregistration delay.
+DEFAULT_DRAIN_TIMEOUT = 300
+MAX_DRAIN_TIMEOUT = 3600
 
 
 @dataclass(frozen=True, order=True)
@@ -53,6 +57,8 @@ class GatewayService:
     source_ranges: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]  # empty: all
     nat: bool  # forwardingMode: NAT (to nodeIP:nodePort, client IP lost) instead of DSR
     backends: tuple[Backend, ...]
+    # Seconds a draining node keeps the Service's pinned flows (``flowstate``).
+    drain_timeout: int = DEFAULT_DRAIN_TIMEOUT
 
     @property
     def families(self) -> tuple[int, ...]:
@@ -127,7 +133,16 @@ def service_from_cr(obj: Mapping[str, Any]) -> GatewayService:
         source_ranges=tuple(ranges),
         nat=spec.get("forwardingMode") == "NAT",
         backends=_backends(key, spec.get("backends") or []),
+        drain_timeout=_drain_timeout(spec.get("drainTimeoutSeconds")),
     )
+
+
+def _drain_timeout(value: Any) -> int:
+    """The CR's ``drainTimeoutSeconds``; absent or out of range (the operator and the CRD
+    refuse those): the default."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_DRAIN_TIMEOUT:
+        return value
+    return DEFAULT_DRAIN_TIMEOUT
 
 
 def _backends(key: str, items: list[Any]) -> tuple[Backend, ...]:

@@ -76,18 +76,35 @@ def forwarding_and_nat(
     healthy: HealthLookup,
     cache: MaglevCache,
     gateway_zone: str = "",
+    keeps_pins: HealthLookup | None = None,
 ) -> tuple[list[FwdPort], list[NatPort]]:
-    """``forwarding``, and for NAT-mode Services the DNAT targets (node address, nodePort)."""
+    """``forwarding``, and for NAT-mode Services the DNAT targets (node address, nodePort).
+    ``keeps_pins(node, service_key)``: the node still carries the Service's established
+    (pinned) flows, serving or draining (``flowstate``); the addresses of those that take no
+    new ones (draining, or healthy but outside the gateway's zone) go in the port's
+    ``established``."""
     out: list[FwdPort] = []
     nat: list[NatPort] = []
     for svc in services:
         for family in svc.families:
-            slots = slots_for(candidates(svc, family, healthy, gateway_zone), cache)
+            chosen = candidates(svc, family, healthy, gateway_zone)
+            slots = slots_for(chosen, cache)
+            extra: tuple[IP, ...] = ()
+            if keeps_pins is not None and not svc.nat:
+                taken = {c.node for c in chosen}
+                extra = tuple(
+                    a
+                    for b in svc.backends
+                    if b.node not in taken
+                    and (a := b.address(family)) is not None
+                    and keeps_pins(b.node, svc.key)
+                )
             for vip in (v for v in svc.vips if v.version == family):
                 sources = tuple(r for r in svc.source_ranges if r.version == family)
                 # A Service whose ranges are all of the other family admits nobody of this
                 # one: no slots, so every packet is dropped.
                 admitted = slots if sources or not svc.source_ranges else ()
+                kept = extra if sources or not svc.source_ranges else ()
                 for p in svc.ports:
                     targets: tuple[tuple[IP, int], ...] = ()
                     if svc.nat and admitted and p.node_port:
@@ -110,6 +127,7 @@ def forwarding_and_nat(
                             source_ranges=svc.source_ranges,
                             slots=() if svc.nat else admitted,
                             to_stack=bool(targets),
+                            established=kept,
                         )
                     )
     return out, nat

@@ -12,7 +12,7 @@ from portico_common.conditions import condition, same_conditions
 from portico_common.model import Endpoint
 
 from .pools import INT64_MAX, IP, Pool
-from .service import ServiceView
+from .service import BadServiceInput, ServiceView
 from .settings import (
     EXCLUDE_LABEL,
     OUR_SERVICE_CONDITIONS,
@@ -142,6 +142,12 @@ def render_spec(
         spec["sessionAffinityTimeoutSeconds"] = svc.session_affinity_timeout
     if svc.traffic_distribution:
         spec["trafficDistribution"] = svc.traffic_distribution
+    try:
+        drain = svc.drain_timeout()
+    except BadServiceInput:  # reported by the bad-input path; the gateways' default meanwhile
+        drain = None
+    if drain is not None:
+        spec["drainTimeoutSeconds"] = drain
     return spec
 
 

@@ -11,12 +11,14 @@ from typing import Any
 from .ipam import PREFER_DUAL_STACK, REQUIRE_DUAL_STACK, SINGLE_STACK, Claim
 from .pools import IP
 from .settings import (
+    ANN_DRAIN_TIMEOUT,
     ANN_FORWARDING,
     ANN_IPS,
     ANN_POOL,
     ANN_SHARING,
     ANN_SOURCE_RANGES_LEGACY,
     FINALIZER,
+    MAX_DRAIN_TIMEOUT,
 )
 
 
@@ -120,6 +122,19 @@ class ServiceView:
             raise BadServiceInput(f"annotation {ANN_FORWARDING}={mode!r}: use dsr or nat")
         return mode.upper()
 
+    def drain_timeout(self) -> int | None:
+        """The annotation's seconds, None when absent; BadServiceInput when unusable."""
+        text = self.annotations.get(ANN_DRAIN_TIMEOUT)
+        if text is None:
+            return None
+        digits = text.strip().lower().removesuffix("s")
+        if not digits.isascii() or not digits.isdigit() or int(digits) > MAX_DRAIN_TIMEOUT:
+            raise BadServiceInput(
+                f"annotation {ANN_DRAIN_TIMEOUT}={text!r}: use whole seconds from 0 to "
+                f"{MAX_DRAIN_TIMEOUT}"
+            )
+        return int(digits)
+
     def requested_ips(self) -> tuple[IP, ...]:
         texts: list[str] = []
         if self.annotations.get(ANN_IPS):
@@ -139,6 +154,7 @@ class ServiceView:
         """What the operator cannot use in the Service, or None."""
         try:
             self.forwarding_mode()
+            self.drain_timeout()
             self.requested_ips()
             for r in self.source_ranges:
                 parse_source_range(r)

@@ -15,6 +15,10 @@ ANN_IPS = f"{API_GROUP}/load-balancer-ips"  # "198.18.32.10,fd00:18::a:10"
 ANN_POOL = f"{API_GROUP}/address-pool"
 ANN_SHARING = f"{API_GROUP}/allow-shared-ip"
 ANN_FORWARDING = f"{API_GROUP}/forwarding-mode"  # dsr (default) | nat
+# Seconds a draining node keeps the Service's established flows at the gateways: "300",
+# "300s"; 0 to 3600. Absent: the gateway's default (300).
+ANN_DRAIN_TIMEOUT = f"{API_GROUP}/drain-timeout"
+MAX_DRAIN_TIMEOUT = 3600
 ANN_SOURCE_RANGES_LEGACY = "service.beta.kubernetes.io/load-balancer-source-ranges"
 
 EXCLUDE_LABEL = "node.kubernetes.io/exclude-from-external-load-balancers"

@@ -86,6 +86,9 @@ class Packet:
     # more for the others, which carry no transport header.
     frag_offset: int | None = None
     over_limit: bool = False  # every ``limit`` the packet meets is used up
+    # A TCP packet's flags: a connection's first packet by default (the gateway's flow pinning
+    # tells it from the later ones, which go through its flows maps).
+    tcp_flags: tuple[str, ...] = ("syn",)
 
     def __post_init__(self) -> None:
         if self.path not in ("prerouting", "output"):
@@ -395,6 +398,13 @@ class Tracer:
 
     # -- statements --------------------------------------------------------------------------
     def _stmt(self, st: _State, where: str, stmt: Json) -> tuple[str, str | None] | None:
+        if isinstance(stmt, str) and stmt.split(" ", 1)[0] in ("add", "update"):
+            # A map statement, which nft 1.0.6 lists as text: a dynamic map's update (the
+            # gateway's flow pins); recorded by name, not modelled.
+            name = stmt.split()[1].lstrip("@")
+            st.updates.append((name, stmt))
+            st.fired.append(f"{where}: {stmt}")
+            return None
         k, v = _one(stmt, f"{where}: statement")
         if k == "match":
             left = self._eval(st, where, v["left"])
@@ -579,6 +589,9 @@ class Tracer:
             key = self._eval(st, where, v["key"])
             value = self._lookup(st, where, self._ref(where, v["data"]), key)
             return self._eval(st, where, value)
+        if k == "&" and isinstance(v[1], list):  # TCP flags & a list of flags
+            a = self._eval(st, where, v[0])
+            return tuple(f for f in a if f in v[1])
         if k in ("&", "|", "^"):
             a, b = (self._eval(st, where, x) for x in v)
             if not (isinstance(a, int) and isinstance(b, int)):
@@ -598,6 +611,12 @@ class Tracer:
             if st.pkt.l4proto not in _PORT_PROTOCOLS or st.pkt.frag_offset:
                 raise _Break  # no transport header ports to load (nor in a later fragment)
             return st.pkt.sport if fld == "sport" else st.dport
+        if proto == "tcp" and fld in ("sport", "dport", "flags"):
+            if st.pkt.l4proto != "tcp" or st.pkt.frag_offset:
+                raise _Break
+            if fld == "flags":
+                return tuple(sorted(st.pkt.tcp_flags))
+            return st.pkt.sport if fld == "sport" else st.dport
         if proto == "ip" and fld == "frag-off":
             if st.pkt.family != 4:
                 raise _Break
@@ -614,7 +633,7 @@ class Tracer:
             value = self._payload(st, where, v) if k == "payload" else None
             if isinstance(value, str):
                 out += ipaddress.ip_address(value).packed
-            elif isinstance(value, int) and v["protocol"] == "th":
+            elif isinstance(value, int) and v["protocol"] in ("th", "tcp"):
                 out += value.to_bytes(2, "big") + bytes(2)
             else:
                 raise UnknownExpression(f"{where}: jhash of {p!r}")
@@ -631,6 +650,13 @@ class Tracer:
         return c
 
     def _compare(self, st: _State, where: str, op: str, left: Any, right: Any) -> bool:
+        if isinstance(left, tuple):  # TCP flags
+            flags = right if isinstance(right, list) else [right]
+            if op == "==":
+                return left == tuple(sorted(flags))
+            if op in ("!", "in"):  # none of them set / any of them set
+                return any(f in left for f in flags) == (op == "in")
+            raise UnknownExpression(f"{where}: flags {op} {right!r}")
         if op == "in":  # flags: ct state
             flags = right if isinstance(right, list) else [right]
             if not isinstance(left, str) or not all(isinstance(f, str) for f in flags):

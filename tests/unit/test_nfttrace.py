@@ -10,6 +10,7 @@ from fractions import Fraction
 from typing import Any
 
 import pytest
+from portico_lbnode.flowrules import node_ids
 from portico_lbnode.fwddiff import diff_fwd
 from portico_lbnode.fwdrules import FLOW_HASH_SEED, FwdPort, render_fwd
 
@@ -306,7 +307,10 @@ def flows(t: Tracer, client: str, vip: str, **kw: Any) -> list[tuple[int, str | 
         tr = t.trace(Packet(client, vip, sport=sport, **kw))
         assert tr.outcome.verdict == "fwd", tr.fired
         (_, slot), *_ = tr.hashes
-        assert tr.mark == slot  # the slot rides in the mark, and picks the map element
+        # The slot rides in the mark and picks the slot map's element, the node's id (an IPv4
+        # node's address), which the nodes map turns into the next hop.
+        hop = ipaddress.ip_address(tr.outcome.fwd or "0.0.0.0")
+        assert tr.mark == node_ids([hop])[hop]
         out.append((slot, tr.outcome.fwd))
     return out
 

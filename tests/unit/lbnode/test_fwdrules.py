@@ -10,8 +10,11 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from portico_lbnode.flowrules import TCP_TIMEOUT, V6_KEY_SEED, helpers
+from portico_lbnode.flowrules import helper_rules as flow_helper_rules
 from portico_lbnode.fwddiff import diff_fwd, parse_listing
 from portico_lbnode.fwdrules import (
+    DEFAULT_FLOW_LIMIT,
     FLOW_HASH_SEED,
     REFUSE_BURST,
     REFUSE_RATE,
@@ -75,13 +78,14 @@ def test_small_render_as_data() -> None:
     r = render_fwd([p], ["eth0"], 3)
     svc = service_chain(p)
     slots = only(slot_maps(r))
-    assert r.chains == {
+    assert {n: c for n, c in r.chains.items() if not n.startswith("pin-")} == {
         "ingress-eth0": BaseChain("eth0", 0),
         "refuse": None,
         "refuse4": None,
         "refuse6": None,
         svc: None,
     }
+    assert {n for n in r.chains if n.startswith("pin-")} == set(helpers())
     l4proto = {"meta": {"key": "l4proto"}}
     assert rules_of(r, "ingress-eth0") == [
         [
@@ -123,30 +127,83 @@ def test_small_render_as_data() -> None:
         ],
     ]
     mark = {"meta": {"key": "mark"}}
-    flow = {"concat": [ipv4("saddr"), {"payload": {"protocol": "th", "field": "sport"}}]}
+
+    def tcp(fld: str, proto: str = "tcp") -> dict[str, Any]:
+        return {"payload": {"protocol": proto, "field": fld}}
+
+    def hashed(l4: str) -> list[dict[str, Any]]:
+        flow = {"concat": [ipv4("saddr"), tcp("sport", l4)]}
+        jhash = {"jhash": {"mod": 3, "seed": FLOW_HASH_SEED, "expr": flow}}
+        to_id = {"map": {"key": mark, "data": "@" + slots}}
+        return [
+            {"mangle": {"key": mark, "value": jhash}},
+            {"mangle": {"key": mark, "value": to_id}},
+        ]
+
+    fwd = {
+        "fwd": {
+            "dev": {"meta": {"key": "iif"}},
+            "family": "ip",
+            "addr": {"map": {"key": mark, "data": "@nodes4"}},
+        }
+    }
+    est = only(n for n in r.collections if n.startswith("est-"))
+    key = {"concat": [ipv4("saddr"), tcp("sport"), ipv4("daddr"), tcp("dport")]}
+    pinned = [
+        {"mangle": {"key": mark, "value": {"map": {"key": key, "data": "@flows4-tcp"}}}},
+        {"match": {"op": "==", "left": mark, "right": "@" + est}},
+    ]
+    syn = {"match": {"op": "==", "left": {"&": [tcp("flags"), ["syn", "ack"]]}, "right": "syn"}}
     assert rules_of(r, svc) == [
         [
-            {
-                "mangle": {
-                    "key": mark,
-                    "value": {"jhash": {"mod": 3, "seed": FLOW_HASH_SEED, "expr": flow}},
-                }
-            },
-            {
-                "fwd": {
-                    "dev": {"meta": {"key": "iif"}},
-                    "family": "ip",
-                    "addr": {"map": {"key": mark, "data": "@" + slots}},
-                }
-            },
-        ]
+            {"match": {"op": "!", "left": tcp("flags"), "right": ["fin", "rst"]}},
+            *pinned,
+            {"goto": {"target": "pin-refresh4-tcp"}},
+        ],
+        [
+            {"match": {"op": "in", "left": tcp("flags"), "right": ["fin", "rst"]}},
+            *pinned,
+            {"goto": {"target": "pin-close4-tcp"}},
+        ],
+        [syn, *hashed("tcp"), fwd],  # a new connection: the hash alone, nothing stored
+        [  # an unpinned FIN or RST: the hash alone, nothing stored
+            {"match": {"op": "in", "left": tcp("flags"), "right": ["fin", "rst"]}},
+            *hashed("tcp"),
+            fwd,
+        ],
+        [*hashed("th"), {"goto": {"target": "pin-add4-tcp"}}],  # not pinned (yet): pin it
     ]
+    assert rules_of(r, "pin-add4-tcp") == [
+        ["add @flows4-tcp { ip saddr . th sport . ip daddr . th dport : meta mark }"],
+        [fwd],
+    ]
+    assert rules_of(r, "pin-close4-tcp")[0] == [
+        "update @flows4-tcp { ip saddr . th sport . ip daddr . th dport timeout 10s : meta mark }"
+    ]
+    flows = r.collections["flows4-tcp"]
+    assert flows == Collection(
+        ("ipv4_addr", "inet_service", "ipv4_addr", "inet_service"),
+        "mark",
+        ("timeout",),
+        DEFAULT_FLOW_LIMIT,
+        TCP_TIMEOUT,
+    )
+    assert flows.dynamic and r.elements["flows4-tcp"] == {}
+    ids = {str(n): int(n) for n in (A, B, C)}  # an IPv4 node's id is its address
+    assert {int(k): json.loads(v or "") for k, v in r.elements["nodes4"].items()} == {
+        v: k for k, v in ids.items()
+    }
+    assert set(map(int, r.elements[est])) == set(ids.values())
     assert r.collections == {
         "svc4": Collection(("ipv4_addr", "inet_proto", "inet_service"), "verdict"),
         "unknown4": Collection("ipv4_addr", "verdict"),
         "svc6": Collection(("ipv6_addr", "inet_proto", "inet_service"), "verdict"),
         "unknown6": Collection("ipv6_addr", "verdict"),
-        slots: Collection("mark", "ipv4_addr"),
+        slots: Collection("mark", "mark"),
+        "nodes4": Collection("mark", "ipv4_addr"),
+        "nodes6": Collection("mark", "ipv6_addr"),
+        est: Collection("mark"),
+        **{n: r.collections[n] for n in r.collections if n.startswith("flows")},
     }
     decoded = {
         n: {json.loads(k): v and json.loads(v) for k, v in r.elements[n].items()}
@@ -158,7 +215,8 @@ def test_small_render_as_data() -> None:
             {"goto": {"target": svc}}, separators=(",", ":")
         )
     }
-    assert decoded[slots] == {0: "198.18.210.11", 1: "198.18.210.12", 2: "198.18.210.13"}
+    assert decoded[slots] == {0: int(A), 1: int(B), 2: int(C)}
+    assert slot_maps(r)[slots] == (4, ("198.18.210.11", "198.18.210.12", "198.18.210.13"))
     assert decoded["svc6"] == decoded["unknown6"] == {}
     assert r.skipped == ()
 
@@ -232,11 +290,17 @@ def test_render_is_deterministic_and_names_are_stable() -> None:
 
 def test_the_hash_seed_is_fixed_in_every_forwarding_rule() -> None:
     r = render_fwd([port(), port("ns/b", VIP6, slots=(A6, B6, C6))], ["eth0"], 3)
-    fwd_rules = [x for rs in r.rules.values() for x in rs if "jhash" in x]
-    assert len(fwd_rules) == 2
-    assert all(
-        json.loads(x)[0]["mangle"]["value"]["jhash"]["seed"] == FLOW_HASH_SEED for x in fwd_rules
-    )
+    hashes = [
+        st["mangle"]["value"]["jhash"]
+        for rs in r.rules.values()
+        for x in rs
+        for st in json.loads(x)
+        if isinstance(st, dict) and "jhash" in str(st.get("mangle"))
+    ]
+    # SYN, FIN/RST and miss rules of each port; the IPv6 pins' key (pinned and FIN rules)
+    assert len(hashes) == 3 * 2 + 2
+    assert all(h["seed"] in (FLOW_HASH_SEED, V6_KEY_SEED) for h in hashes)
+    assert sum(h["seed"] == FLOW_HASH_SEED for h in hashes) == 6
 
 
 def test_affinity_hashes_the_client_address_only() -> None:
@@ -249,7 +313,8 @@ def test_affinity_hashes_the_client_address_only() -> None:
     assert v6[0]["mangle"]["value"]["jhash"]["expr"] == {
         "payload": {"protocol": "ip6", "field": "saddr"}
     }
-    assert v6[1]["fwd"]["family"] == "ip6"
+    assert v6[-1] == {"goto": {"target": "pin-add6-tcp"}}
+    assert rules_of(r, "pin-add6-tcp")[1][0]["fwd"]["family"] == "ip6"
 
 
 def test_ports_with_equal_slot_lists_share_one_map() -> None:
@@ -266,9 +331,10 @@ def test_ports_with_equal_slot_lists_share_one_map() -> None:
             (6, ("fd00:210::11", "fd00:210::12", "fd00:210::13")),
         ]
     )
-    assert r.counts()["elements"] == 3 * 3 + 104 * 2  # slots, and svc + vip per port
+    # slots, svc + vip per port, nodes (3 + 3), est sets (3 + 2 + 3 ids)
+    assert r.counts()["elements"] == 3 * 3 + 104 * 2 + 6 + 8
     refs = {
-        json.loads(r.rules[service_chain(p)][-1])[1]["fwd"]["addr"]["map"]["data"] for p in same
+        json.loads(r.rules[service_chain(p)][-1])[1]["mangle"]["value"]["map"]["data"] for p in same
     }
     assert len(refs) == 1
 
@@ -283,12 +349,12 @@ def test_source_ranges_are_an_interval_set_of_the_ports_family() -> None:
         _canon({"prefix": {"addr": "10.0.0.0", "len": 8}}),
         _canon({"prefix": {"addr": "198.18.0.0", "len": 15}}),  # two /16 collapsed, no v6
     }
-    first, last = rules_of(r, service_chain(p))
+    first, *_, last = rules_of(r, service_chain(p))
     assert first == [
         {"match": {"op": "!=", "left": ipv4("saddr"), "right": "@" + src}},
         {"drop": None},
     ]
-    assert "fwd" in last[1]
+    assert last[-1] == {"goto": {"target": "pin-add4-tcp"}}
     # a single address is listed by the kernel as an address, not a /32
     p2 = port("ns/one", ranges=("203.0.113.7/32",))
     r2 = render_fwd([p2], ["eth0"], 3)
@@ -314,7 +380,8 @@ def test_one_chain_set_serves_every_device() -> None:
     r = render_fwd([port()], ["eth0", "eth1"], 3)
     assert {n for n, c in r.chains.items() if c is not None} == {"ingress-eth0", "ingress-eth1"}
     assert r.rules["ingress-eth0"] == r.rules["ingress-eth1"]
-    assert sum(1 for c in r.chains.values() if c is None) == 4  # refuse, refuse4/6, the port
+    # refuse, refuse4/6, the port, the pin helpers
+    assert sum(1 for c in r.chains.values() if c is None) == 4 + len(helpers())
 
 
 def test_bad_input_is_refused() -> None:
@@ -349,9 +416,15 @@ def test_a_node_leaving_touches_only_the_slots_that_held_it() -> None:
     cmds = diff_fwd(old, new)
     name = only(slot_maps(old))
     w = {"family": "netdev", "table": "portico-gw", "name": name}
+    est = only(n for n in old.collections if n.startswith("est-"))
+    assert sorted(map(int, new.elements[est])) == [int(n) for n in (A, B, D)]  # in place too
+    wn = {**w, "name": "nodes4"}
+    we = {**w, "name": est}
     assert cmds == [
+        {"delete": {"element": {**wn, "elem": [int(C)]}}},
         {"delete": {"element": {**w, "elem": [2, 5]}}},
-        {"add": {"element": {**w, "elem": [[2, "198.18.210.11"], [5, "198.18.210.14"]]}}},
+        {"delete": {"element": {**we, "elem": [int(C)]}}},
+        {"add": {"element": {**w, "elem": [[2, int(A)], [5, int(D)]]}}},
     ]
     assert diff_fwd(new, new) == []
     assert simulate(old, cmds).same_as(new)
@@ -365,7 +438,7 @@ def test_without_previous_a_changed_slot_list_is_a_new_map_and_chain_rewrites() 
     kinds = [next(iter(next(iter(c.values())))) for c in cmds]
     # one flush + one rule for the Service's chain, the new map and its elements; the old map is
     # still used by ns/b and stays
-    assert sorted(kinds) == ["chain", "element", "map", "rule"]
+    assert sorted(kinds) == ["chain", "element", "element", "map", *["rule"] * 5, "set"]
     assert len(slot_maps(new)) == 2
     assert simulate(old, cmds).same_as(new)
 
@@ -405,6 +478,7 @@ def test_removing_a_service_removes_its_chain_elements_and_unused_map() -> None:
     new = render_fwd([keep], ["eth0"], 3, previous=old)
     cmds = diff_fwd(old, new)
     gone_map = only(set(slot_maps(old)) - set(slot_maps(new)))
+    gone_est = only(n for n in set(old.collections) - set(new.collections) if "est-" in n)
     w = {"family": "netdev", "table": "portico-gw"}
     assert cmds == [
         {"flush": {"chain": {**w, "name": service_chain(gone)}}},
@@ -418,6 +492,7 @@ def test_removing_a_service_removes_its_chain_elements_and_unused_map() -> None:
         {"delete": {"chain": {**w, "name": service_chain(gone)}}},
         {"delete": {"chain": {**w, "name": vip_chain(gone.vip)}}},
         {"delete": {"map": {**w, "name": gone_map}}},
+        {"delete": {"set": {**w, "name": gone_est}}},
         {"delete": {"set": {**w, "name": source_set(gone)}}},
         {"delete": {"set": {**w, "name": admit_set(gone.vip)}}},
     ]
@@ -442,9 +517,27 @@ def test_losing_every_node_rewrites_the_chain_to_drop() -> None:
 # ==============================================================================================
 # the differ and the replace run on a strict fake of the kernel (nftkernel.Kernel)
 # ==============================================================================================
+def helper_rules() -> list[dict[str, Any]]:
+    """The pin helpers' rules, which ``FwdTable`` writes as nft text after a replace: in the
+    fake kernel, as the JSON the kernel lists them in (a map statement as text)."""
+    w = {"family": "netdev", "table": "portico-gw"}
+    return [
+        {"add": {"rule": {**w, "chain": chain, "expr": list(rule)}}}
+        for chain in helpers()
+        for rule in flow_helper_rules(chain)
+    ]
+
+
+def replace(m: Kernel, r: FwdRules, current: FwdRules | None = None) -> None:
+    """A full replace as ``FwdTable`` runs it: the JSON, then the helpers' rules."""
+    m.run(r.to_json_replace(current)["nftables"])
+    w = {"family": "netdev", "table": "portico-gw"}
+    m.run([{"flush": {"chain": {**w, "name": c}}} for c in helpers()] + helper_rules())
+
+
 def load(r: FwdRules) -> Kernel:
     m = Kernel()
-    m.run(r.to_json_replace()["nftables"])
+    replace(m, r)
     return m
 
 
@@ -513,7 +606,7 @@ def test_a_replace_turns_any_table_into_the_new(
 ) -> None:
     old, new = render_fwd(a, dev_a, SIZE), render_fwd(b, dev_b, SIZE)
     m = load(old)
-    m.run(new.to_json_replace(parse_listing(m.listing()))["nftables"])
+    replace(m, new, parse_listing(m.listing()))
     assert parse_listing(m.listing()).same_as(new)
 
 

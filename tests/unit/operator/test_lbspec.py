@@ -127,6 +127,23 @@ def test_bad_annotations_are_reported_not_raised_out() -> None:
         parse_service(svc(annotations={"portico.dev/load-balancer-ips": "x"})).claim({})
     with pytest.raises(BadServiceInput, match="dsr or nat"):
         parse_service(svc(annotations={"portico.dev/forwarding-mode": "x"})).forwarding_mode()
+    for bad in ("5m", "-1", "3601", "", "1.5", "٣"):
+        view = parse_service(svc(annotations={"portico.dev/drain-timeout": bad}))
+        with pytest.raises(BadServiceInput, match="drain-timeout"):
+            view.drain_timeout()
+        assert "drain-timeout" in (view.input_error() or "")
+
+
+def test_the_drain_timeout_annotation_reaches_the_cr_spec() -> None:
+    def spec_of(**ann: str) -> dict[str, Any]:
+        view = parse_service(svc(annotations=ann))
+        return render_spec(view, [ipaddress.ip_address("198.18.32.1")], None, "DSR", [], [])
+
+    assert "drainTimeoutSeconds" not in spec_of()  # the gateways' default
+    assert spec_of(**{"portico.dev/drain-timeout": "30"})["drainTimeoutSeconds"] == 30
+    assert spec_of(**{"portico.dev/drain-timeout": " 0s "})["drainTimeoutSeconds"] == 0
+    # bad input is the bad-input path's (Valid=False, an Event); the spec goes without it
+    assert "drainTimeoutSeconds" not in spec_of(**{"portico.dev/drain-timeout": "soon"})
 
 
 def test_source_ranges_legacy_annotation() -> None:

@@ -35,6 +35,7 @@ from portico_operator.metrics import Metrics
 from portico_operator.noderules_push import node_rules_entry
 from portico_operator.service import parse_service
 from portico_operator.settings import (
+    ANN_DRAIN_TIMEOUT,
     ANN_FORWARDING,
     ANN_IPS,
     ANN_POOL,
@@ -104,6 +105,7 @@ FIELDS = {
 }
 ANNOTATIONS = {
     ANN_FORWARDING: lambda r: pick(r, None, None, "dsr", "nat", " NAT ", "dsrr"),  # dsrr: bad
+    ANN_DRAIN_TIMEOUT: lambda r: pick(r, None, None, None, "30", "600s", "soon"),  # soon: bad
     ANN_SOURCE_RANGES_LEGACY: lambda r: pick(r, None, None, "198.19.0.0/16, 10.9.0.0/16"),
     ANN_IPS: lambda r: pick(
         r,

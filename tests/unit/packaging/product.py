@@ -19,9 +19,15 @@ from typing import Any
 
 REPO = Path(__file__).resolve().parents[3]
 # Where each of the product's packages lives (the root pyproject's packages.find).
-PRODUCT_DIRS = ("common", "operator", "nodeagent", "lbnode")
-PRODUCT_PACKAGES = {"portico_common", "portico_operator", "portico_nodeagent", "portico_lbnode"}
-PRODUCT_SCRIPTS = {"portico-operator", "portico-node-agent", "portico-lbnode"}
+PRODUCT_DIRS = ("common", "operator", "nodeagent", "lbnode", "kubectl")
+PRODUCT_PACKAGES = {
+    "portico_common",
+    "portico_operator",
+    "portico_nodeagent",
+    "portico_lbnode",
+    "portico_kubectl",
+}
+PRODUCT_SCRIPTS = {"portico-operator", "portico-node-agent", "portico-lbnode", "kubectl-portico"}
 # Imported by the product but brought by the distribution (python3-nftables), not by pip.
 FROM_THE_DISTRIBUTION = {"nftables"}
 # Declared though the product never imports them itself, each for a reason in pyproject.toml.

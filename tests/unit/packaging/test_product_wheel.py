@@ -19,7 +19,7 @@ def test_the_wheel_holds_the_product_packages_and_no_lab(product_wheel: Wheel) -
     assert not [f for f in product_wheel.files if "portico_lab" in f]
 
 
-def test_the_wheel_starts_the_three_programs_and_not_the_lab(product_wheel: Wheel) -> None:
+def test_the_wheel_starts_the_programs_and_not_the_lab(product_wheel: Wheel) -> None:
     assert product_wheel.scripts == PRODUCT_SCRIPTS
 
 
