@@ -1,0 +1,228 @@
+"""The Helm chart against the lab's real apiserver: every rendered values set passes
+`kubectl apply --dry-run=server` (admission, schemas, the CRDs' validation), and the chart's
+RBAC, applied for real, lets each ServiceAccount do exactly what its code does (the apiserver's
+RBAC authorizer decides, through `kubectl auth can-i`). The outside gateway's kubeconfig is made
+with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from portico_lab.lab import Lab
+
+from ..unit.charts.test_gateway_chart import GATEWAY_ACCESS, notes
+from ..unit.charts.test_manifests import BASE_VALUES, CHART, KUBE_VERSION, NODE_AGENT_ACCESS
+
+NAMESPACE = "portico-chart-test"
+# Names of their own (nameOverride): nothing here collides with what other lab tests install.
+NAME = "chart-test"
+OPERATOR_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-operator"
+AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-node-agent"
+GATEWAY_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-gateway"
+
+VALUE_SETS = {
+    "default": [],
+    "gateway-outside": ["--set", "gateway.enabled=false"],
+    "no-kube-proxy-port": ["--set", "nodeAgent.kubeProxyHealthzPort=0"],
+    "own-ports": [
+        "--set",
+        "nodeAgent.healthPort=10300",
+        "--set",
+        "nodeAgent.kubeProxyHealthzPort=10256",
+        "--set",
+        "nodeAgent.metricsPort=9470",
+        "--set",
+        "gateway.metricsPort=0",
+    ],
+    "probes-off-one-replica-pools": [
+        "--set",
+        "nodeAgent.healthPort=0",
+        "--set",
+        "operator.replicas=1",
+        "--set",
+        "pools[0].name=chart-test-lan",
+        "--set",
+        "pools[0].addresses[0]=198.18.40.0/28",
+        "--set",
+        "pools[0].addresses[1]=fd00:18::40:0/124",
+        "--set",
+        "gateway.name=gw-chart",
+        "--set",
+        "gateway.tolerations[0].operator=Exists",
+    ],
+}
+
+
+def helm_template(lab: Lab, *args: str, crds: bool = True) -> str:
+    argv = [str(lab.bin_dir / "helm"), "template", NAME, str(CHART), "--namespace", NAMESPACE]
+    argv += [
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        str(BASE_VALUES),
+        "--set",
+        f"nameOverride={NAME}",
+    ]
+    proc = subprocess.run(
+        [*argv, *(["--include-crds"] if crds else []), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [str(lab.bin_dir / "kubectl"), f"--kubeconfig={lab.kubeconfig}", *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def namespace(lab: Lab, api: object) -> Iterator[str]:
+    """The CRDs (the api fixture) and a namespace of the test's own, removed afterwards with
+    every cluster-scoped object the tests applied."""
+    kubectl(lab, "create", "namespace", NAMESPACE)
+    try:
+        yield NAMESPACE
+    finally:
+        kubectl(
+            lab,
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            f"app.kubernetes.io/instance={NAME}",
+            "--wait=false",
+        )
+        kubectl(lab, "delete", "namespace", NAMESPACE, "--wait=false")
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
+    manifest = helm_template(lab, *VALUE_SETS[values])
+    proc = kubectl(lab, "apply", "--dry-run=server", "-f", "-", stdin=manifest)
+    assert proc.returncode == 0, proc.stderr
+    applied = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert applied and all(line.endswith("(server dry run)") for line in applied), proc.stdout
+    objects = {line.split()[0] for line in applied}
+    kinds = {o.split("/")[0] for o in objects}
+    assert "deployment.apps" in kinds and "daemonset.apps" in kinds
+    assert (
+        "clusterrole.rbac.authorization.k8s.io" in kinds
+    ) and "role.rbac.authorization.k8s.io" in kinds
+    if values == "gateway-outside":
+        assert f"secret/{NAME}-gateway-token" in objects
+        assert f"deployment.apps/{NAME}-gateway" not in objects
+    else:
+        assert f"deployment.apps/{NAME}-gateway" in objects
+    if values.endswith("pools"):
+        assert "ippool.portico.dev/chart-test-lan" in objects
+    # Nothing was made.
+    assert kubectl(lab, "-n", namespace, "get", "deploy,ds,role", "-o", "name").stdout == ""
+
+
+def can_i(lab: Lab, verb: str, resource: str, *args: str) -> bool:
+    proc = kubectl(lab, "auth", "can-i", verb, resource, *args)
+    assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
+    return proc.stdout.strip() == "yes"
+
+
+def may(lab: Lab, who: str, group: str, resource: str, verb: str, *where: str) -> bool:
+    name, _, sub = resource.partition("/")
+    args = [f"--subresource={sub}"] if sub else []
+    return can_i(lab, verb, f"{name}.{group}" if group else name, "--as", who, *args, *where)
+
+
+def test_rbac_applied_allows_what_the_code_does(lab: Lab, namespace: str) -> None:
+    rbac = ["templates/rbac.yaml", "templates/serviceaccount.yaml"]
+    rbac += ["templates/nodeagent-rbac.yaml", "templates/nodeagent-serviceaccount.yaml"]
+    rbac += ["templates/gateway-rbac.yaml"]
+    shown = [a for t in rbac for a in ("--show-only", t)]
+    proc = kubectl(lab, "apply", "-f", "-", stdin=helm_template(lab, *shown, crds=False))
+    assert proc.returncode == 0, proc.stderr
+
+    # The gateway and the node agent: exactly their code's calls, cluster-wide.
+    for who, access in ((GATEWAY_SA, GATEWAY_ACCESS), (AGENT_SA, NODE_AGENT_ACCESS)):
+        for group, resource, verb in sorted(access):
+            assert may(lab, who, group, resource, verb, "-A"), (who, resource, verb)
+        resources = {(g, r) for g, r, _ in access}
+        for group, resource in resources:
+            for verb in ("delete", "update", "deletecollection"):
+                if (group, resource, verb) not in access:
+                    assert not may(lab, who, group, resource, verb, "-A"), (who, resource, verb)
+        assert not may(lab, who, "", "secrets", "get", "-A")
+    assert not may(lab, GATEWAY_SA, "portico.dev", "loadbalancers", "update", "-A")
+    assert not may(lab, GATEWAY_SA, "portico.dev", "gatewayreports", "list", "-A")
+
+    # The operator's Lease: in the release namespace only.
+    for verb in ("get", "watch", "create", "update"):
+        assert may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", verb, "-n", namespace)
+        assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", verb, "-n", "default")
+    assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", "delete", "-n", namespace)
+    assert may(lab, OPERATOR_SA, "portico.dev", "gatewayreports", "watch", "-A")
+
+
+def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """gateway.enabled=false: the Secret gets a token; NOTES.txt's steps make a kubeconfig that
+    reads the LoadBalancers and nothing else."""
+    manifest = helm_template(
+        lab,
+        "--set",
+        "gateway.enabled=false",
+        "--show-only",
+        "templates/gateway-rbac.yaml",
+        crds=False,
+    )
+    proc = kubectl(lab, "apply", "-f", "-", stdin=manifest)
+    assert proc.returncode == 0, proc.stderr
+    secret = f"{NAME}-gateway-token"
+    deadline = time.monotonic() + 30
+    while not kubectl(
+        lab, "-n", namespace, "get", "secret", secret, "-o", "jsonpath={.data.token}"
+    ).stdout:
+        assert time.monotonic() < deadline, "the token controller never filled the Secret"
+        time.sleep(0.2)
+
+    text = notes(
+        lab.bin_dir / "helm",
+        tmp_path / "chart",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        f"nameOverride={NAME}",
+        "--set",
+        "gateway.enabled=false",
+    )
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("TOKEN="))
+    last = next(i for i, line in enumerate(lines) if "portico-lbnode --kubeconfig" in line)
+    script = "set -eu\n" + "\n".join(line.strip() for line in lines[first:last]) + "\n"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(lab.kubeconfig),
+        "PATH": f"{lab.bin_dir}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, script + proc.stdout + proc.stderr
+    gateway_kubeconfig = tmp_path / "gateway.kubeconfig"
+    assert gateway_kubeconfig.is_file()
+
+    def as_gateway(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(lab.bin_dir / "kubectl"), f"--kubeconfig={gateway_kubeconfig}", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    whoami = as_gateway("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == GATEWAY_SA, whoami.stderr
+    listed = as_gateway("get", "loadbalancers.portico.dev", "-A")
+    assert listed.returncode == 0, listed.stderr
+    refused = as_gateway("get", "secrets", "-n", namespace)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr
+    refused = as_gateway("get", "ippools.portico.dev")
+    assert refused.returncode != 0 and "forbidden" in refused.stderr
