@@ -96,7 +96,7 @@ def namespace(lab: Lab, api: object) -> Iterator[str]:
             "delete",
             "clusterrole,clusterrolebinding",
             "-l",
-            f"app.kubernetes.io/instance={NAME}",
+            f"app.kubernetes.io/instance in ({NAME},{NAME}-rel)",
             "--wait=false",
         )
         kubectl(lab, "delete", "namespace", NAMESPACE, "--wait=false")
@@ -226,3 +226,50 @@ def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_pat
     assert refused.returncode != 0 and "forbidden" in refused.stderr
     refused = as_gateway("get", "ippools.portico.dev")
     assert refused.returncode != 0 and "forbidden" in refused.stderr
+
+
+def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """The real install path: helm checks kubeVersion and the schema against the lab's
+    apiserver, creates every object, upgrades in place and uninstalls all but the CRDs. (No
+    kubelet runs the pods: this is the API side only.)"""
+    release = f"{NAME}-rel"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(lab.kubeconfig),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+    }
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(lab.bin_dir / "helm"), *args, "--namespace", namespace]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    # Names of their own; the gateway's names come from nameOverride, not the release.
+    base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
+    label = f"app.kubernetes.io/instance={release}"
+    try:
+        typo = helm("install", release, str(CHART), *base, "--set", "nodeAgent.helthPort=1")
+        assert typo.returncode != 0 and "helthPort" in typo.stderr
+        proc = helm("install", release, str(CHART), *base)
+        assert proc.returncode == 0, proc.stderr
+        assert "single\npoint of failure" in proc.stdout  # NOTES.txt, as helm prints it
+        deploy = kubectl(
+            lab, "-n", namespace, "get", "deploy", f"{release}-gateway", "-o", "jsonpath={.spec}"
+        )
+        assert deploy.returncode == 0, deploy.stderr
+        assert '"replicas":1' in deploy.stdout and '"type":"Recreate"' in deploy.stdout
+        proc = helm("upgrade", release, str(CHART), *base, "--set", "gateway.logLevel=debug")
+        assert proc.returncode == 0, proc.stderr
+        assert "REVISION: 2" in proc.stdout
+        proc = helm("uninstall", release, "--wait", "--timeout", "30s")
+        assert proc.returncode == 0, proc.stderr
+        left = kubectl(lab, "get", "clusterrole,clusterrolebinding", "-l", label, "-o", "name")
+        assert left.stdout == ""
+        kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret"
+        left = kubectl(lab, "-n", namespace, "get", kinds, "-l", label, "-o", "name")
+        assert left.stdout == ""
+        # Helm never deletes CRDs (nor the objects in them).
+        assert kubectl(lab, "get", "crd", "gatewayreports.portico.dev").returncode == 0
+    finally:
+        helm("uninstall", release, "--ignore-not-found")
