@@ -373,3 +373,76 @@ def test_a_wrong_type_or_range_fails_helm_template(helm, bad):
     proc = template(helm, "--set-string" if "yes" in bad else "--set", bad)
     assert proc.returncode != 0
     assert "schema" in proc.stderr
+
+
+# --- ServiceMonitor / PodMonitor ---------------------------------------------------------------
+
+MONITORING = ("--api-versions", "monitoring.coreos.com/v1")
+
+
+def test_no_monitors_by_default(helm):
+    kinds = {d["kind"] for d in render(helm, *MONITORING)}
+    assert not kinds & {"ServiceMonitor", "PodMonitor"}
+
+
+def test_monitors_need_the_prometheus_operator(helm):
+    proc = template(helm, "--set", "metrics.podMonitor.enabled=true")
+    assert proc.returncode != 0
+    assert "monitoring.coreos.com/v1" in proc.stderr
+    proc = template(
+        helm,
+        *MONITORING,
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.service.enabled=false",
+    )
+    assert proc.returncode != 0
+    assert "needs metrics.service.enabled" in proc.stderr
+
+
+def labels_match(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    if not selector.get("matchLabels", {}).items() <= labels.items():
+        return False
+    for expr in selector.get("matchExpressions", []):
+        assert expr["operator"] == "In"
+        if labels.get(expr["key"]) not in expr["values"]:
+            return False
+    return True
+
+
+def test_monitors_scrape_every_metrics_port(helm):
+    docs = render(
+        helm,
+        *MONITORING,
+        "--set",
+        "metrics.serviceMonitor.enabled=true",
+        "--set",
+        "metrics.podMonitor.enabled=true",
+        "--set",
+        "metrics.serviceMonitor.labels.release=prom",
+        "--set",
+        "nodeAgent.metricsPort=9470",
+    )
+    sm = one(docs, "ServiceMonitor")
+    svc = one(docs, "Service")
+    assert sm["metadata"]["labels"]["release"] == "prom"
+    assert labels_match(sm["spec"]["selector"], svc["metadata"]["labels"])
+    assert sm["spec"]["namespaceSelector"] == {"matchNames": ["portico-system"]}
+    (endpoint,) = sm["spec"]["endpoints"]
+    assert endpoint["port"] in {p["name"] for p in svc["spec"]["ports"]}
+
+    pm = one(docs, "PodMonitor")
+    assert pm["spec"]["namespaceSelector"] == {"matchNames": ["portico-system"]}
+    (endpoint,) = pm["spec"]["podMetricsEndpoints"]
+    scraped = []
+    for d in docs:
+        if d["kind"] not in ("Deployment", "DaemonSet"):
+            continue
+        template_ = d["spec"]["template"]
+        if labels_match(pm["spec"]["selector"], template_["metadata"]["labels"]):
+            (container,) = template_["spec"]["containers"]
+            assert endpoint["port"] in {p["name"] for p in container["ports"]}
+            scraped.append(d["metadata"]["name"])
+    # The operator is the ServiceMonitor's: not scraped twice.
+    assert sorted(scraped) == ["portico-gateway", "portico-node-agent"]
