@@ -6,17 +6,30 @@ with the steps NOTES.txt prints, from the token the cluster put in the chart's S
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from pathlib import Path
 
 import pytest
+import yaml
 from portico_lab.lab import Lab
+from portico_lab.portico import SYSTEM_NAMESPACE, gateway_names, wait_gateway_status
 
 from ..unit.charts.test_gateway_chart import GATEWAY_ACCESS, notes
 from ..unit.charts.test_manifests import BASE_VALUES, CHART, KUBE_VERSION, NODE_AGENT_ACCESS
+from .dataplane_harness import (
+    answered,
+    create,
+    deleting_services,
+    family_spec,
+    running_agents,
+    running_gateway,
+)
+from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 NAMESPACE = "portico-chart-test"
 # Names of their own (nameOverride): nothing here collides with what other lab tests install.
@@ -273,3 +286,94 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         assert kubectl(lab, "get", "crd", "gatewayreports.portico.dev").returncode == 0
     finally:
         helm("uninstall", release, "--ignore-not-found")
+
+
+# --- Portico under the chart's ServiceAccount tokens -----------------------------------------
+
+E2E = "chart-e2e"  # nameOverride: ServiceAccounts and ClusterRoles of their own
+E2E_BLOCK = 144  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
+
+
+def token_kubeconfig(lab: Lab, account: str, path: Path) -> str:
+    """A kubeconfig with the lab's server and CA and a TokenRequest token of ``account`` (in
+    portico-system), as the kubelet would mount it in the chart's pod."""
+    token = kubectl(
+        lab, "-n", SYSTEM_NAMESPACE, "create", "token", f"{E2E}-{account}", "--duration", "1h"
+    )
+    assert token.returncode == 0, token.stderr
+    admin = yaml.safe_load(lab.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
+        "contexts": [{"name": account, "context": {"cluster": "lab", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_portico_runs_under_the_charts_service_accounts(
+    lab: Lab, api: Api, namespace: str, tmp_path: Path
+) -> None:
+    """The operator, the node agents and the gateway each with a token of the chart's
+    ServiceAccount (the apiserver enforces the chart's RBAC): a Service gets its address, the
+    gateway's status and report are written, a client is answered through the gateway, and no
+    program met a 403."""
+    rbac = ["templates/rbac.yaml", "templates/serviceaccount.yaml"]
+    rbac += ["templates/nodeagent-rbac.yaml", "templates/nodeagent-serviceaccount.yaml"]
+    rbac += ["templates/gateway-rbac.yaml"]
+    argv = [str(lab.bin_dir / "helm"), "template", E2E, str(CHART)]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--kube-version", KUBE_VERSION]
+    argv += ["-f", str(BASE_VALUES), "--set", f"nameOverride={E2E}"]
+    argv += [a for t in rbac for a in ("--show-only", t)]
+    rendered = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    label = f"app.kubernetes.io/instance={E2E}"
+    gateway = gateway_names(lab)[0]
+    try:
+        applied = kubectl(lab, "apply", "-f", "-", stdin=rendered.stdout)
+        assert applied.returncode == 0, applied.stderr
+        op_kc = token_kubeconfig(lab, "operator", tmp_path / "operator.kubeconfig")
+        agent_kc = token_kubeconfig(lab, "node-agent", tmp_path / "agent.kubeconfig")
+        gw_kc = token_kubeconfig(lab, "gateway", tmp_path / "gateway.kubeconfig")
+        v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 32 * E2E_BLOCK}/27")
+        api.create_pool(E2E, [str(v4)])
+        # Later --kubeconfig arguments win over the harness's admin one.
+        op = OperatorProcess(lab, "op-chart", "--kubeconfig", op_kc)
+        logs = [op.log, lab.workdir / "logs" / f"lbnode-{gateway}.log"]
+        logs += [lab.workdir / "logs" / f"node-agent-{n}.log" for n in lab.node_names()]
+        # What this test's processes write, after what earlier ones left in the same files.
+        sizes = {log: log.stat().st_size if log.exists() else 0 for log in logs}
+        with ExitStack() as stack:
+            stack.callback(api.delete_pool, E2E)
+            stack.callback(op.stop)
+            op.start()
+            stack.enter_context(running_agents(lab, "--kubeconfig", agent_kc))
+            stack.enter_context(running_gateway(lab, gateway, "--kubeconfig", gw_kc))
+            names = stack.enter_context(deleting_services(api))
+            create(api, names, E2E, externalTrafficPolicy="Local", **family_spec(4))
+            ip = wait_for(
+                lambda: (
+                    api.core.read_namespaced_service(E2E, NS).status.load_balancer.ingress or [None]
+                )[0],
+                "an address from the operator under its token",
+                30,
+            ).ip
+            wait_gateway_status(lab, NS, E2E, timeout=30)
+            answer = wait_for(
+                lambda: answered(lab, "client-1", ip), "an answer through the gateway", 20
+            )
+            assert answer["client_ip"] == str(lab.host("client-1").ipv4)
+            report = kubectl(lab, "get", "gatewayreport", gateway, "-o", "name")
+            assert report.returncode == 0, report.stderr
+            nodeagents = kubectl(lab, "get", "nodeagents", "-o", "name").stdout.split()
+            assert len(nodeagents) >= len(lab.node_names())
+        for log, start in sizes.items():
+            written = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
+            assert "forbidden" not in written.lower(), (log, written[-2000:])
+    finally:
+        kubectl(lab, "delete", "clusterrole,clusterrolebinding", "-l", label, "--wait=false")
+        kubectl(lab, "-n", SYSTEM_NAMESPACE, "delete", "sa,role,rolebinding", "-l", label)
