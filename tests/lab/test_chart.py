@@ -130,9 +130,9 @@ def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
     ) and "role.rbac.authorization.k8s.io" in kinds
     if values == "gateway-outside":
         assert f"secret/{NAME}-gateway-token" in objects
-        assert f"deployment.apps/{NAME}-gateway" not in objects
+        assert f"statefulset.apps/{NAME}-gateway" not in objects
     else:
-        assert f"deployment.apps/{NAME}-gateway" in objects
+        assert f"statefulset.apps/{NAME}-gateway" in objects
     if values.endswith("pools"):
         assert "ippool.portico.dev/chart-test-lan" in objects
     # Nothing was made.
@@ -268,10 +268,13 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         assert proc.returncode == 0, proc.stderr
         assert "single\npoint of failure" in proc.stdout  # NOTES.txt, as helm prints it
         deploy = kubectl(
-            lab, "-n", namespace, "get", "deploy", f"{release}-gateway", "-o", "jsonpath={.spec}"
+            lab, "-n", namespace, "get", "sts", f"{release}-gateway", "-o", "jsonpath={.spec}"
         )
         assert deploy.returncode == 0, deploy.stderr
-        assert '"replicas":1' in deploy.stdout and '"type":"Recreate"' in deploy.stdout
+        assert (
+            '"replicas":1' in deploy.stdout
+            and '"podManagementPolicy":"OrderedReady"' in deploy.stdout
+        )
         proc = helm("upgrade", release, str(CHART), *base, "--set", "gateway.logLevel=debug")
         assert proc.returncode == 0, proc.stderr
         assert "REVISION: 2" in proc.stdout

@@ -54,7 +54,7 @@ NODE_NAME = "node-from-downward-api"
 
 
 def gateway_pod(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    pod: dict[str, Any] = one(docs, "Deployment", "gateway")["spec"]["template"]["spec"]
+    pod: dict[str, Any] = one(docs, "StatefulSet", "gateway")["spec"]["template"]["spec"]
     return pod
 
 
@@ -78,12 +78,14 @@ def gateway_args(container: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> 
 
 def test_one_gateway_on_the_labelled_nodes_host_network(helm, monkeypatch):
     docs = render(helm)
-    deploy = one(docs, "Deployment", "gateway")
+    deploy = one(docs, "StatefulSet", "gateway")
     assert deploy["metadata"]["name"] == "portico-gateway"
     assert deploy["metadata"]["namespace"] == "portico-system"
-    # Never two at once: one replica, and the old pod stops before the new one starts.
+    # Never two at once: one replica of a StatefulSet, whose gateway-0 is made again only once
+    # the old one is gone (a Deployment replaces a pod that is merely marked for deletion).
     assert deploy["spec"]["replicas"] == 1
-    assert deploy["spec"]["strategy"] == {"type": "Recreate"}
+    assert deploy["spec"]["podManagementPolicy"] == "OrderedReady"
+    assert deploy["spec"]["updateStrategy"] == {"type": "RollingUpdate"}
     selector = deploy["spec"]["selector"]["matchLabels"]
     labels = deploy["spec"]["template"]["metadata"]["labels"]
     assert selector.items() <= labels.items()
@@ -437,7 +439,7 @@ def test_monitors_scrape_every_metrics_port(helm):
     (endpoint,) = pm["spec"]["podMetricsEndpoints"]
     scraped = []
     for d in docs:
-        if d["kind"] not in ("Deployment", "DaemonSet"):
+        if d["kind"] not in ("Deployment", "DaemonSet", "StatefulSet"):
             continue
         template_ = d["spec"]["template"]
         if labels_match(pm["spec"]["selector"], template_["metadata"]["labels"]):

@@ -596,7 +596,8 @@ def test_render_defaults(helm):
             # The operator's Lease, in the release namespace.
             "Role": 1,
             "RoleBinding": 1,
-            "Deployment": 2,
+            "Deployment": 1,
+            "StatefulSet": 1,
             "DaemonSet": 1,
             "Service": 1,
             "PodDisruptionBudget": 1,
@@ -743,7 +744,7 @@ def test_every_pod_runs_on_linux(helm):
     pods = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]
         for d in docs
-        if d["kind"] in ("Deployment", "DaemonSet")
+        if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")
     }
     assert set(pods) == {"portico-operator", "portico-node-agent", "portico-gateway"}
     for name, pod in pods.items():
@@ -1104,7 +1105,8 @@ def test_node_agent_disabled(helm):
             "ClusterRoleBinding": 2,
             "Role": 1,
             "RoleBinding": 1,
-            "Deployment": 2,
+            "Deployment": 1,
+            "StatefulSet": 1,
             "Service": 1,
             "PodDisruptionBudget": 1,
         }
