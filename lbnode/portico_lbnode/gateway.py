@@ -29,6 +29,7 @@ from . import plan
 from .arpprobe import NeighbourProber
 from .arpsock import Announcer
 from .flowstate import Standing, next_drain_end, standing
+from .fwdmemo import RenderMemo
 from .fwdnft import FwdTable
 from .fwdrules import render_fwd
 from .gwreport import ReportWriter
@@ -98,6 +99,9 @@ class Gateway:
         )
         self.report = ReportWriter(kube, settings.name, self.report_status)
         self.fwd = FwdTable()
+        # What the last render made, so a pass renders what changed, not the table (the
+        # renders run one at a time: ``reconcile`` awaits each).
+        self.fwd_memo = RenderMemo()
         self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
         self.announced: frozenset[Any] = frozenset()
@@ -223,7 +227,11 @@ class Gateway:
         if self.nat.apply(render_nat(nat, self.settings.table_size)):
             log.info("NAT table: %d ports", len(nat))
         rules = render_fwd(
-            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
+            ports,
+            self.settings.interfaces,
+            self.settings.table_size,
+            self.fwd.applied,
+            memo=self.fwd_memo,
         )
         return self.fwd.apply(rules), t0
 
