@@ -110,6 +110,8 @@ class Gateway:
         # programmed and announced: then one log line says where the time went.
         self._pending_first: dict[str, float] = {}
         self._drain_wakeup: asyncio.TimerHandle | None = None
+        # When the latest pass started, entered its worker thread, rendered: for the timing line.
+        self._pass_times: dict[str, float] = {}
 
     # -- the cache of CRs -------------------------------------------------------------------
     def _set(self, obj: Mapping[str, Any]) -> None:
@@ -161,7 +163,11 @@ class Gateway:
                 # Our own status write (or the operator's) coming back: nothing to program.
                 self.crs[key] = obj
                 return
+            new = key not in self._pending_first
             self._set(obj)
+            if new and key in self._pending_first:
+                # A new Service's nodes are probed now, not after the reconcile's coalescing.
+                self.prober.set_targets(targets_from_services(self.services.values()))
         self._dirty.set()
 
     def _health_changed(self, node: str, service_key: str, _health: TargetHealth) -> None:
@@ -223,6 +229,7 @@ class Gateway:
         """Render and apply both tables (in a worker thread: a render of thousands of ports
         takes tens of milliseconds, which probes and watches must not wait for)."""
         t0 = time.perf_counter()
+        self._pass_times["thread"] = time.time()
         # NAT first: a port handed to the IP stack must find its DNAT there.
         if self.nat.apply(render_nat(nat, self.settings.table_size)):
             log.info("NAT table: %d ports", len(nat))
@@ -233,12 +240,39 @@ class Gateway:
             self.fwd.applied,
             memo=self.fwd_memo,
         )
+        self._pass_times["rendered"] = time.time()
         return self.fwd.apply(rules), t0
 
+    def _first_probe_pending(self) -> set[str]:
+        """New Services none of whose nodes has answered a probe yet (for at most the probe
+        timeout): they are programmed and announced with their first answers, in one pass,
+        instead of fail-closed first and served one pass later (the probe answers that came
+        during the first pass waited for it)."""
+        now = time.time()
+        timeout = self.settings.probe.timeout
+        waiting = set()
+        for key, seen in self._pending_first.items():
+            svc = self.services.get(key)
+            if svc is None or now - seen >= timeout:
+                continue
+            if all(
+                self.prober.health(b.node, key) is None and not self.neighbours.unreachable(b.node)
+                for b in svc.backends
+            ):
+                waiting.add(key)
+                asyncio.get_running_loop().call_later(seen + timeout - now, self._dirty.set)
+        return waiting
+
     async def reconcile(self) -> None:
-        served = self.services
-        targets = targets_from_services(served.values())
+        self._pass_times = {"pass": time.time()}
+        targets = targets_from_services(self.services.values())
         self.prober.set_targets(targets)
+        waiting = self._first_probe_pending()
+        served = (
+            {k: s for k, s in self.services.items() if k not in waiting}
+            if waiting
+            else self.services
+        )
         self.neighbours.set_targets({n: t.address for n, t in targets.items()})
         wanted = plan.vips_to_announce(served)
         # Withdraw first: a VIP going away is never answered for while its rules go.
@@ -288,6 +322,7 @@ class Gateway:
                         "cr_seen": seen,
                         "first_healthy": min(healthy, default=t_programmed),
                         "programmed": t_programmed,
+                        **self._pass_times,
                         "announced": time.time(),
                     }
                 },
