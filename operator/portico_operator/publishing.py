@@ -66,12 +66,6 @@ class Publishing:
             return
         if not view.served_by(self.settings.load_balancer_class):
             return
-        if not view.has_finalizer:
-            await self.writes.add_finalizer(view)
-            if self.term.outcome(key) is None:
-                await self._withdrawn(key, view)
-                return
-            view = self.cache.services[key]
         # The last valid configuration while the input is bad: as stage one judged it, or as
         # the view says already (a publish may run before stage one has seen an edit).
         bad = outcome.input_error or view.input_error()
@@ -104,8 +98,19 @@ class Publishing:
             # a CR written first would send its traffic to nodes that drop it. Written, the
             # entry queues this publish again (``on_written``), which writes the CR.
             self.rules.want(key, entry)
-            if not self.rules.holds(key, entry):
+        if not view.has_finalizer:
+            # The finalizer before the CR, while the entry is being written (not before it: a
+            # new Service's traffic waited for both writes one after the other). Should the
+            # Service go meanwhile, its withdrawal removes the entry (``forget_gone``).
+            await self.writes.add_finalizer(view)
+            if self.term.outcome(key) is None:
+                await self._withdrawn(key, view)
                 return
+            refreshed = self.cache.services[key]
+            basis = refreshed if basis is view else basis
+            view = refreshed
+        if entry is not None and not self.rules.holds(key, entry):
+            return
         await self._apply_lb(view, basis, outcome, endpoints, keep)
         if self.term.outcome(key) is None:
             await self._withdrawn(key, view)  # while this wrote: do not leave a CR behind
