@@ -326,7 +326,7 @@ def part_a(
             row["healthy"] = max(t["first_healthy"], t["cr_seen"])
             row["programmed"] = t["programmed"]
             row["announced"] = t["announced"]
-            for k in ("pass", "thread", "rendered"):  # the serving pass's own steps
+            for k in ("pass", "thread", "rendered", "applied"):  # the serving pass's own steps
                 if k in t:
                     row[k] = t[k]
     finally:
@@ -361,14 +361,15 @@ def print_a(rows: list[dict[str, float]], etp: str) -> None:
     for label, a, b in STAGES:
         xs = [r[b] - r[a] for r in timed]
         print(f"| {label} | {ms(statistics.median(xs))} | {ms(pct(xs, 99))} |")
-    steps = [r for r in timed if "rendered" in r and r["pass"] >= r["healthy"]]
+    steps = [r for r in timed if "applied" in r and r["pass"] >= r["healthy"]]
     if steps:
         # The programming pass that served the Service, step by step.
         for label, a, b in (
             ("  healthy -> its pass starts", "healthy", "pass"),
             ("  pass start -> worker thread", "pass", "thread"),
             ("  worker thread -> rendered", "thread", "rendered"),
-            ("  rendered -> programmed (nft)", "rendered", "programmed"),
+            ("  rendered -> applied (nft)", "rendered", "applied"),
+            ("  applied -> programmed (back in the event loop)", "applied", "programmed"),
         ):
             xs = [r[b] - r[a] for r in steps]
             print(f"| {label} ({len(steps)}) | {ms(statistics.median(xs))} | {ms(pct(xs, 99))} |")

@@ -241,7 +241,9 @@ class Gateway:
             memo=self.fwd_memo,
         )
         self._pass_times["rendered"] = time.time()
-        return self.fwd.apply(rules), t0
+        result = self.fwd.apply(rules)
+        self._pass_times["applied"] = time.time()
+        return result, t0
 
     def _first_probe_pending(self) -> set[str]:
         """New Services none of whose nodes has answered a probe yet (for at most the probe
@@ -275,6 +277,7 @@ class Gateway:
         )
         self.neighbours.set_targets({n: t.address for n, t in targets.items()})
         wanted = plan.vips_to_announce(served)
+        announced_before = self.announced
         # Withdraw first: a VIP going away is never answered for while its rules go.
         keep = self.announced & wanted
         if keep != self.announced:
@@ -298,7 +301,14 @@ class Gateway:
             self._announce(wanted)
         if self._pending_first:
             self._log_first_served(ports, t_programmed)
-        self._status_dirty.update(self.crs)
+        # The statuses this pass changed: those whose announcement did (health changes and CR
+        # edits mark theirs as they come). Not every CR's: judging 1,000 statuses after each
+        # pass kept the event loop from the next Service's probe answers.
+        flipped = announced_before ^ self.announced
+        if flipped:
+            self._status_dirty.update(
+                k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips)
+            )
         self._status_event.set()
 
     def _log_first_served(self, ports: Sequence[Any], t_programmed: float) -> None:
