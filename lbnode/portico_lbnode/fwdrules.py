@@ -739,6 +739,7 @@ def render_fwd(
 
     memo = memo if memo is not None else RenderMemo()
     slot_text = _SlotTexts(memo)
+    chain_of = {id(p): _port_chain(p, memo) for p in chosen}
     # Grouped by tuple first: hashing 4,093 slot texts per port cost more than the rest.
     by_tuple: dict[int, tuple[SlotList, list[str]]] = {}
     for p in chosen:
@@ -746,7 +747,7 @@ def render_fwd(
             group = by_tuple.get(id(p.slots))
             if group is None:
                 group = by_tuple[id(p.slots)] = (slot_text(p), [])
-            group[1].append(_port_chain(p, memo))
+            group[1].append(chain_of[id(p)])
     wanted: dict[SlotList, list[str]] = {}
     for content, chains in by_tuple.values():
         wanted.setdefault(content, []).extend(chains)
@@ -768,7 +769,7 @@ def render_fwd(
     for p in pinning:
         nids = sorted({ids[a] for a in (*slot_nodes(p), *p.established) if a.version == p.family})
         if nids:
-            est_of[_port_chain(p, memo)] = (p.family, tuple(canon(n) for n in nids))
+            est_of[chain_of[id(p)]] = (p.family, tuple(canon(n) for n in nids))
     est_wanted: dict[SlotList, list[str]] = {}
     for chain, content in est_of.items():
         est_wanted.setdefault(content, []).append(chain)
@@ -783,7 +784,7 @@ def render_fwd(
 
     map_of_tuple = {i: map_names[content] for i, (content, _) in by_tuple.items()}
     for p in chosen:
-        chain = _port_chain(p, memo)
+        chain = chain_of[id(p)]
         if p.source_ranges:
             src = source_set(p)
             out.collections[src] = Collection(ADDR_TYPE[p.family], flags=("interval",))
