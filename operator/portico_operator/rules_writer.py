@@ -30,14 +30,17 @@ from .noderules_push import (
     shard_patches,
 )
 from .service import ServiceView
+from .writebudget import WriteBudget
 
 log = logging.getLogger("portico.operator.rules")
 
 
-# A change waits this long for others to join it, and a shard is written at most once per
-# RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
+# A change waits this long for others to join it, and the shards are written once per
+# RULES_MIN_INTERVAL on average (a Deployment replacing 100 pods is a few writes per shard),
+# RULES_BURST writes at once (``writebudget``: a new Service's entry, then its endpoints).
 RULES_GATHER_SECONDS = 0.005
 RULES_MIN_INTERVAL = 0.05
+RULES_BURST = 2
 RETRY_SECONDS = 0.2
 # A node that has not applied a Service's new rules this long after they were written makes
 # Programmed False; sooner, a True one stays (the usual apply takes milliseconds: no flapping,
@@ -115,6 +118,7 @@ class NodeRulesWriter:
             self.dirty.set()
 
     async def flusher(self) -> None:
+        budget = WriteBudget(RULES_MIN_INTERVAL, RULES_BURST)
         while True:
             await self.dirty.wait()
             await asyncio.sleep(RULES_GATHER_SECONDS)
@@ -133,7 +137,7 @@ class NodeRulesWriter:
                 log.exception("node rules")
                 self._retry(wanted)
                 await asyncio.sleep(RETRY_SECONDS * 10)
-            await asyncio.sleep(RULES_MIN_INTERVAL)
+            await asyncio.sleep(budget.spend(time.monotonic()))
 
     def _retry(self, wanted: Mapping[str, Entry | None]) -> None:
         for key, entry in wanted.items():
