@@ -52,6 +52,8 @@ log = logging.getLogger("portico.lbnode")
 
 FIELD_MANAGER_PREFIX = "portico-lbnode"
 STATUS_WRITERS = 8  # concurrent status writes
+COALESCE_SECONDS = 0.005  # a change waits this long for others to join its pass ...
+COALESCE_AFTER_QUIET = 0.05  # ... unless none came for this long
 
 
 def lb_path(namespace: str | None = None, name: str | None = None) -> str:
@@ -357,9 +359,13 @@ class Gateway:
                 log.exception("reconcile failed; retrying")
                 await asyncio.sleep(1.0)
                 self._dirty.set()
+            ended = time.monotonic()
             await self._dirty.wait()
-            # Coalesce a burst (a Deployment's pods, a list): one transaction for all of it.
-            await asyncio.sleep(0.005)
+            # Coalesce a burst (a Deployment's pods, a list): one transaction for all of it. A
+            # change after a quiet spell (a new Service's first probe answer) goes at once:
+            # what came with it in the same loop turn joins it all the same.
+            quiet = time.monotonic() - ended > COALESCE_AFTER_QUIET
+            await asyncio.sleep(0 if quiet else COALESCE_SECONDS)
 
     # -- status -----------------------------------------------------------------------------
     def desired_status(self, key: str) -> dict[str, Any] | None:

@@ -35,9 +35,10 @@ from .writebudget import WriteBudget
 log = logging.getLogger("portico.operator.rules")
 
 
-# A change waits this long for others to join it, and the shards are written once per
-# RULES_MIN_INTERVAL on average (a Deployment replacing 100 pods is a few writes per shard),
-# RULES_BURST writes at once (``writebudget``: a new Service's entry, then its endpoints).
+# A change waits this long for others to join it (unless the writer was quiet), and the
+# shards are written once per RULES_MIN_INTERVAL on average (a Deployment replacing 100 pods
+# is a few writes per shard), RULES_BURST writes at once (``writebudget``: a new Service's
+# entry, then its endpoints).
 RULES_GATHER_SECONDS = 0.005
 RULES_MIN_INTERVAL = 0.05
 RULES_BURST = 2
@@ -121,7 +122,10 @@ class NodeRulesWriter:
         budget = WriteBudget(RULES_MIN_INTERVAL, RULES_BURST)
         while True:
             await self.dirty.wait()
-            await asyncio.sleep(RULES_GATHER_SECONDS)
+            # After a quiet spell (a new Service) at once: what came in the same loop turn
+            # joins all the same, and a burst's rest gathers behind the rate limit.
+            quiet = budget.full(time.monotonic())
+            await asyncio.sleep(0 if quiet else RULES_GATHER_SECONDS)
             self.dirty.clear()
             wanted, self.wanted = self.wanted, {}
             try:

@@ -18,6 +18,14 @@ def test_a_burst_goes_at_once_then_one_per_interval() -> None:
     assert b.spend(11.0) == pytest.approx(0.05)
 
 
+def test_full_after_a_quiet_spell_only() -> None:
+    b = WriteBudget(0.05, 2)
+    assert b.full(0.0)
+    b.spend(1.0)
+    assert not b.full(1.01)
+    assert b.full(1.05)  # one interval later the spent write is back
+
+
 def test_without_a_burst_every_write_waits_the_interval() -> None:
     b = WriteBudget(0.05, 1)
     assert b.spend(0.0) == pytest.approx(0.05)
