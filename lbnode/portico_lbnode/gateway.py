@@ -33,7 +33,7 @@ from .fwdmemo import RenderMemo
 from .fwdnft import FwdTable
 from .fwdrules import render_fwd
 from .gwreport import ReportWriter
-from .healthstate import TargetHealth
+from .healthstate import NOT_APPLIED_MESSAGE, TargetHealth
 from .lbstatus import render_status, status_differs
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
@@ -248,10 +248,10 @@ class Gateway:
         return result, t0
 
     def _first_probe_pending(self) -> set[str]:
-        """New Services none of whose nodes has answered a probe yet (for at most the probe
-        timeout): they are programmed and announced with their first answers, in one pass,
-        instead of fail-closed first and served one pass later (the probe answers that came
-        during the first pass waited for it)."""
+        """New Services none of whose nodes has answered a probe yet, or only that it has not
+        programmed them yet (for at most the probe timeout): they are programmed and announced
+        with their first good answers, in one pass, instead of fail-closed first and served one
+        pass later (the probe answers that came during the first pass waited for it)."""
         now = time.time()
         timeout = self.settings.probe.timeout
         waiting = set()
@@ -260,12 +260,17 @@ class Gateway:
             if svc is None or now - seen >= timeout:
                 continue
             if all(
-                self.prober.health(b.node, key) is None and not self.neighbours.unreachable(b.node)
+                self._not_yet(self.prober.health(b.node, key))
+                and not self.neighbours.unreachable(b.node)
                 for b in svc.backends
             ):
                 waiting.add(key)
                 asyncio.get_running_loop().call_later(seen + timeout - now, self._dirty.set)
         return waiting
+
+    @staticmethod
+    def _not_yet(h: TargetHealth | None) -> bool:
+        return h is None or (not h.healthy and h.message == NOT_APPLIED_MESSAGE)
 
     async def reconcile(self) -> None:
         self._pass_times = {"pass": time.time()}

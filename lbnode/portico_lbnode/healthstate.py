@@ -233,6 +233,8 @@ def service_healthy_from_aggregate(
     if not answer.rules_current:
         return False, "node agent: rules not current"
     svc = answer.services.get(key)
+    if svc is None and answer.all_services:
+        return False, NOT_APPLIED_MESSAGE
     if svc is None:
         return False, "node agent: service not listed (no local endpoints or not yet programmed)"
     if family is None:

@@ -170,6 +170,10 @@ def test_a_cluster_service_an_agent_listing_all_does_not_list_is_not_programmed_
         "node agent: service not programmed yet",
     )
     assert not_applied(new, ["ns/web", "ns/new"]) and not not_applied(new, ["ns/web"])
+    assert service_healthy_from_aggregate(new, "ns/new", 4) == (
+        False,
+        "node agent: service not programmed yet",
+    )
     stale = parse_aggregate(json.dumps({**GOOD, "allServices": True, "rulesCurrent": False}))
     assert cluster_healthy_from_aggregate(stale, "ns/web")[1] == "node agent: rules not current"
 
