@@ -168,12 +168,22 @@ class Gateway:
             new = key not in self._pending_first
             self._set(obj)
             if new and key in self._pending_first:
-                # A new Service's nodes are probed now, not after the reconcile's coalescing.
+                # A new Service's nodes are probed now, not after the reconcile's coalescing,
+                # and its pass waits for their answers (or the timeout): a pass now would
+                # leave it out, and the answers coming during it would wait for its end.
                 self.prober.set_targets(targets_from_services(self.services.values()))
+                if key in self._first_probe_pending():
+                    return
         self._dirty.set()
 
-    def _health_changed(self, node: str, service_key: str, _health: TargetHealth) -> None:
+    def _health_changed(self, node: str, service_key: str, health: TargetHealth) -> None:
         self._status_dirty.add(service_key)
+        if (
+            service_key in self._pending_first
+            and self._not_yet(health)
+            and service_key in self._first_probe_pending()
+        ):
+            return  # "not programmed yet" of a new Service: its pass waits for the next answer
         self._dirty.set()
 
     def _neighbour_changed(self, node: str, _state: Neighbour) -> None:
@@ -257,8 +267,8 @@ class Gateway:
         waiting = set()
         for key, seen in self._pending_first.items():
             svc = self.services.get(key)
-            if svc is None or now - seen >= timeout:
-                continue
+            if svc is None or not svc.backends or now - seen >= timeout:
+                continue  # no node to wait for: programmed (fail-closed) and announced now
             if all(
                 self._not_yet(self.prober.health(b.node, key))
                 and not self.neighbours.unreachable(b.node)
