@@ -88,6 +88,10 @@ class Gateway:
         self.synced = asyncio.Event()
         self._dirty = asyncio.Event()
         self._status_dirty: set[str] = set()
+        # Statuses to write: those marked before the last pass began, so a status never says
+        # more than the table does (a node out while a pass that still forwards to it runs).
+        self._status_ready: set[str] = set()
+        self._status_taken: set[str] = set()  # ... marked before the pass under way began
         self._status_event = asyncio.Event()
         self.maglev = plan.MaglevCache(settings.table_size)
         self.prober = Prober(
@@ -142,6 +146,7 @@ class Gateway:
         self.services.pop(key, None)
         self.invalid.pop(key, None)
         self._status_dirty.discard(key)
+        self._status_ready.discard(key)
 
     def on_list(self, items: Sequence[Mapping[str, Any]]) -> None:
         seen = set()
@@ -215,7 +220,10 @@ class Gateway:
         if svc is None:
             return False
         h = self.prober.health(node, key)
-        return standing(h, time.time(), svc.drain_timeout) is not Standing.OUT
+        # A node that answers no ARP is dead, whatever its last probe said: its pins go at
+        # once (the probes would take 2 s more to see it).
+        reachable = not self.neighbours.unreachable(node)
+        return standing(h, time.time(), svc.drain_timeout, reachable) is not Standing.OUT
 
     def _wake_at_drain_end(self) -> None:
         """A reconcile when the next drain timeout ends: the node's pins are let go then."""
@@ -284,6 +292,8 @@ class Gateway:
 
     async def reconcile(self) -> None:
         self._pass_times = {"pass": time.time()}
+        self._status_taken, self._status_dirty = self._status_dirty, set()
+        marked = self._status_taken
         targets = targets_from_services(self.services.values())
         self.prober.set_targets(targets)
         waiting = self._first_probe_pending()
@@ -323,9 +333,9 @@ class Gateway:
         # pass kept the event loop from the next Service's probe answers.
         flipped = announced_before ^ self.announced
         if flipped:
-            self._status_dirty.update(
-                k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips)
-            )
+            marked.update(k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips))
+        self._status_ready |= marked
+        self._status_taken = set()
         self._status_event.set()
 
     def _log_first_served(self, ports: Sequence[Any], t_programmed: float) -> None:
@@ -372,6 +382,7 @@ class Gateway:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")
+                self._status_dirty |= self._status_taken  # for the pass that retries
                 await asyncio.sleep(1.0)
                 self._dirty.set()
             ended = time.monotonic()
@@ -416,7 +427,7 @@ class Gateway:
             self._status_event.clear()
             if not self.programmed_once:
                 continue
-            keys, self._status_dirty = self._status_dirty, set()
+            keys, self._status_ready = self._status_ready, set()
             await asyncio.gather(*(write(k) for k in sorted(keys)))
 
     async def _write_status(self, key: str) -> None:
@@ -446,12 +457,12 @@ class Gateway:
         except ApiError as e:
             if e.status != 404:
                 log.warning("status of %s: %s (retrying)", key, e)
-                self._status_dirty.add(key)
+                self._status_ready.add(key)
                 asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("status of %s: %s (retrying)", key, e)
-            self._status_dirty.add(key)
+            self._status_ready.add(key)
             asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):
