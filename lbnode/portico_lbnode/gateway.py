@@ -54,6 +54,8 @@ FIELD_MANAGER_PREFIX = "portico-lbnode"
 STATUS_WRITERS = 8  # concurrent status writes
 COALESCE_SECONDS = 0.005  # a change waits this long for others to join its pass ...
 COALESCE_AFTER_QUIET = 0.05  # ... unless none came for this long
+# A new Service's first pass waits this long after its first good answer for its other nodes'.
+FIRST_GATHER = 0.025
 
 
 def lb_path(namespace: str | None = None, name: str | None = None) -> str:
@@ -183,12 +185,8 @@ class Gateway:
 
     def _health_changed(self, node: str, service_key: str, health: TargetHealth) -> None:
         self._status_dirty.add(service_key)
-        if (
-            service_key in self._pending_first
-            and self._not_yet(health)
-            and service_key in self._first_probe_pending()
-        ):
-            return  # "not programmed yet" of a new Service: its pass waits for the next answer
+        if service_key in self._pending_first and service_key in self._first_probe_pending():
+            return  # a new Service's pass waits for its nodes' answers (``_first_probe_pending``)
         self._dirty.set()
 
     def _neighbour_changed(self, node: str, _state: Neighbour) -> None:
@@ -266,10 +264,11 @@ class Gateway:
         return result, t0
 
     def _first_probe_pending(self) -> set[str]:
-        """New Services none of whose nodes has answered a probe yet, or only that it has not
-        programmed them yet (for at most the probe timeout): they are programmed and announced
-        with their first good answers, in one pass, instead of fail-closed first and served one
-        pass later (the probe answers that came during the first pass waited for it)."""
+        """New Services some of whose nodes have not answered a probe yet, or only that they
+        have not programmed them yet: until the first answer (at most the probe timeout) and
+        ``FIRST_GATHER`` after it. They are programmed and announced with their nodes' answers,
+        in one pass, instead of fail-closed first and served one pass later, node by node (the
+        answers that came during a pass waited for it)."""
         now = time.time()
         timeout = self.settings.probe.timeout
         waiting = set()
@@ -277,13 +276,21 @@ class Gateway:
             svc = self.services.get(key)
             if svc is None or not svc.backends or now - seen >= timeout:
                 continue  # no node to wait for: programmed (fail-closed) and announced now
-            if all(
-                self._not_yet(self.prober.health(b.node, key))
-                and not self.neighbours.unreachable(b.node)
-                for b in svc.backends
-            ):
+            health = [self.prober.health(b.node, key) for b in svc.backends]
+            asked = [
+                (h is not None and not self._not_yet(h)) or self.neighbours.unreachable(b.node)
+                for b, h in zip(svc.backends, health, strict=True)
+            ]
+            if all(asked):
+                continue
+            # The first answers, and the others for a moment more: a pass with one node of
+            # three makes a slot map of its own (4,093 elements, then moved in place twice),
+            # where all three share the map every Service over them uses.
+            first = min((h.last_probe for h in health if h and not self._not_yet(h)), default=None)
+            until = seen + timeout if first is None else min(seen + timeout, first + FIRST_GATHER)
+            if now < until:
                 waiting.add(key)
-                asyncio.get_running_loop().call_later(seen + timeout - now, self._dirty.set)
+                asyncio.get_running_loop().call_later(until - now, self._dirty.set)
         return waiting
 
     @staticmethod
