@@ -72,6 +72,7 @@ class NodeRulesWriter:
         self.generation: dict[str, tuple[str, int]] = {}  # key -> (shard, generation written)
         self.written_at: dict[str, float] = {}  # key -> when (monotonic)
         self.applied: dict[str, dict[str, int]] = {}  # node -> shard -> generation applied
+        self.sent = 0  # shard writes attempted (the write budget counts these)
 
     # -- entries -----------------------------------------------------------------------------
     def want(self, key: str, entry: Entry | None) -> None:
@@ -128,6 +129,7 @@ class NodeRulesWriter:
             await asyncio.sleep(0 if quiet else RULES_GATHER_SECONDS)
             self.dirty.clear()
             wanted, self.wanted = self.wanted, {}
+            sent = self.sent
             try:
                 await self.write(wanted)
             except (ApiError, OSError, TimeoutError) as e:
@@ -141,7 +143,8 @@ class NodeRulesWriter:
                 log.exception("node rules")
                 self._retry(wanted)
                 await asyncio.sleep(RETRY_SECONDS * 10)
-            await asyncio.sleep(budget.spend(time.monotonic()))
+            if self.sent != sent:  # a flush that found nothing to write costs nothing
+                await asyncio.sleep(budget.spend(time.monotonic()))
 
     def _retry(self, wanted: Mapping[str, Entry | None]) -> None:
         for key, entry in wanted.items():
@@ -190,6 +193,7 @@ class NodeRulesWriter:
                     self.on_written(key)  # Programmed: now against this generation
 
     def _count(self, body: Any) -> None:
+        self.sent += 1
         self.metrics.api_writes.labels("noderules").inc()
         self.metrics.api_write_bytes.labels("noderules").inc(len(json.dumps(body)))
 
