@@ -11,6 +11,7 @@ turns False if it still has not).
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 
 from portico_common.clock import now_rfc3339 as now
@@ -91,20 +92,33 @@ class Publishing:
             # a CR written first would send its traffic to nodes that drop it. Written, the
             # entry queues this publish again (``on_written``), which writes the CR.
             self.rules.want(key, entry)
+        held = entry is None or self.rules.holds(key, entry)
         if not view.has_finalizer:
-            # The finalizer before the CR, while the entry is being written (not before it: a
-            # new Service's traffic waited for both writes one after the other). Should the
-            # Service go meanwhile, its withdrawal removes the entry (``forget_gone``).
-            await self.writes.add_finalizer(view)
+            # The finalizer while the entry is being written, and with the CR when the entry
+            # is written already (a new Service's traffic waited for these writes one after
+            # the other). Should the Service go meanwhile, its withdrawal removes the entry and
+            # the CR (``forget_gone``: as for a Service deleted before it had our finalizer).
+            finalizing = self.writes.add_finalizer(view)
+            with_cr = held
+            if with_cr:
+                await asyncio.gather(
+                    finalizing, self._apply_lb(view, basis, outcome, endpoints, keep)
+                )
+            else:
+                await finalizing
             if self.term.outcome(key) is None:
                 await self._withdrawn(key, view)
                 return
             refreshed = self.cache.services[key]
             basis = refreshed if basis is view else basis
             view = refreshed
-        if entry is not None and not self.rules.holds(key, entry):
+            if not with_cr and entry is not None and self.rules.holds(key, entry):
+                held = True  # written meanwhile
+                await self._apply_lb(view, basis, outcome, endpoints, keep)
+        elif held:
+            await self._apply_lb(view, basis, outcome, endpoints, keep)
+        if not held:
             return
-        await self._apply_lb(view, basis, outcome, endpoints, keep)
         if self.term.outcome(key) is None:
             await self._withdrawn(key, view)  # while this wrote: do not leave a CR behind
             return
