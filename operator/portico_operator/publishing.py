@@ -2,11 +2,12 @@
 last outcome. A Service's addresses are released here once its CR no longer carries them.
 What the CR and the rules say is pure (``lbspec``, ``noderules_push``).
 
-A new Service passes here about three times: when stage one allocated it (its node rules are
-wanted, nothing more), when the rules writer wrote them (the CR is written), when the agents
-report them applied (Programmed turns True); and, if a node had not applied them yet when one
-of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they were written (Programmed
-turns False if it still has not).
+A new Service passes here about three times: when stage one allocated it (stage one wanted
+its node rules as it allocated, ``want_rules``: the finalizer is written, and the CR with it
+when the rules are written already), when the rules writer wrote them (the CR is written, if it
+was not), when the agents report them applied (Programmed turns True); and, if a node had not
+applied them yet when one of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they
+were written (Programmed turns False if it still has not).
 """
 
 from __future__ import annotations
