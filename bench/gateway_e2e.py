@@ -326,6 +326,9 @@ def part_a(
             row["healthy"] = max(t["first_healthy"], t["cr_seen"])
             row["programmed"] = t["programmed"]
             row["announced"] = t["announced"]
+            for k in ("pass", "thread", "rendered", "applied"):  # the serving pass's own steps
+                if k in t:
+                    row[k] = t[k]
     finally:
         prober.close()
         for w in watches:
@@ -358,6 +361,18 @@ def print_a(rows: list[dict[str, float]], etp: str) -> None:
     for label, a, b in STAGES:
         xs = [r[b] - r[a] for r in timed]
         print(f"| {label} | {ms(statistics.median(xs))} | {ms(pct(xs, 99))} |")
+    steps = [r for r in timed if "applied" in r and r["pass"] >= r["healthy"]]
+    if steps:
+        # The programming pass that served the Service, step by step.
+        for label, a, b in (
+            ("  healthy -> its pass starts", "healthy", "pass"),
+            ("  pass start -> worker thread", "pass", "thread"),
+            ("  worker thread -> rendered", "thread", "rendered"),
+            ("  rendered -> applied (nft)", "rendered", "applied"),
+            ("  applied -> programmed (back in the event loop)", "applied", "programmed"),
+        ):
+            xs = [r[b] - r[a] for r in steps]
+            print(f"| {label} ({len(steps)}) | {ms(statistics.median(xs))} | {ms(pct(xs, 99))} |")
     early = sum(1 for r in timed if r["healthy_raw"] <= r["cr_seen"])
     print(f"| (nodes already healthy when the CR was seen: {early}/{len(timed)}) | | |")
     medians = [statistics.median([r[b] - r[a] for r in timed]) for _, a, b in STAGES]

@@ -65,6 +65,8 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
         if name in gone_colls:
             continue
         new_elems = new.elements.get(name, {})
+        if new_elems is old_elems:
+            continue  # shared by two renders (``fwdmemo``): the same, without a look
         drop = {k: v for k, v in old_elems.items() if k not in new_elems or new_elems[k] != v}
         if drop:
             cmds.append(element_cmd("delete", name, old.collections[name], drop))
@@ -79,6 +81,8 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
     cmds += [{"add": {"chain": chain_json(n, new.chains[n])}} for n in added_chains]
     for name, new_elems in new.elements.items():
         base = {} if name in added_colls else old.elements.get(name, {})
+        if base is new_elems:
+            continue
         add = {k: v for k, v in new_elems.items() if k not in base or base[k] != v}
         if add:
             cmds.append(element_cmd("add", name, new.collections[name], add))

@@ -101,6 +101,7 @@ from .flowrules import (
     is_helper,
     node_ids,
 )
+from .fwdmemo import RenderMemo
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -411,9 +412,14 @@ SlotList = tuple[int, tuple[str, ...]]  # family, node addresses (or ids, for es
 
 
 def _slot_map_names(
-    wanted: Mapping[SlotList, list[str]], previous: FwdRules | None
+    wanted: Mapping[SlotList, list[str]],
+    previous: FwdRules | None,
+    known: Mapping[str, SlotList] | None = None,
 ) -> dict[SlotList, str]:
-    prev = previous.slot_maps() if previous is not None else {}
+    """``known``: ``previous.slot_maps()`` when the caller has it (``RenderMemo``)."""
+    prev = known
+    if prev is None:
+        prev = previous.slot_maps() if previous is not None else {}
     return _inplace_names(wanted, prev, previous, SLOTS_MAP_PREFIX, _content_name, same_size=True)
 
 
@@ -608,20 +614,64 @@ class _SlotTexts:
     """Each slot list as text, made once per tuple: ports over the same nodes usually share
     one tuple object, and turning M addresses into text per port dominated the render."""
 
-    def __init__(self) -> None:
-        self._by_id: dict[int, SlotList] = {}
+    def __init__(self, memo: RenderMemo) -> None:
+        self._by_id = memo.slot_texts  # kept from render to render (``fwdmemo``)
 
     def __call__(self, port: FwdPort) -> SlotList:
-        content = self._by_id.get(id(port.slots))
-        if content is None:
-            if any(a.version != port.family for a in port.slots):
-                raise FwdRulesError(
-                    f"{port.service} {port.vip}: a slot holds an address of the other family"
-                )
-            content = (port.family, tuple(str(a) for a in port.slots))
-            # The render holds every port (and so its tuple) to the end: no id is reused.
-            self._by_id[id(port.slots)] = content
+        found = self._by_id.get(id(port.slots))
+        if found is not None and found[0] is port.slots:
+            content: SlotList = found[1]
+            if content[0] == port.family:
+                return content
+        if any(a.version != port.family for a in port.slots):
+            raise FwdRulesError(
+                f"{port.service} {port.vip}: a slot holds an address of the other family"
+            )
+        content = (port.family, tuple(str(a) for a in port.slots))
+        # The entry holds the tuple: its id is not reused while the entry lives.
+        self._by_id.put(id(port.slots), (port.slots, content))
         return content
+
+
+class _SlotNodes:
+    """Each slot list's distinct nodes, found once per tuple: a slot list is thousands of
+    entries over a handful of nodes, and going through every port's slots made a render of
+    100 Services take 300 ms (the new Service waited for it)."""
+
+    def __init__(self, memo: RenderMemo) -> None:
+        self._by_id = memo.slot_nodes
+
+    def __call__(self, port: FwdPort) -> tuple[IP, ...]:
+        found = self._by_id.get(id(port.slots))
+        if found is not None and found[0] is port.slots:
+            return found[1]
+        nodes = tuple(dict.fromkeys(port.slots))
+        # The entry holds the tuple: its id is not reused while the entry lives.
+        self._by_id.put(id(port.slots), (port.slots, nodes))
+        return nodes
+
+
+def _port_chain(p: FwdPort, memo: RenderMemo) -> str:
+    """``service_chain(p)``, its digest made once per port while the port stays."""
+    key = (p.service, p.vip, p.protocol, p.port)
+    pid = memo.port_ids.get(key)
+    if pid is None:
+        pid = memo.port_ids.put(key, port_id(p))
+    return SERVICE_CHAIN_PREFIX + pid
+
+
+def _slot_elements(
+    content: SlotList, id_text: Mapping[str, str], memo: RenderMemo
+) -> dict[str, str | None]:
+    """A slot map's elements (slot : node id) for a slot list's text ``content``."""
+    nodes = tuple((a, id_text[a]) for a in dict.fromkeys(content[1]))
+    key = (id(content), nodes)
+    found = memo.slot_elements.get(key)
+    if found is not None and found[0] is content:
+        return found[1]
+    elems: dict[str, str | None] = {canon(i): id_text[a] for i, a in enumerate(content[1])}
+    memo.slot_elements.put(key, (content, elems))
+    return elems
 
 
 def _port_order(p: FwdPort) -> tuple[str, int, int, str, int]:
@@ -634,8 +684,11 @@ def render_fwd(
     size: int,
     previous: FwdRules | None = None,
     flow_limit: int = DEFAULT_FLOW_LIMIT,
+    memo: RenderMemo | None = None,
 ) -> FwdRules:
     """The whole table for ``ports`` on LAN ``devices`` with Maglev tables of ``size`` slots.
+    ``memo``: the same one each time, to render only what changed since its last render
+    (``fwdmemo``; the result is the same without).
 
     ``previous`` (the rules in force) only chooses slot map names, so that a changed slot list
     is an in-place change of the map it replaces. Should two ports claim one
@@ -684,29 +737,39 @@ def render_fwd(
         chosen.append(p)
     out.skipped = tuple(skipped)
 
-    slot_text = _SlotTexts()
-    wanted: dict[SlotList, list[str]] = {}
+    memo = memo if memo is not None else RenderMemo()
+    slot_text = _SlotTexts(memo)
+    chain_of = {id(p): _port_chain(p, memo) for p in chosen}
+    # Grouped by tuple first: hashing 4,093 slot texts per port cost more than the rest.
+    by_tuple: dict[int, tuple[SlotList, list[str]]] = {}
     for p in chosen:
         if p.slots and not p.to_stack:
-            wanted.setdefault(slot_text(p), []).append(service_chain(p))
-    map_names = _slot_map_names(wanted, previous)
+            group = by_tuple.get(id(p.slots))
+            if group is None:
+                group = by_tuple[id(p.slots)] = (slot_text(p), [])
+            group[1].append(chain_of[id(p)])
+    wanted: dict[SlotList, list[str]] = {}
+    for content, chains in by_tuple.values():
+        wanted.setdefault(content, []).extend(chains)
+    map_names = _slot_map_names(wanted, previous, memo.slot_maps_of(previous))
     # Node ids (``flowrules``): of every node a port may forward to, new flows or pinned ones.
     pinning = [p for p in chosen if not p.to_stack and (p.slots or p.established)]
-    ids = node_ids(a for p in pinning for a in (*p.slots, *p.established))
+    slot_nodes = _SlotNodes(memo)
+    ids = node_ids(a for p in pinning for a in (*slot_nodes(p), *p.established))
     id_text = {str(a): canon(n) for a, n in ids.items()}
     for fam in (4, 6):
         out.collections[NODES_MAP[fam]] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
         out.elements[NODES_MAP[fam]] = {
             canon(n): canon(str(a)) for a, n in ids.items() if a.version == fam
         }
-    for (_fam, slots), name in map_names.items():
+    for content, name in map_names.items():
         out.collections[name] = Collection(SLOT_KEY_TYPE, SLOT_VALUE_TYPE)
-        out.elements[name] = {canon(i): id_text[a] for i, a in enumerate(slots)}
+        out.elements[name] = _slot_elements(content, id_text, memo)
     est_of: dict[str, SlotList] = {}  # service chain -> its est content
     for p in pinning:
-        nids = sorted({ids[a] for a in (*p.slots, *p.established) if a.version == p.family})
+        nids = sorted({ids[a] for a in (*slot_nodes(p), *p.established) if a.version == p.family})
         if nids:
-            est_of[service_chain(p)] = (p.family, tuple(canon(n) for n in nids))
+            est_of[chain_of[id(p)]] = (p.family, tuple(canon(n) for n in nids))
     est_wanted: dict[SlotList, list[str]] = {}
     for chain, content in est_of.items():
         est_wanted.setdefault(content, []).append(chain)
@@ -719,36 +782,63 @@ def render_fwd(
         out.elements[name] = {m: None for m in members}
     est_names = {chain: est_by_content[content] for chain, content in est_of.items()}
 
+    map_of_tuple = {i: map_names[content] for i, (content, _) in by_tuple.items()}
     for p in chosen:
-        chain = service_chain(p)
-        rules: list[list[Json]] = []
+        chain = chain_of[id(p)]
         if p.source_ranges:
             src = source_set(p)
-            same = [n for n in p.source_ranges if n.version == p.family]
-            # An interval set refuses overlapping elements: collapse them first. With no range
-            # of this family the set stays empty and every client of this family is dropped.
-            merged = ipaddress.collapse_addresses(same)  # type: ignore[type-var,arg-type]
             out.collections[src] = Collection(ADDR_TYPE[p.family], flags=("interval",))
-            out.elements[src] = {canon(_range_element(n)): None for n in merged}
-            rules.append(_source_rule(p))
-        if p.to_stack:
-            rules.append([{"accept": None}])
-        elif chain in est_names:
-            slots_map = map_names[slot_text(p)] if p.slots else None
-            rules.extend(_pinned_rules(p, size, slots_map, est_names[chain]))
-        else:
-            # Fail closed: a node that failed its health check would blackhole or reset the
-            # flow anyway, and forwarding to it would hide the outage. Whether some unhealthy
-            # node is better than none is the caller's decision (it passes the slots).
-            rules.append([_DROP])
+            out.elements[src] = _source_elements(p, memo)
+        slots_map = map_of_tuple[id(p.slots)] if p.slots and not p.to_stack else None
+        est = est_names.get(chain)
+        # Everything the port's rules and dispatch element are made of.
+        made_of: tuple[Any, ...] = (chain, p.vip, p.protocol, p.port, p.affinity)
+        made_of += (bool(p.source_ranges), p.to_stack, slots_map, est, size)
+        made = memo.port_rules.get(made_of)
+        if made is None:
+            made = memo.port_rules.put(made_of, _port_rules(p, chain, size, slots_map, est))
         out.chains[chain] = None
-        out.rules[chain] = tuple(canon(r) for r in rules)
-        dispatch_key = {"concat": [str(p.vip), p.protocol.lower(), p.port]}
-        out.elements[DISPATCH_MAP[p.family]][canon(dispatch_key)] = canon(
-            {"goto": {"target": chain}}
-        )
+        out.rules[chain], dispatch_key, dispatch_value = made
+        out.elements[DISPATCH_MAP[p.family]][dispatch_key] = dispatch_value
     _render_unknown(out, chosen)
+    memo.end(out, {name: content for content, name in map_names.items()})
     return out
+
+
+def _source_elements(p: FwdPort, memo: RenderMemo) -> dict[str, str | None]:
+    key = (p.family, p.source_ranges)
+    found = memo.sources.get(key)
+    if found is None:
+        same = [n for n in p.source_ranges if n.version == p.family]
+        # An interval set refuses overlapping elements: collapse them first. With no range
+        # of this family the set stays empty and every client of this family is dropped.
+        merged = ipaddress.collapse_addresses(same)  # type: ignore[type-var,arg-type]
+        found = memo.sources.put(key, {canon(_range_element(n)): None for n in merged})
+    return found
+
+
+def _port_rules(
+    p: FwdPort, chain: str, size: int, slots_map: str | None, est: str | None
+) -> tuple[tuple[str, ...], str, str]:
+    """A port's chain's rules, and its dispatch element's key and value."""
+    rules: list[list[Json]] = []
+    if p.source_ranges:
+        rules.append(_source_rule(p))
+    if p.to_stack:
+        rules.append([{"accept": None}])
+    elif est is not None:
+        rules.extend(_pinned_rules(p, size, slots_map, est))
+    else:
+        # Fail closed: a node that failed its health check would blackhole or reset the
+        # flow anyway, and forwarding to it would hide the outage. Whether some unhealthy
+        # node is better than none is the caller's decision (it passes the slots).
+        rules.append([_DROP])
+    dispatch_key = {"concat": [str(p.vip), p.protocol.lower(), p.port]}
+    return (
+        tuple(canon(r) for r in rules),
+        canon(dispatch_key),
+        canon({"goto": {"target": chain}}),
+    )
 
 
 def _render_unknown(out: FwdRules, chosen: Sequence[FwdPort]) -> None:

@@ -29,10 +29,11 @@ from . import plan
 from .arpprobe import NeighbourProber
 from .arpsock import Announcer
 from .flowstate import Standing, next_drain_end, standing
+from .fwdmemo import RenderMemo
 from .fwdnft import FwdTable
 from .fwdrules import render_fwd
 from .gwreport import ReportWriter
-from .healthstate import TargetHealth
+from .healthstate import NOT_APPLIED_MESSAGE, TargetHealth
 from .lbstatus import render_status, status_differs
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
@@ -52,6 +53,10 @@ log = logging.getLogger("portico.lbnode")
 
 FIELD_MANAGER_PREFIX = "portico-lbnode"
 STATUS_WRITERS = 8  # concurrent status writes
+COALESCE_SECONDS = 0.005  # a change waits this long for others to join its pass ...
+COALESCE_AFTER_QUIET = 0.05  # ... unless none came for this long
+# A new Service's first pass waits this long after its first good answer for its other nodes'.
+FIRST_GATHER = 0.025
 
 
 def lb_path(namespace: str | None = None, name: str | None = None) -> str:
@@ -86,6 +91,10 @@ class Gateway:
         self.synced = asyncio.Event()
         self._dirty = asyncio.Event()
         self._status_dirty: set[str] = set()
+        # Statuses to write: those marked before the last pass began, so a status never says
+        # more than the table does (a node out while a pass that still forwards to it runs).
+        self._status_ready: set[str] = set()
+        self._status_taken: set[str] = set()  # ... marked before the pass under way began
         self._status_event = asyncio.Event()
         self.maglev = plan.MaglevCache(settings.table_size)
         self.prober = Prober(
@@ -104,6 +113,9 @@ class Gateway:
             lambda status: self.neighbours.carry_over(carried_over(status)),
         )
         self.fwd = FwdTable()
+        # What the last render made, so a pass renders what changed, not the table (the
+        # renders run one at a time: ``reconcile`` awaits each).
+        self.fwd_memo = RenderMemo()
         self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
         self.announced: frozenset[Any] = frozenset()
@@ -112,6 +124,8 @@ class Gateway:
         # programmed and announced: then one log line says where the time went.
         self._pending_first: dict[str, float] = {}
         self._drain_wakeup: asyncio.TimerHandle | None = None
+        # When the latest pass started, entered its worker thread, rendered: for the timing line.
+        self._pass_times: dict[str, float] = {}
 
     # -- the cache of CRs -------------------------------------------------------------------
     def _set(self, obj: Mapping[str, Any]) -> None:
@@ -140,6 +154,7 @@ class Gateway:
         self.services.pop(key, None)
         self.invalid.pop(key, None)
         self._status_dirty.discard(key)
+        self._status_ready.discard(key)
 
     def on_list(self, items: Sequence[Mapping[str, Any]]) -> None:
         seen = set()
@@ -163,11 +178,21 @@ class Gateway:
                 # Our own status write (or the operator's) coming back: nothing to program.
                 self.crs[key] = obj
                 return
+            new = key not in self._pending_first
             self._set(obj)
+            if new and key in self._pending_first:
+                # A new Service's nodes are probed now, not after the reconcile's coalescing,
+                # and its pass waits for their answers (or the timeout): a pass now would
+                # leave it out, and the answers coming during it would wait for its end.
+                self.prober.set_targets(targets_from_services(self.services.values()))
+                if key in self._first_probe_pending():
+                    return
         self._dirty.set()
 
-    def _health_changed(self, node: str, service_key: str, _health: TargetHealth) -> None:
+    def _health_changed(self, node: str, service_key: str, health: TargetHealth) -> None:
         self._status_dirty.add(service_key)
+        if service_key in self._pending_first and service_key in self._first_probe_pending():
+            return  # a new Service's pass waits for its nodes' answers (``_first_probe_pending``)
         self._dirty.set()
 
     def _neighbour_changed(self, node: str, _state: Neighbour) -> None:
@@ -199,7 +224,10 @@ class Gateway:
         if svc is None:
             return False
         h = self.prober.health(node, key)
-        return standing(h, time.time(), svc.drain_timeout) is not Standing.OUT
+        # A node that answers no ARP is dead, whatever its last probe said: its pins go at
+        # once (the probes would take 2 s more to see it).
+        reachable = not self.neighbours.unreachable(node)
+        return standing(h, time.time(), svc.drain_timeout, reachable) is not Standing.OUT
 
     def _wake_at_drain_end(self) -> None:
         """A reconcile when the next drain timeout ends: the node's pins are let go then."""
@@ -225,20 +253,71 @@ class Gateway:
         """Render and apply both tables (in a worker thread: a render of thousands of ports
         takes tens of milliseconds, which probes and watches must not wait for)."""
         t0 = time.perf_counter()
+        self._pass_times["thread"] = time.time()
         # NAT first: a port handed to the IP stack must find its DNAT there.
         if self.nat.apply(render_nat(nat, self.settings.table_size)):
             log.info("NAT table: %d ports", len(nat))
         rules = render_fwd(
-            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
+            ports,
+            self.settings.interfaces,
+            self.settings.table_size,
+            self.fwd.applied,
+            memo=self.fwd_memo,
         )
-        return self.fwd.apply(rules), t0
+        self._pass_times["rendered"] = time.time()
+        result = self.fwd.apply(rules)
+        self._pass_times["applied"] = time.time()
+        return result, t0
+
+    def _first_probe_pending(self) -> set[str]:
+        """New Services some of whose nodes have not answered a probe yet, or only that they
+        have not programmed them yet: until the first answer (at most the probe timeout) and
+        ``FIRST_GATHER`` after it. They are programmed and announced with their nodes' answers,
+        in one pass, instead of fail-closed first and served one pass later, node by node (the
+        answers that came during a pass waited for it)."""
+        now = time.time()
+        timeout = self.settings.probe.timeout
+        waiting = set()
+        for key, seen in self._pending_first.items():
+            svc = self.services.get(key)
+            if svc is None or not svc.backends or now - seen >= timeout:
+                continue  # no node to wait for: programmed (fail-closed) and announced now
+            health = [self.prober.health(b.node, key) for b in svc.backends]
+            asked = [
+                (h is not None and not self._not_yet(h)) or self.neighbours.unreachable(b.node)
+                for b, h in zip(svc.backends, health, strict=True)
+            ]
+            if all(asked):
+                continue
+            # The first answers, and the others for a moment more: a pass with one node of
+            # three makes a slot map of its own (4,093 elements, then moved in place twice),
+            # where all three share the map every Service over them uses.
+            first = min((h.last_probe for h in health if h and not self._not_yet(h)), default=None)
+            until = seen + timeout if first is None else min(seen + timeout, first + FIRST_GATHER)
+            if now < until:
+                waiting.add(key)
+                asyncio.get_running_loop().call_later(until - now, self._dirty.set)
+        return waiting
+
+    @staticmethod
+    def _not_yet(h: TargetHealth | None) -> bool:
+        return h is None or (not h.healthy and h.message == NOT_APPLIED_MESSAGE)
 
     async def reconcile(self) -> None:
-        served = self.services
-        targets = targets_from_services(served.values())
+        self._pass_times = {"pass": time.time()}
+        self._status_taken, self._status_dirty = self._status_dirty, set()
+        marked = self._status_taken
+        targets = targets_from_services(self.services.values())
         self.prober.set_targets(targets)
+        waiting = self._first_probe_pending()
+        served = (
+            {k: s for k, s in self.services.items() if k not in waiting}
+            if waiting
+            else self.services
+        )
         self.neighbours.set_targets({n: t.address for n, t in targets.items()})
         wanted = plan.vips_to_announce(served)
+        announced_before = self.announced
         # Withdraw first: a VIP going away is never answered for while its rules go.
         keep = self.announced & wanted
         if keep != self.announced:
@@ -262,7 +341,14 @@ class Gateway:
             self._announce(wanted)
         if self._pending_first:
             self._log_first_served(ports, t_programmed)
-        self._status_dirty.update(self.crs)
+        # The statuses this pass changed: those whose announcement did (health changes and CR
+        # edits mark theirs as they come). Not every CR's: judging 1,000 statuses after each
+        # pass kept the event loop from the next Service's probe answers.
+        flipped = announced_before ^ self.announced
+        if flipped:
+            marked.update(k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips))
+        self._status_ready |= marked
+        self._status_taken = set()
         self._status_event.set()
 
     def _log_first_served(self, ports: Sequence[Any], t_programmed: float) -> None:
@@ -286,6 +372,7 @@ class Gateway:
                         "cr_seen": seen,
                         "first_healthy": min(healthy, default=t_programmed),
                         "programmed": t_programmed,
+                        **self._pass_times,
                         "announced": time.time(),
                     }
                 },
@@ -308,11 +395,16 @@ class Gateway:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")
+                self._status_dirty |= self._status_taken  # for the pass that retries
                 await asyncio.sleep(1.0)
                 self._dirty.set()
+            ended = time.monotonic()
             await self._dirty.wait()
-            # Coalesce a burst (a Deployment's pods, a list): one transaction for all of it.
-            await asyncio.sleep(0.005)
+            # Coalesce a burst (a Deployment's pods, a list): one transaction for all of it. A
+            # change after a quiet spell (a new Service's first probe answer) goes at once:
+            # what came with it in the same loop turn joins it all the same.
+            quiet = time.monotonic() - ended > COALESCE_AFTER_QUIET
+            await asyncio.sleep(0 if quiet else COALESCE_SECONDS)
 
     # -- status -----------------------------------------------------------------------------
     def desired_status(self, key: str) -> dict[str, Any] | None:
@@ -348,7 +440,7 @@ class Gateway:
             self._status_event.clear()
             if not self.programmed_once:
                 continue
-            keys, self._status_dirty = self._status_dirty, set()
+            keys, self._status_ready = self._status_ready, set()
             await asyncio.gather(*(write(k) for k in sorted(keys)))
 
     async def _write_status(self, key: str) -> None:
@@ -378,12 +470,12 @@ class Gateway:
         except ApiError as e:
             if e.status != 404:
                 log.warning("status of %s: %s (retrying)", key, e)
-                self._status_dirty.add(key)
+                self._status_ready.add(key)
                 asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("status of %s: %s (retrying)", key, e)
-            self._status_dirty.add(key)
+            self._status_ready.add(key)
             asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):

@@ -21,7 +21,7 @@ Choices:
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,11 @@ class AggregateAnswer:
     # False while the node is being deleted or drained by the autoscaler (kube-proxy's
     # nodeEligible): it keeps serving Local Services' own pods but takes no Cluster traffic.
     node_eligible: bool = True
+    # The agent lists every Service in force, Cluster ones too (older agents list only Local
+    # ones): a Service it does not list is not programmed on the node yet.
+    all_services: bool = False
+    # The agent's round counter (None from older agents): a long poll waits for it to move.
+    generation: int | None = None
 
 
 def _count(value: Any, where: str) -> int:
@@ -147,6 +152,12 @@ def parse_aggregate(body: bytes | str) -> AggregateAnswer:
     eligible = doc.get("nodeEligible", True)  # absent from older agents' answers
     if not isinstance(eligible, bool):
         raise ValueError(f"aggregate answer: nodeEligible is not a boolean: {eligible!r}")
+    all_services = doc.get("allServices", False)
+    if not isinstance(all_services, bool):
+        raise ValueError(f"aggregate answer: allServices is not a boolean: {all_services!r}")
+    generation = doc.get("generation")
+    if generation is not None:
+        generation = _count(generation, "generation")
     raw_services = doc.get("services")
     if raw_services is None:
         raw_services = {}
@@ -175,6 +186,8 @@ def parse_aggregate(body: bytes | str) -> AggregateAnswer:
         last_applied=str(doc.get("lastApplied") or ""),
         services=services,
         node_eligible=eligible,
+        all_services=all_services,
+        generation=generation,
     )
 
 
@@ -187,6 +200,30 @@ def node_healthy_from_aggregate(answer: AggregateAnswer) -> tuple[bool, str]:
     return True, "node agent: rules current"
 
 
+def cluster_healthy_from_aggregate(answer: AggregateAnswer, key: str) -> tuple[bool, str]:
+    """For a Cluster Service ``key``: the node forwards it when its rules are current and, from
+    an agent that lists every Service, they carry it (a new Service's CR may reach the gateway
+    before the node has applied its rules)."""
+    ok, msg = node_healthy_from_aggregate(answer)
+    if ok and answer.all_services and key not in answer.services:
+        return False, NOT_APPLIED_MESSAGE
+    return ok, msg
+
+
+NOT_APPLIED_MESSAGE = "node agent: service not programmed yet"
+
+
+def not_applied(answer: AggregateAnswer, keys: Iterable[str]) -> bool:
+    """Whether some of ``keys`` is not in force on the node yet (by an agent that lists every
+    Service and says its generation): the gateway then waits for the agent's next round."""
+    return (
+        answer.all_services
+        and answer.generation is not None
+        and answer.rules_current
+        and any(k not in answer.services for k in keys)
+    )
+
+
 def service_healthy_from_aggregate(
     answer: AggregateAnswer, key: str, family: int | None
 ) -> tuple[bool, str]:
@@ -196,6 +233,8 @@ def service_healthy_from_aggregate(
     if not answer.rules_current:
         return False, "node agent: rules not current"
     svc = answer.services.get(key)
+    if svc is None and answer.all_services:
+        return False, NOT_APPLIED_MESSAGE
     if svc is None:
         return False, "node agent: service not listed (no local endpoints or not yet programmed)"
     if family is None:

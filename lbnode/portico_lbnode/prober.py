@@ -32,7 +32,8 @@ from .healthstate import (
     Probe,
     TargetHealth,
     classify_http,
-    node_healthy_from_aggregate,
+    cluster_healthy_from_aggregate,
+    not_applied,
     observe,
     parse_aggregate,
     service_healthy_from_aggregate,
@@ -91,6 +92,7 @@ class ProbeKind(StrEnum):
     AGGREGATE = "aggregate"  # the node agent's listing of every Service
     SERVICE = "service"  # a Local Service's healthCheckNodePort
     NODE = "node"  # the node-level /healthz, for Cluster Services
+    LONG_POLL = "long-poll"  # the aggregate, held by the agent until its next round
 
 
 class ProberMetrics:
@@ -138,6 +140,10 @@ class _Node:
     # target where that answer puts it: the same answer again changes nothing and is skipped.
     settled_body: bytes | None = None
     settled_targets: NodeTargets | None = None
+    # The agent's generation of the last answer, when that answer did not list some Service
+    # probed on the node yet: the next probe is a long poll for its next round, at once.
+    poll_after: int | None = None
+    settled_poll: int | None = None  # ... as the settled answer set it
 
 
 def _refused(exc: BaseException) -> bool:
@@ -332,6 +338,12 @@ class Prober:
         gap = self._rng.uniform(0, s.interval)
         while True:
             delay = due - loop.time()
+            if node.poll_after is not None and delay > 0 and not node.wake.is_set():
+                # A Service the node has not programmed yet: ask again at once, the answer held
+                # by the agent until its next round (within the request's timeout), instead of
+                # waiting for the interval. The interval's own probe stays when it was due.
+                await self._probe_node(name, node, wait=min(delay, s.timeout / 2))
+                continue
             if delay > 0 and not node.wake.is_set():
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(node.wake.wait(), delay)
@@ -345,17 +357,21 @@ class Prober:
             due = started + gap
             gap = s.interval * (1 + self._rng.uniform(-s.jitter, s.jitter))
 
-    async def _probe_node(self, name: str, node: _Node) -> None:
+    async def _probe_node(self, name: str, node: _Node, wait: float = 0.0) -> None:
+        """``wait`` > 0: a long poll of the aggregate, after ``node.poll_after``."""
         s = self.settings
         targets = node.targets
         now = asyncio.get_running_loop().time()
         # Any other outcome than the same answer again unsettles the node.
         last_body, last_targets = node.settled_body, node.settled_targets
         node.settled_body = node.settled_targets = None
+        path = AGGREGATE_PATH
+        if wait > 0 and node.poll_after is not None:
+            path += f"?after={node.poll_after}&wait={int(wait * 1000)}"
+        node.poll_after = None
         if node.mode != _Mode.PER_SERVICE or now >= node.recheck_at:
-            answer = await self._get(
-                targets.address, s.node_port, AGGREGATE_PATH, ProbeKind.AGGREGATE
-            )
+            kind = ProbeKind.LONG_POLL if path != AGGREGATE_PATH else ProbeKind.AGGREGATE
+            answer = await self._get(targets.address, s.node_port, path, kind)
             if answer.status == 200:
                 if (
                     answer.body == last_body
@@ -366,6 +382,7 @@ class Prober:
                     # A node answers the same every second while nothing changes: with 1,000
                     # Services that is 1,000 judgements (and a parse) per node per second saved.
                     node.settled_body, node.settled_targets = last_body, last_targets
+                    node.poll_after = node.settled_poll
                     return
                 try:
                     parsed = parse_aggregate(answer.body)
@@ -373,12 +390,15 @@ class Prober:
                     log.warning("node %s: bad aggregate answer, probing per Service: %s", name, e)
                 else:
                     node.mode = _Mode.AGGREGATE
+                    if not_applied(parsed, targets.services) and node.targets == targets:
+                        node.poll_after = parsed.generation
+                    node.settled_poll = node.poll_after
                     settled = True
                     for key, port in targets.services.items():
                         if port:
                             ok, msg = service_healthy_from_aggregate(parsed, key, targets.family)
                         else:
-                            ok, msg = node_healthy_from_aggregate(parsed)
+                            ok, msg = cluster_healthy_from_aggregate(parsed, key)
                         self._record(name, targets, key, Probe(ok, True, msg, self._clock()))
                         h = self._health.get((name, key))
                         settled = settled and h is not None and h.healthy == ok

@@ -165,3 +165,20 @@ def node_healthz(
         }
     body = json.dumps(doc, separators=(",", ":")).encode()
     return http_response(200 if ok else 503, body, date=date)
+
+
+# A long poll of the aggregate is held at most this long, whatever the gateway asks.
+LONG_POLL_MAX_SECONDS = 5.0
+
+
+def long_poll(path: str) -> tuple[int, float] | None:
+    """``(after, wait seconds)`` of an aggregate request ``...?after=<generation>&wait=<ms>``:
+    the answer waits (at most ``wait``, capped at ``LONG_POLL_MAX_SECONDS``) until the agent's
+    generation is no longer ``after``. None (answer at once) without both or with bad values."""
+    if "?" not in path:
+        return None
+    query = dict(p.partition("=")[::2] for p in path.split("?", 1)[1].split("&"))
+    after, wait = query.get("after", ""), query.get("wait", "")
+    if not (after.isdigit() and wait.isdigit()):
+        return None
+    return int(after), min(int(wait) / 1000, LONG_POLL_MAX_SECONDS)

@@ -7,11 +7,13 @@ sockets."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import inspect
 import json
 import logging
 import socket
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 
 from portico_common.model import LBService
@@ -35,6 +37,11 @@ class HealthState:
     families: tuple[int, ...] = (4, 6)
     deleting: bool = False
     taints: tuple[str, ...] = ()
+    # Every Service whose rules are in force (Cluster ones too), and a counter of the agent's
+    # rounds: the gateway learns from the aggregate that a node carries a new Service, and
+    # waits for the next round with a long poll (``?after=<generation>``).
+    applied: frozenset[str] = frozenset()
+    generation: int = 0
 
     def __post_init__(self) -> None:
         if self.services is None:
@@ -52,15 +59,19 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str] | None:
     return line[0], line[1]
 
 
+Answer = Callable[[str, str], bytes | Awaitable[bytes]]
+
+
 async def _serve(
     reader: asyncio.StreamReader,
     writer: asyncio.StreamWriter,
-    answer: Callable[[str, str], bytes],
+    answer: Answer,
 ) -> None:
     try:
         req = await _read_request(reader)
         if req is not None:
-            writer.write(answer(*req))
+            out = answer(*req)
+            writer.write(await out if inspect.isawaitable(out) else out)
             await writer.drain()
     except (ConnectionError, OSError):
         pass
@@ -91,6 +102,12 @@ class HealthServers:
         # (port, family) -> why we could not listen. Per family: kube-proxy may hold a port's
         # IPv4 side only, and serving its IPv6 side must not hide that.
         self._held: dict[tuple[int, int], str] = {}
+        self._changed = asyncio.Event()  # set (and replaced) at each new generation
+
+    def changed(self) -> None:
+        """The agent finished a round (``state.generation`` moved): held long polls answer."""
+        self._changed.set()
+        self._changed = asyncio.Event()
 
     # -- answers -----------------------------------------------------------------------------
     def service_answer(self, port: int, family: int) -> Callable[[str, str], bytes]:
@@ -113,7 +130,18 @@ class HealthServers:
 
         return answer
 
-    def node_answer(self, method: str, path: str) -> bytes:
+    def node_answer(self, method: str, path: str) -> bytes | Awaitable[bytes]:
+        poll = health.long_poll(path) if path.startswith(AGGREGATE_PATH + "?") else None
+        if poll is not None and poll[0] == self.state.generation:
+            return self._after_change(method, path, poll[1])
+        return self._node_answer_now(method, path)
+
+    async def _after_change(self, method: str, path: str, wait: float) -> bytes:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._changed.wait(), wait)
+        return self._node_answer_now(method, path)
+
+    def _node_answer_now(self, method: str, path: str) -> bytes:
         now = time.time_ns()
         if path.split("?", 1)[0] == AGGREGATE_PATH:
             body = json.dumps(self.aggregate(), separators=(",", ":")).encode()
@@ -129,8 +157,10 @@ class HealthServers:
 
     def aggregate(self) -> dict[str, object]:
         """Every Local Service's local ready endpoints on this node and the rules' freshness,
-        so that a gateway checks a node once per interval, not once per Service."""
-        services = {}
+        so that a gateway checks a node once per interval, not once per Service; every other
+        Service in force is listed with health check port 0 (``allServices``), and the
+        ``generation`` is what a long poll waits to move past."""
+        services: dict[str, object] = {}
         for port, svc in sorted(self.state.services.items()):
             # Per family, what that family's healthCheckNodePort listener answers.
             families = health.service_families(svc.vips, svc.endpoints)
@@ -141,7 +171,11 @@ class HealthServers:
                 for f in self.state.families
             }
             services[svc.key] = {"healthCheckNodePort": port, "localEndpoints": counts}
+        for key in sorted(self.state.applied - services.keys()):
+            services[key] = {"healthCheckNodePort": 0, "localEndpoints": {}}
         return {
+            "generation": self.state.generation,
+            "allServices": True,
             "node": self.state.node,
             "rulesCurrent": self.state.rules_current,
             "nodeEligible": health.node_eligible(self.state.deleting, self.state.taints),
@@ -181,7 +215,7 @@ class HealthServers:
             await self._listen(port, family, self.service_answer(port, family))
         await self.start_node()
 
-    async def _listen(self, port: int, family: int, answer: Callable[[str, str], bytes]) -> None:
+    async def _listen(self, port: int, family: int, answer: Answer) -> None:
         try:
             sock = _socket(family, port)
         except OSError as e:

@@ -172,6 +172,11 @@ class KubeAgent:
             self.state.deleting, self.state.taints = node.deleting, node.taints
             self.state.services = local_health_ports(services)
             await self.health.sync()
+            # What is in force (the last applied, should this apply have failed), then the
+            # long polls of the aggregate answer.
+            self.state.applied = frozenset(s.key for s in self.applied)
+            self.state.generation += 1
+            self.health.changed()
             # After the listeners: the status names the health ports another program holds.
             self.status_dirty.set()
 

@@ -2,15 +2,17 @@
 last outcome. A Service's addresses are released here once its CR no longer carries them.
 What the CR and the rules say is pure (``lbspec``, ``noderules_push``).
 
-A new Service passes here about three times: when stage one allocated it (its node rules are
-wanted, nothing more), when the rules writer wrote them (the CR is written), when the agents
-report them applied (Programmed turns True); and, if a node had not applied them yet when one
-of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they were written (Programmed
-turns False if it still has not).
+A new Service passes here about three times: when stage one allocated it (stage one wanted
+its node rules as it allocated, ``want_rules``: the finalizer is written, and the CR with it
+when the rules are written already), when the rules writer wrote them (the CR is written, if it
+was not), when the agents report them applied (Programmed turns True); and, if a node had not
+applied them yet when one of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they
+were written (Programmed turns False if it still has not).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 from typing import Any
 
@@ -67,26 +69,13 @@ class Publishing:
             return
         if not view.served_by(self.settings.load_balancer_class):
             return
-        if not view.has_finalizer:
-            await self.writes.add_finalizer(view)
-            if self.term.outcome(key) is None:
-                await self._withdrawn(key, view)
-                return
-            view = self.cache.services[key]
         # The last valid configuration while the input is bad: as stage one judged it, or as
         # the view says already (a publish may run before stage one has seen an edit).
         bad = outcome.input_error or view.input_error()
         basis = (self._good(key) or view) if bad else view
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
-        endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
-        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
-        down = self.cache.reachability.unreachable
-        if down:
-            endpoints = [
-                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
-                for ep in endpoints
-            ]
+        endpoints = self._endpoints(key)
         # A new term (a restart, the Lease moving) knows no last valid configuration: what is
         # in force is what the previous leader wrote. Rendered from the bad input it would be
         # replaced (a new port, a raw range) while the Valid condition says it stays, so the
@@ -105,9 +94,33 @@ class Publishing:
             # a CR written first would send its traffic to nodes that drop it. Written, the
             # entry queues this publish again (``on_written``), which writes the CR.
             self.rules.want(key, entry)
-            if not self.rules.holds(key, entry):
+        held = entry is None or self.rules.holds(key, entry)
+        if not view.has_finalizer:
+            # The finalizer while the entry is being written, and with the CR when the entry
+            # is written already (a new Service's traffic waited for these writes one after
+            # the other). Should the Service go meanwhile, its withdrawal removes the entry and
+            # the CR (``forget_gone``: as for a Service deleted before it had our finalizer).
+            finalizing = self.writes.add_finalizer(view)
+            with_cr = held
+            if with_cr:
+                await asyncio.gather(
+                    finalizing, self._apply_lb(view, basis, outcome, endpoints, keep)
+                )
+            else:
+                await finalizing
+            if self.term.outcome(key) is None:
+                await self._withdrawn(key, view)
                 return
-        await self._apply_lb(view, basis, outcome, endpoints, keep)
+            refreshed = self.cache.services[key]
+            basis = refreshed if basis is view else basis
+            view = refreshed
+            if not with_cr and entry is not None and self.rules.holds(key, entry):
+                held = True  # written meanwhile
+                await self._apply_lb(view, basis, outcome, endpoints, keep)
+        elif held:
+            await self._apply_lb(view, basis, outcome, endpoints, keep)
+        if not held:
+            return
         if self.term.outcome(key) is None:
             await self._withdrawn(key, view)  # while this wrote: do not leave a CR behind
             return
@@ -116,6 +129,30 @@ class Publishing:
         self.withdrawing.published(key, outcome.vips, view)
         if outcome.mode == "NAT":
             self._check_node_ports(view)
+
+    def _endpoints(self, key: str) -> list[Endpoint]:
+        endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
+        down = self.cache.reachability.unreachable
+        if down:
+            endpoints = [
+                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
+                for ep in endpoints
+            ]
+        return endpoints
+
+    def want_rules(self, view: ServiceView, outcome: Outcome) -> None:
+        """Stage one has just allocated ``outcome`` for a valid Service: its entry is written
+        while stage one writes the Service's status, not after (the CR, which comes after the
+        entry, waited for both writes one after the other). Nothing else is written here: the
+        publish that follows the status writes the finalizer and the CR as ever. A Service that
+        goes meanwhile is withdrawn, which removes the entry."""
+        if not outcome.vips or view.deleting or view.input_error() is not None:
+            return
+        if not view.served_by(self.settings.load_balancer_class):
+            return
+        entry = node_rules_entry(view, outcome.vips, outcome.mode, self._endpoints(view.key))
+        self.rules.want(view.key, entry)
 
     async def _withdrawn(self, key: str, view: ServiceView) -> None:
         """Stage one withdrew the Service while this publish wrote."""

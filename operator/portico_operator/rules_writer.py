@@ -30,14 +30,18 @@ from .noderules_push import (
     shard_patches,
 )
 from .service import ServiceView
+from .writebudget import WriteBudget
 
 log = logging.getLogger("portico.operator.rules")
 
 
-# A change waits this long for others to join it, and a shard is written at most once per
-# RULES_MIN_INTERVAL (a Deployment replacing 100 pods is a few writes per shard).
+# A change waits this long for others to join it (unless the writer was quiet), and the
+# shards are written once per RULES_MIN_INTERVAL on average (a Deployment replacing 100 pods
+# is a few writes per shard), RULES_BURST writes at once (``writebudget``: a new Service's
+# entry, then its endpoints).
 RULES_GATHER_SECONDS = 0.005
 RULES_MIN_INTERVAL = 0.05
+RULES_BURST = 2
 RETRY_SECONDS = 0.2
 # A node that has not applied a Service's new rules this long after they were written makes
 # Programmed False; sooner, a True one stays (the usual apply takes milliseconds: no flapping,
@@ -68,6 +72,7 @@ class NodeRulesWriter:
         self.generation: dict[str, tuple[str, int]] = {}  # key -> (shard, generation written)
         self.written_at: dict[str, float] = {}  # key -> when (monotonic)
         self.applied: dict[str, dict[str, int]] = {}  # node -> shard -> generation applied
+        self.sent = 0  # shard writes attempted (the write budget counts these)
 
     # -- entries -----------------------------------------------------------------------------
     def want(self, key: str, entry: Entry | None) -> None:
@@ -115,11 +120,16 @@ class NodeRulesWriter:
             self.dirty.set()
 
     async def flusher(self) -> None:
+        budget = WriteBudget(RULES_MIN_INTERVAL, RULES_BURST)
         while True:
             await self.dirty.wait()
-            await asyncio.sleep(RULES_GATHER_SECONDS)
+            # After a quiet spell (a new Service) at once: what came in the same loop turn
+            # joins all the same, and a burst's rest gathers behind the rate limit.
+            quiet = budget.full(time.monotonic())
+            await asyncio.sleep(0 if quiet else RULES_GATHER_SECONDS)
             self.dirty.clear()
             wanted, self.wanted = self.wanted, {}
+            sent = self.sent
             try:
                 await self.write(wanted)
             except (ApiError, OSError, TimeoutError) as e:
@@ -133,7 +143,8 @@ class NodeRulesWriter:
                 log.exception("node rules")
                 self._retry(wanted)
                 await asyncio.sleep(RETRY_SECONDS * 10)
-            await asyncio.sleep(RULES_MIN_INTERVAL)
+            if self.sent != sent:  # a flush that found nothing to write costs nothing
+                await asyncio.sleep(budget.spend(time.monotonic()))
 
     def _retry(self, wanted: Mapping[str, Entry | None]) -> None:
         for key, entry in wanted.items():
@@ -182,6 +193,7 @@ class NodeRulesWriter:
                     self.on_written(key)  # Programmed: now against this generation
 
     def _count(self, body: Any) -> None:
+        self.sent += 1
         self.metrics.api_writes.labels("noderules").inc()
         self.metrics.api_write_bytes.labels("noderules").inc(len(json.dumps(body)))
 

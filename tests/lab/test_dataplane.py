@@ -9,6 +9,7 @@ address they saw.
 
 from __future__ import annotations
 
+import concurrent.futures
 import json
 import subprocess
 import sys
@@ -120,8 +121,33 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
     node_hz = http(lab, "client-1", node2, AGENT_PORT, "/healthz")
     assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True
 
+    # A long poll of the aggregate is held until the agent's next round, which the change to
+    # Cluster makes: then it lists the Service with health check port 0 (in force, not Local).
+    assert agg["allServices"] is True
+    now = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
+    gen = now["generation"]
+    poll = f"/portico/v1/services?after={gen}&wait=1500"
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        held = pool.submit(http, lab, "client-1", node2, 10256, poll)
+        concurrent.futures.wait([held], timeout=0.5)
+        assert not held.done(), "the long poll was answered before the agent's next round"
+        api.core.patch_namespaced_service(name, NS, {"spec": {"externalTrafficPolicy": "Cluster"}})
+        polled = json.loads(held.result(10)["body"])
+    assert polled["generation"] > gen
+    key = f"{NS}/{name}"
+    wait_for(
+        lambda: (
+            json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])[
+                "services"
+            ]
+            .get(key, {})
+            .get("healthCheckNodePort")
+            == 0
+        ),
+        "the Service listed as in force, Cluster",
+    )
+
     # Cluster: the health port stops listening at once (refused, not 503).
-    api.core.patch_namespaced_service(name, NS, {"spec": {"externalTrafficPolicy": "Cluster"}})
     wait_for(
         lambda: http(lab, "client-1", node2, hcnp).get("error") == "refused",
         "the health port closed",

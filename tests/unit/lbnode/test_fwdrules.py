@@ -3,6 +3,7 @@ nftables' reference rules) that a diff or a replace turns one table into the oth
 
 from __future__ import annotations
 
+import dataclasses
 import ipaddress
 import json
 from typing import Any
@@ -13,6 +14,7 @@ from hypothesis import strategies as st
 from portico_lbnode.flowrules import TCP_TIMEOUT, V6_KEY_SEED, helpers
 from portico_lbnode.flowrules import helper_rules as flow_helper_rules
 from portico_lbnode.fwddiff import diff_fwd, parse_listing
+from portico_lbnode.fwdmemo import RenderMemo
 from portico_lbnode.fwdrules import (
     DEFAULT_FLOW_LIMIT,
     FLOW_HASH_SEED,
@@ -631,3 +633,63 @@ def test_a_nat_mode_port_is_handed_to_the_ip_stack_after_its_source_check() -> N
     # Back to direct server return: the chain's verdict changes, in place.
     back = render_fwd([port(service="ns/nat", slots=(A, B, C))], ["eth0"], 3, previous=r)
     assert any(("flush" in c or "add" in c) for c in diff_fwd(r, back))
+
+
+# A few slot lists as objects shared by every port and render of an example, as the gateway's
+# Maglev cache hands them out (``fwdmemo`` knows a slot list by its tuple), and equal copies.
+_SHARED = {
+    (fam, healthy): tuple((V4_NODES if fam == 4 else V6_NODES)[i % healthy] for i in range(SIZE))
+    for fam in (4, 6)
+    for healthy in (1, 2, 3)
+}
+
+
+@st.composite
+def memo_port_lists(draw: Any) -> list[FwdPort]:
+    out = []
+    keys = draw(
+        st.lists(
+            st.tuples(
+                st.sampled_from(["ns/a", "ns/b", "ns/c"]),
+                st.sampled_from([VIP, VIP6]),
+                st.sampled_from(["TCP", "UDP"]),
+                st.sampled_from([80, 443]),
+            ),
+            max_size=6,
+            unique=True,
+        )
+    )
+    for service, vip, proto, number in keys:
+        nodes = V4_NODES if vip.version == 4 else V6_NODES
+        healthy = draw(st.integers(0, 3))
+        slots: tuple[Any, ...] = ()
+        if healthy:
+            slots = _SHARED[(vip.version, healthy)]
+            if draw(st.booleans()):
+                slots = tuple(slots)[:-1] + slots[-1:]  # equal, another object
+        est = tuple(draw(st.lists(st.sampled_from(nodes), max_size=2, unique=True)))
+        ranges = draw(st.sampled_from([(), ("198.18.0.0/15",), ("10.0.0.0/8", "fd00::/8")]))
+        p = port(service, vip, proto, number, slots, draw(st.booleans()), ranges)
+        to_stack = draw(st.booleans()) and not slots
+        out.append(dataclasses.replace(p, established=est, to_stack=to_stack))
+    return out
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(memo_port_lists(), min_size=1, max_size=4), devices)
+def test_a_render_with_a_memo_equals_one_without(
+    steps: list[list[FwdPort]], dev: list[str]
+) -> None:
+    """``fwdmemo``: each render reuses what the last one made from the same input; the result
+    is what a render without the memo makes, step after step (previous = the last render)."""
+    memo = RenderMemo()
+    with_memo = without = None
+    for ports in steps:
+        before = with_memo
+        with_memo = render_fwd(ports, dev, SIZE, previous=with_memo, memo=memo)
+        without = render_fwd(ports, dev, SIZE, previous=without)
+        assert with_memo.same_as(without), (with_memo, without)
+        if before is not None:  # renders share what did not change: the diff skips it
+            assert simulate(before, diff_fwd(before, with_memo)).same_as(with_memo)
+        assert with_memo.skipped == without.skipped
+        assert memo.last_slot_maps == without.slot_maps()

@@ -9,7 +9,9 @@ from portico_lbnode.healthstate import (
     Probe,
     TargetHealth,
     classify_http,
+    cluster_healthy_from_aggregate,
     node_healthy_from_aggregate,
+    not_applied,
     observe,
     parse_aggregate,
     service_healthy_from_aggregate,
@@ -137,6 +139,8 @@ def test_a_node_being_deleted_takes_no_cluster_traffic_but_serves_its_own_pods()
         (b"\xff\xfe", "not JSON"),
         (b"[]", "not a JSON object"),
         (json.dumps({**GOOD, "rulesCurrent": "yes"}), "rulesCurrent"),
+        (json.dumps({**GOOD, "allServices": 1}), "allServices"),
+        (json.dumps({**GOOD, "generation": -1}), "generation"),
         (json.dumps({**GOOD, "services": []}), "services is not an object"),
         (json.dumps({**GOOD, "services": {"a/b": 3}}), "'a/b'"),
         (json.dumps({**GOOD, "services": {"a/b": {"localEndpoints": 1}}}), "localEndpoints"),
@@ -152,6 +156,26 @@ def test_malformed_aggregate_raises_value_error(body: bytes | str, what: str) ->
 def test_aggregate_without_services_lists_none() -> None:
     a = parse_aggregate(b'{"rulesCurrent": true}')
     assert a.services == {} and not service_healthy_from_aggregate(a, "ns/web", 4)[0]
+
+
+def test_a_cluster_service_an_agent_listing_all_does_not_list_is_not_programmed_yet() -> None:
+    old = parse_aggregate(json.dumps(GOOD))  # an agent that lists Local Services only
+    assert cluster_healthy_from_aggregate(old, "ns/new") == (True, "node agent: rules current")
+    assert not not_applied(old, ["ns/new"])
+    new = parse_aggregate(json.dumps({**GOOD, "allServices": True, "generation": 12}))
+    assert new.generation == 12 and new.all_services
+    assert cluster_healthy_from_aggregate(new, "ns/web")[0]
+    assert cluster_healthy_from_aggregate(new, "ns/new") == (
+        False,
+        "node agent: service not programmed yet",
+    )
+    assert not_applied(new, ["ns/web", "ns/new"]) and not not_applied(new, ["ns/web"])
+    assert service_healthy_from_aggregate(new, "ns/new", 4) == (
+        False,
+        "node agent: service not programmed yet",
+    )
+    stale = parse_aggregate(json.dumps({**GOOD, "allServices": True, "rulesCurrent": False}))
+    assert cluster_healthy_from_aggregate(stale, "ns/web")[1] == "node agent: rules not current"
 
 
 # -- property: flips only after the required run of results -------------------------------------

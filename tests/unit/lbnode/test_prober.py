@@ -463,7 +463,13 @@ def test_against_the_real_node_agent_health_server() -> None:
         web = LBService(
             "ns", "web", ("198.19.0.1",), (ServicePort("http", "TCP", 80),), eps, "Local"
         )
-        state = HealthState(node="n1", services={31234: web}, rules_current=True, families=(4,))
+        state = HealthState(
+            node="n1",
+            services={31234: web},
+            rules_current=True,
+            families=(4,),
+            applied=frozenset({"ns/web", "ns/cluster"}),
+        )
         np_ = closed_port()  # the agent takes no 0 for "any port"
         servers = HealthServers(state, node_port=np_)
         await servers.start_node()
@@ -489,6 +495,44 @@ def test_against_the_real_node_agent_health_server() -> None:
                 state.rules_current = False
                 await wait_until(lambda: not prober.healthy("n1", "ns/cluster"), "stale")
                 assert not prober.healthy("n1", "ns/web")
+        finally:
+            servers.close()
+
+    arun(main())
+
+
+def test_a_service_the_agent_has_not_applied_is_served_once_it_has_by_a_long_poll() -> None:
+    """A new Cluster Service on a node whose agent lists every Service in force: not healthy
+    while the agent does not list it; the next probe is a long poll held by the agent, which
+    answers as soon as its round applied the Service (long before the 5 s interval)."""
+
+    async def main() -> None:
+        state = HealthState(node="n1", rules_current=True, families=(4,), applied=frozenset())
+        np_ = closed_port()
+        servers = HealthServers(state, node_port=np_)
+        await servers.start_node()
+        try:
+            prober = Prober(ProbeSettings(interval=5.0, timeout=1.0, node_port=np_))
+            prober.set_targets({"n1": NodeTargets("127.0.0.1", {"ns/new": 0})})
+            async with running(prober):
+                await wait_until(lambda: known(prober, "n1", "ns/new"), "a first answer")
+                h = prober.health("n1", "ns/new")
+                assert h is not None and not h.healthy
+                assert h.message == "node agent: service not programmed yet"
+                # An unrelated round: the held poll answers, the Service is still not there.
+                state.generation += 1
+                servers.changed()
+                await asyncio.sleep(0.05)
+                assert not prober.healthy("n1", "ns/new")
+                state.applied = frozenset({"ns/new"})
+                state.generation += 1
+                servers.changed()
+                took = await wait_until(lambda: prober.healthy("n1", "ns/new"), "served", 2.0)
+                assert took < 0.5
+                polls = prober.metrics.registry.get_sample_value(
+                    "portico_gateway_probes_total", {"kind": "long-poll", "result": "ok"}
+                )
+                assert polls is not None and polls >= 2
         finally:
             servers.close()
 

@@ -1,11 +1,18 @@
 from __future__ import annotations
 
+import asyncio
+import inspect
+import json
+import time
+
 from hypothesis import given
 from hypothesis import strategies as st
 from portico_common.model import Endpoint, LBService, ServicePort
 from portico_nodeagent.health import (
+    LONG_POLL_MAX_SECONDS,
     FamilyState,
     counted_family,
+    long_poll,
     node_healthz,
     service_families,
     service_response,
@@ -117,3 +124,48 @@ def test_counted_family() -> None:
     assert counted_family(4, ()) == 4
     assert service_families((), [Endpoint("fd00::1", "n")]) == (6,)
     assert service_families(("198.18.0.1", "fd00::1"), []) == (4, 6)
+
+
+def test_long_poll_query() -> None:
+    assert long_poll("/portico/v1/services?after=7&wait=250") == (7, 0.25)
+    assert long_poll("/portico/v1/services?wait=250&after=0") == (0, 0.25)
+    assert long_poll("/portico/v1/services?after=7&wait=60000") == (7, LONG_POLL_MAX_SECONDS)
+    for bad in ("", "?after=7", "?wait=10", "?after=-1&wait=10", "?after=x&wait=1", "?after"):
+        assert long_poll("/portico/v1/services" + bad) is None
+
+
+def test_the_aggregate_lists_every_service_in_force_and_holds_a_long_poll() -> None:
+    """Cluster Services are listed with port 0; ``?after=<generation>`` is answered when the
+    agent's round moves the generation, or after ``wait`` (then unchanged)."""
+
+    async def main() -> None:
+        svc = _local_svc(("198.18.0.1",), "198.19.0.5")
+        state = HealthState("node-1", {31000: svc}, True, 1, (4,), applied=frozenset({"ns/c"}))
+        hs = HealthServers(state, 0)
+        now = hs.node_answer("GET", "/portico/v1/services")
+        assert isinstance(now, bytes)
+        doc = json.loads(now.split(b"\r\n\r\n", 1)[1])
+        assert doc["allServices"] is True and doc["generation"] == 0
+        assert doc["services"]["ns/c"] == {"healthCheckNodePort": 0, "localEndpoints": {}}
+        assert doc["services"]["ns/s"]["healthCheckNodePort"] == 31000
+        # Another generation than the one asked after: at once.
+        assert isinstance(hs.node_answer("GET", "/portico/v1/services?after=3&wait=5000"), bytes)
+        held = hs.node_answer("GET", "/portico/v1/services?after=0&wait=5000")
+        assert inspect.isawaitable(held)
+        task = asyncio.ensure_future(held)
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        state.applied, state.generation = frozenset({"ns/c", "ns/d"}), 1
+        hs.changed()
+        body = await asyncio.wait_for(task, 1.0)
+        doc = json.loads(body.split(b"\r\n\r\n", 1)[1])
+        assert doc["generation"] == 1 and "ns/d" in doc["services"]
+        # Nothing moves: answered after ``wait``, unchanged.
+        t0 = time.monotonic()
+        late = hs.node_answer("GET", "/portico/v1/services?after=1&wait=100")
+        assert inspect.isawaitable(late)
+        body = await asyncio.wait_for(late, 1.0)
+        assert 0.09 <= time.monotonic() - t0 < 0.5
+        assert json.loads(body.split(b"\r\n\r\n", 1)[1])["generation"] == 1
+
+    asyncio.run(main())

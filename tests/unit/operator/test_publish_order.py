@@ -103,3 +103,45 @@ def test_only_endpoints_may_differ_from_what_the_shards_hold() -> None:
     for change in ({"vips": ["10.0.0.2"]}, {"ports": [{"port": 81}]}, {"forwardingMode": "NAT"}):
         assert not forwards_alike(entry, {**entry, **change})
     assert not forwards_alike(entry, {**entry, "sourceRanges": ["10.0.0.0/8"]})
+
+
+def test_a_new_services_node_rules_do_not_wait_for_its_status_write() -> None:
+    """Stage one wants the entry as it allocates, before the Service's status write: with every
+    write of the Service refused for now, the shards carry its address already, and no CR does.
+    Once the Service can be written, its status and CR carry that same address."""
+
+    async def go() -> None:
+        world = await leader(2)
+        try:
+            world.kube.refuse["services"] = 10**9
+            world.kube.put("services", service("s6", None, False, False, 0))
+
+            def in_shards() -> set[str]:
+                out: set[str] = set()
+                for kind, _event, obj in world.kube.log:
+                    if kind == "noderules":
+                        entry = ((obj.get("spec") or {}).get("services") or {}).get("ns/s6")
+                        out |= set((entry or {}).get("vips") or ())
+                return out
+
+            for _ in range(40):
+                world.replicas["a"].deliver(10_000)
+                await asyncio.sleep(0.005)
+                if in_shards():
+                    break
+            early = in_shards()
+            assert early, "the entry waited for the Service's status write"
+            svc = world.kube.get_obj("services", "ns/s6")
+            assert svc is not None and not ips_of(svc)
+            assert not (world.kube.get_obj("lbs", "ns/s6") or {}).get("spec", {}).get("vips")
+            world.kube.refuse.clear()
+            await world.settle()
+            svc = world.kube.get_obj("services", "ns/s6")
+            lb = world.kube.get_obj("lbs", "ns/s6")
+            assert svc is not None and set(ips_of(svc)) == early
+            assert lb is not None and set(lb["spec"]["vips"]) == early
+            assert announced_early(world.kube.log, "ns/s6") == []
+        finally:
+            await world.replicas["a"].kill()
+
+    asyncio.run(go())
