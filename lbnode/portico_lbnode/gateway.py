@@ -27,6 +27,7 @@ from prometheus_client import REGISTRY
 
 from . import plan
 from .arpsock import Announcer
+from .flowrules import DEFAULT_FLOW_LIMIT
 from .flowstate import Standing, next_drain_end, standing
 from .fwdnft import FwdTable
 from .fwdrules import render_fwd
@@ -62,6 +63,8 @@ class GatewaySettings:
     # How long the first programming waits for every node's first probe after a (re)start, so
     # a restart does not drop the Services whose nodes are merely not probed yet.
     first_probe_wait: float = 3.0
+    # Flow pins per family and protocol (``flowrules``); a change re-creates the flows maps.
+    flow_limit: int = DEFAULT_FLOW_LIMIT
 
 
 class Gateway:
@@ -188,7 +191,11 @@ class Gateway:
         if self.nat.apply(render_nat(nat, self.settings.table_size)):
             log.info("NAT table: %d ports", len(nat))
         rules = render_fwd(
-            ports, self.settings.interfaces, self.settings.table_size, self.fwd.applied
+            ports,
+            self.settings.interfaces,
+            self.settings.table_size,
+            self.fwd.applied,
+            self.settings.flow_limit,
         )
         return self.fwd.apply(rules), t0
 
