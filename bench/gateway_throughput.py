@@ -5,7 +5,11 @@ here): port 80 -> the echo (8080), port 5201 -> an iperf3 server run in that pod
 endpoint, the gateway's only healthy node is node-1, so "via the gateway" (client-1 ARPs for the
 VIP) and "direct" (client-1 routes the VIP to node-1) end at the same node and the same server
 process: the difference is the gateway's hop alone. iperf3 1 stream and 4 streams, and wrk with
-`Connection: close` (each request a new connection), 5 s each, interleaved gateway/direct.
+`Connection: close` (each request a new connection), 5 s each, interleaved gateway/direct. The
+gateway keeps flow state (``flowrules``: every non-SYN packet looks its flow up, every new flow
+is pinned), so the ratios are those of the stateful path. Last, wrk again while client-2 floods
+the VIP with SYNs (``portico_lab.synflood``, bounded in count and time): the new-connection rate
+under a flood, and the pins the flood left (none is the goal: SYNs are never pinned).
 
     .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5]
 (gateway_e2e.py runs this as its part C in its own lab.)
@@ -24,6 +28,7 @@ from typing import Any
 from _common import wait_until
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from portico_lab import synflood
 from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
@@ -32,6 +37,7 @@ NAME = "gwb-tput"
 IPERF_PORT = 5201  # the Service's port
 IPERF_TARGET = 8081  # where iperf3 listens in the pod
 POD = "echo-1-1"
+FLOOD_MAX = 5_000_000  # SYNs per flood run, at most (each run lasts the wrk run)
 
 
 def _service_and_slice(lab: Lab) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -95,6 +101,20 @@ def wrk_rps(lab: Lab, vip: str, seconds: int) -> tuple[float, int]:
     return float(m.group(1)), sum(int(x) for x in errs.groups()) if errs else 0
 
 
+def flow_pins(lab: Lab) -> int:
+    """The gateway's pinned IPv4 TCP flows."""
+    argv = ["nft", "-j", "list", "map", "netdev", "portico-gw", "flows4-tcp"]
+    out = lab.exec(lab.plan.gateway(1).name, argv, check=True).stdout
+    (m,) = [i["map"] for i in json.loads(out)["nftables"] if "map" in i]
+    return len(m.get("elem") or ())
+
+
+def _last_int(log: Any) -> int:
+    """The count the flood printed last in its log (0 when it printed none)."""
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip().isdigit()]
+    return int(lines[-1]) if lines else 0
+
+
 def _answers_from(lab: Lab, vip: str) -> str | None:
     """The node of one echo answer to client-1 on port 80, or None."""
     code = (
@@ -131,8 +151,12 @@ def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[f
         vip = wait_until(ingress, f"{NAME} ingress", 30)
         wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
         out: dict[str, dict[str, list[float]]] = {
-            k: {"gateway": [], "direct": []} for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s")
+            k: {"gateway": [], "direct": []}
+            for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s", "wrk conn/s, SYN flood")
         }
+        flood_src = str(lab.plan.client(2).ipv4)
+        pins_before = flow_pins(lab)
+        flood_sent = 0
         errors = {"gateway": 0, "direct": 0}
         route = ["ip", "route", "replace", f"{vip}/32", "via", node1]
         for _ in range(reps):
@@ -145,11 +169,25 @@ def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[f
                     rps, errs = wrk_rps(lab, vip, seconds)
                     out["wrk conn/s"][path].append(rps)
                     errors[path] += errs
+                    argv = [sys.executable, "-S", "-c", synflood.SCRIPT, flood_src, vip]
+                    argv += [str(FLOOD_MAX), str(seconds + 1)]
+                    log = lab.workdir / "logs" / "gwb-flood.log"
+                    log.unlink(missing_ok=True)
+                    flood = Proc("gwb-flood", argv, log, netns=lab.netns_of("client-2")).start()
+                    try:
+                        rps, errs = wrk_rps(lab, vip, seconds)
+                        assert flood.popen is not None
+                        flood.popen.wait(timeout=seconds + 30)  # it prints its count at the end
+                    finally:
+                        flood.stop()
+                    flood_sent += _last_int(log)
+                    out["wrk conn/s, SYN flood"][path].append(rps)
                 finally:
                     lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
                     # Back on-link: the next gateway run must ARP the gateway again.
                     lab.exec("client-1", ["ip", "neigh", "flush", "to", vip])
         out["_wrk_socket_errors"] = {k: [float(v)] for k, v in errors.items()}
+        out["_flood"] = {"sent": [float(flood_sent)], "pins": [float(flow_pins(lab) - pins_before)]}
         return out
     finally:
         if vip:
@@ -172,7 +210,12 @@ def print_table(res: dict[str, dict[str, list[float]]]) -> None:
         "| ratio | goal |"
     )
     print("|---|---|---|---|---|")
-    for test, goal in (("iperf3 -P 1", 0.95), ("iperf3 -P 4", 0.95), ("wrk conn/s", 0.9)):
+    for test, goal in (
+        ("iperf3 -P 1", 0.95),
+        ("iperf3 -P 4", 0.95),
+        ("wrk conn/s", 0.9),
+        ("wrk conn/s, SYN flood", 0.9),
+    ):
         g, d = statistics.median(res[test]["gateway"]), statistics.median(res[test]["direct"])
         unit = (
             (lambda x: f"{x / 1e9:.2f} Gbit/s")
@@ -186,6 +229,12 @@ def print_table(res: dict[str, dict[str, list[float]]]) -> None:
         )
         print(f"| {test} | {unit(g)} | {unit(d)} | {g / d:.3f} | ≥ {goal} |")
         print(f"|   runs (gateway / direct) | {runs} | | |")
+    flood = res.get("_flood")
+    if flood:
+        print(
+            f"| SYN flood from client-2: SYNs sent / pins left | {flood['sent'][0]:,.0f} "
+            f"| {flood['pins'][0]:,.0f} | | 0 pins |"
+        )
     errs = res.get("_wrk_socket_errors", {})
     print(
         f"| wrk socket errors (gateway / direct) | {errs.get('gateway', [0])[0]:.0f} "

@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from portico_lab import synflood
 from portico_lab.lab import Lab
 from portico_lab.portico import start_gateway
 from portico_lab.procs import Proc
@@ -261,28 +262,6 @@ def test_a_dead_nodes_pinned_flows_move_at_once(
         wait_for(lambda: "node-2" in healthy_nodes(api, name), "node-2 back")
 
 
-# ``count`` TCP SYNs from random source ports of the client's own address, through a raw socket
-# (the kernel writes the IP header); bounded in count.
-_FLOOD = r"""
-import random, socket, struct, sys
-src, dst, count = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def csum(b):
-    if len(b) % 2: b += b"\0"
-    t = sum(struct.unpack(f"!{len(b)//2}H", b))
-    while t >> 16: t = (t & 0xFFFF) + (t >> 16)
-    return ~t & 0xFFFF
-s = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_TCP)
-pseudo = socket.inet_aton(src) + socket.inet_aton(dst) + struct.pack("!BBH", 0, 6, 20)
-rnd = random.Random(7)
-for _ in range(count):
-    sport = rnd.randrange(20000, 60000)
-    hdr = struct.pack("!HHIIBBHHH", sport, 80, rnd.getrandbits(32), 0, 5 << 4, 0x02, 64240, 0, 0)
-    hdr = hdr[:16] + struct.pack("!H", csum(pseudo + hdr)) + hdr[18:]
-    s.sendto(hdr, (dst, 0))
-print(count)
-"""
-
-
 def flow_pins(lab: Lab) -> int:
     out = lab.exec(
         GATEWAY, ["nft", "-j", "list", "map", "netdev", "portico-gw", "flows4-tcp"], check=True
@@ -305,9 +284,8 @@ def test_a_syn_flood_pins_nothing_and_breaks_no_other_clients_flows(
         before = flow_pins(lab)
         t0 = time.time()
         flood_src = addr(lab.plan.client(2), 4)
-        res = lab.exec(
-            "client-2", [sys.executable, "-S", "-c", _FLOOD, flood_src, ip, "20000"], timeout=120
-        )
+        argv = [sys.executable, "-S", "-c", synflood.SCRIPT, flood_src, ip, "20000", "60"]
+        res = lab.exec("client-2", argv, timeout=120)
         assert res.returncode == 0 and res.stdout.strip() == "20000", res.stderr
         # Neither the SYNs nor the RSTs client-2 answers their SYN-ACKs with are pinned.
         assert flow_pins(lab) - before < 100, flow_pins(lab) - before
