@@ -20,16 +20,18 @@ lab-down:           ## tear down every lab, also ones whose owner crashed
 test: install       ## lint, types, unit tests and lab tests (needs root; lab tests fail, never skip, without it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode
+	$(VENV)/bin/mypy common operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode kubectl/portico_kubectl
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/hadolint images/Dockerfile
 	$(PY) -m pytest -v
 
 unit:               ## the fast tests of pure logic only
 	$(PY) -m pytest tests/unit -q
 
-lint:               ## ruff, mypy and the layering contracts (pyproject.toml [tool.importlinter])
-	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy common lab operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode
+lint:               ## ruff, mypy, the layering contracts (pyproject.toml [tool.importlinter]), hadolint
+	$(VENV)/bin/ruff check . && $(VENV)/bin/ruff format --check . && $(VENV)/bin/mypy common lab operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode kubectl/portico_kubectl
 	$(VENV)/bin/lint-imports --no-cache
+	$(VENV)/bin/hadolint images/Dockerfile
 
 bench-lab: install  ## lab start time and control-plane memory for 3 and 20 nodes
 	$(PY) bench/lab_start.py

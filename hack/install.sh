@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Installs everything Portico's lab and tests need on a fresh Debian machine, idempotently:
 # Debian packages (nftables, iproute2, python3-nftables), a virtualenv in .venv with Portico
-# and its test extras, and the pinned control plane built from the Go module proxy.
+# (the product, root pyproject.toml) and the lab (lab/pyproject.toml), both editable, plus the
+# test and lint tools (the pyproject's dependency groups), and the pinned control plane built
+# from the Go module proxy.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -10,8 +12,10 @@ command -v "$PY" >/dev/null || PY=python3
 
 need_apt=()
 # iputils-arping, ndisc6: the gateway tests ask for VIPs as a LAN host would; iperf3, wrk: its
-# benchmarks; iptables: kube-proxy's iptables mode, which the lab can run beside the agent.
-for pkg in nftables libnftables1 python3-nftables iproute2 procps psmisc util-linux \
+# benchmarks; iptables: kube-proxy's iptables mode, which the lab can run beside the agent;
+# python3-venv: tests/unit/packaging installs the product wheel into a virtualenv of Debian's
+# python3, as images/Dockerfile does.
+for pkg in nftables libnftables1 python3-nftables python3-venv iproute2 procps psmisc util-linux \
   iputils-arping ndisc6 iperf3 wrk iptables; do
   dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || need_apt+=("$pkg")
 done
@@ -27,10 +31,14 @@ if [[ ! -x .venv/bin/python ]]; then
   "$PY" -m venv .venv
 fi
 stamp=.venv/.portico-installed
-if [[ ! -f $stamp || pyproject.toml -nt $stamp ]]; then
-  echo "==> pip install -e .[test,dev]"
+if [[ ! -f $stamp || pyproject.toml -nt $stamp || lab/pyproject.toml -nt $stamp ]]; then
+  echo "==> pip install -e . --group test --group dev; pip install -e ./lab"
+  # Dependency groups (PEP 735) need pip >= 25.1.
   .venv/bin/pip install -q --upgrade pip
-  .venv/bin/pip install -q -e ".[test,dev]"
+  .venv/bin/pip install -q -e . --group test --group dev
+  # The lab second: a .venv made when the product still held the lab loses the portico-lab
+  # command when that old product is replaced, after which the lab brings it back.
+  .venv/bin/pip install -q -e ./lab
   touch "$stamp"
 fi
 

@@ -50,6 +50,9 @@ class Endpoint:
     for_zones: tuple[str, ...] = ()
     for_nodes: tuple[str, ...] = ()
     ports: tuple[EndpointPort, ...] = ()
+    # Its node does not answer the gateway that owns the VIPs (a GatewayReport): the other
+    # nodes leave it out, although the EndpointSlice still calls it ready.
+    unreachable: bool = False
 
     @property
     def family(self) -> int:

@@ -49,6 +49,8 @@ def _endpoint_entry(e: Endpoint) -> dict[str, Any]:
         out["serving"] = e.serving
     if e.terminating:
         out["terminating"] = True
+    if e.unreachable:
+        out["unreachable"] = True
     if e.for_zones:
         out["forZones"] = list(e.for_zones)
     if e.for_nodes:
@@ -103,6 +105,7 @@ def service_from_entry(s: Mapping[str, Any]) -> LBService:
             ready=bool(e.get("ready", True)),
             serving=bool(e.get("serving", e.get("ready", True))),
             terminating=bool(e.get("terminating", False)),
+            unreachable=bool(e.get("unreachable", False)),
             for_zones=tuple(e.get("forZones") or ()),
             for_nodes=tuple(e.get("forNodes") or ()),
             ports=tuple(

@@ -156,6 +156,8 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
         str(CRDS / "portico.dev_noderules.yaml"),
         "-f",
         str(CRDS / "portico.dev_nodeagents.yaml"),
+        "-f",
+        str(CRDS / "portico.dev_gatewayreports.yaml"),
     )
     lab.kubectl(
         "wait",
@@ -164,6 +166,7 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
         "crd/loadbalancers.portico.dev",
         "crd/noderules.portico.dev",
         "crd/nodeagents.portico.dev",
+        "crd/gatewayreports.portico.dev",
         f"--timeout={timeout}",
     )
     lab.kubectl("create", "namespace", SYSTEM_NAMESPACE, check=False)

@@ -24,10 +24,12 @@ import sys
 
 from portico_common.kube import KubeClient, load_credentials
 from portico_common.logs import setup_json_logging
+from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
 from portico_common.tasks import run_together, run_until_signalled
 
 from .flowrules import DEFAULT_FLOW_LIMIT
 from .maglev import DEFAULT_TABLE_SIZE
+from .neighbours import NeighbourSettings
 from .prober import ProbeSettings
 
 log = logging.getLogger("portico.lbnode")
@@ -55,7 +57,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--probe-timeout", type=float, default=1.0)
     p.add_argument("--rise", type=int, default=2)
     p.add_argument("--fall", type=int, default=2)
-    p.add_argument("--node-health-port", type=int, default=10256)
+    p.add_argument(
+        "--node-health-port",
+        type=int,
+        default=AGENT_HEALTH_PORT,
+        help="the node agents' port, where they offer the aggregate view (default "
+        f"{AGENT_HEALTH_PORT}; without it there, a node is probed per Service)",
+    )
+    p.add_argument(
+        "--neighbour-interval",
+        type=float,
+        default=0.1,
+        help="seconds between ARP requests to each node (0: off, the probes alone judge)",
+    )
+    p.add_argument(
+        "--neighbour-misses",
+        type=int,
+        default=3,
+        help="unanswered ARP requests in a row that make a node unreachable",
+    )
     p.add_argument("--verify-interval", type=float, default=10.0)
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0: off)")
     p.add_argument("--log-level", default="info")
@@ -81,6 +101,13 @@ async def run(args: argparse.Namespace) -> int:
             rise=args.rise,
             fall=args.fall,
             node_port=args.node_health_port,
+            # Where a node has no aggregate view: kube-proxy's /healthz for Cluster Services.
+            node_healthz_port=KUBE_PROXY_HEALTHZ_PORT,
+        ),
+        neighbour=NeighbourSettings(
+            interval=args.neighbour_interval,
+            timeout=1.5 * args.neighbour_interval,
+            misses=args.neighbour_misses,
         ),
     )
     kube = KubeClient(load_credentials(args.kubeconfig))
@@ -93,6 +120,8 @@ async def run(args: argparse.Namespace) -> int:
                 gw.status_loop(),
                 gw.verify_loop(args.verify_interval),
                 gw.prober.run(),
+                gw.neighbours.run(),
+                gw.report.run(),
                 *(a.run() for a in gw.announcers),
             )
         ):

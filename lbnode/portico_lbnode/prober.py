@@ -2,9 +2,10 @@
 ``TargetHealth`` per (node, Service) by ``healthstate``.
 
 Per node, one probe per interval covers every Service when the node offers the node agent's
-aggregate endpoint (``GET :10256/portico/v1/services``). Otherwise (404 there, as kube-proxy
-answers, or the port refused) the node is probed per Service: ``:<healthCheckNodePort>/healthz``
-for each Local Service and ``:10256/healthz`` once for all its Cluster Services; the aggregate
+aggregate endpoint (``GET :10262/portico/v1/services``, the agent's own port). Otherwise (404
+there, or the port refused: a node with only kube-proxy, or an agent from before it had that
+port) the node is probed per Service: ``:<healthCheckNodePort>/healthz`` for each Local Service
+and kube-proxy's ``:10256/healthz`` once for all its Cluster Services; the aggregate
 endpoint is tried again every ``aggregate_recheck`` seconds. Each node has its own loop, so the
 probes of one tick are coalesced and a hung node delays only itself.
 """
@@ -24,6 +25,7 @@ from dataclasses import dataclass, field
 from enum import Enum, StrEnum
 
 import httpx
+from portico_common.ports import AGENT_HEALTH_PORT
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
 from .healthstate import (
@@ -52,7 +54,10 @@ class ProbeSettings:
     fall: int = 2
     concurrency: int = 64  # requests in flight, all nodes together
     jitter: float = 0.1  # each gap between a node's probes is interval * (1 +- jitter)
-    node_port: int = 10256  # kube-proxy's node health port, where the node agent aggregates
+    node_port: int = AGENT_HEALTH_PORT  # the node agent's port: its aggregate view
+    # Per-Service mode: the port of the node-level /healthz for Cluster Services; the program
+    # sets kube-proxy's. None: node_port (a node whose one port answers both).
+    node_healthz_port: int | None = None
     aggregate_recheck: float = 30.0  # how often a per-Service node is asked for the aggregate
     keepalive_per_node: int = 64  # one per port probed on a node is enough
 
@@ -404,15 +409,20 @@ class Prober:
         async def one(port: int) -> tuple[int, _Answer]:
             kind = ProbeKind.SERVICE if port else ProbeKind.NODE
             return port, await self._get(
-                targets.address, port or self.settings.node_port, HEALTHZ_PATH, kind
+                targets.address, port or self._node_healthz_port, HEALTHZ_PATH, kind
             )
 
         answers = dict(await asyncio.gather(*(one(p) for p in ports)))
         for key, port in targets.services.items():
             self._record(name, targets, key, self._probe_of(answers[port], port))
 
+    @property
+    def _node_healthz_port(self) -> int:
+        s = self.settings
+        return s.node_port if s.node_healthz_port is None else s.node_healthz_port
+
     def _probe_of(self, answer: _Answer, port: int) -> Probe:
-        where = f"port {port or self.settings.node_port}"
+        where = f"port {port or self._node_healthz_port}"
         if answer.status == 0:
             return Probe(False, False, f"{where}: {answer.error}", self._clock())
         ok, msg = classify_http(answer.status, answer.body)

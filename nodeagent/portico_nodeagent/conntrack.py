@@ -12,7 +12,7 @@ from typing import Any
 from .stale import StaleFlow
 
 log = logging.getLogger("portico.nodeagent.conntrack")
-PROTOCOLS = {"UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
+PROTOCOLS = {"TCP": socket.IPPROTO_TCP, "UDP": socket.IPPROTO_UDP, "SCTP": socket.IPPROTO_SCTP}
 
 
 def _same_ip(a: object, b: str) -> bool:

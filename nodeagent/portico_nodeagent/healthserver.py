@@ -1,6 +1,8 @@
 """The agent's HTTP listeners: one per ``healthCheckNodePort`` (and family), as kube-proxy
-serves them, and the node-level one (``:10256``) with Portico's aggregate view beside kube-proxy's
-``/healthz``. The answers are built by ``health`` (pure); this is only sockets."""
+serves them, and the node-level ones: the agent's own port (``:10262``), with Portico's
+aggregate view beside kube-proxy's ``/healthz``, and kube-proxy's ``:10256`` answered the same
+way while kube-proxy does not hold it. The answers are built by ``health`` (pure); this is only
+sockets."""
 
 from __future__ import annotations
 
@@ -78,9 +80,13 @@ def _socket(family: int, port: int) -> socket.socket:
 
 
 class HealthServers:
-    def __init__(self, state: HealthState, node_port: int) -> None:
+    def __init__(self, state: HealthState, node_port: int, kube_proxy_port: int = 0) -> None:
+        """``node_port``: the agent's own node-level port; ``kube_proxy_port``: kube-proxy's,
+        answered alike where it is free (0: not served)."""
         self.state = state
         self.node_port = node_port
+        # Node-level ports, the agent's own first; each answers /healthz and the aggregate.
+        self.node_ports = tuple(dict.fromkeys(p for p in (node_port, kube_proxy_port) if p))
         self._servers: dict[tuple[int, int], asyncio.Server] = {}  # (port, family) -> server
         # (port, family) -> why we could not listen. Per family: kube-proxy may hold a port's
         # IPv4 side only, and serving its IPv6 side must not hide that.
@@ -153,23 +159,23 @@ class HealthServers:
         return {port: "; ".join(whys) for port, whys in out.items()}
 
     async def start_node(self) -> None:
-        """The node-level port, on each family not served yet (kube-proxy may have held it at
+        """The node-level ports, on each family not served yet (kube-proxy may have held one at
         start and let it go since: ``sync`` tries again)."""
-        if self.node_port:
+        for port in self.node_ports:
             for family in self.state.families:
-                if (self.node_port, family) not in self._servers:
-                    await self._listen(self.node_port, family, self.node_answer)
+                if (port, family) not in self._servers:
+                    await self._listen(port, family, self.node_answer)
 
     async def sync(self) -> None:
         """Listens on exactly the ports of the current Local Services: a port whose Service
         moved to Cluster or went away stops at once (connection refused, not 503)."""
         wanted = {(p, f) for p in self.state.services for f in self.state.families}
         for key in list(self._servers):
-            if key[0] != self.node_port and key not in wanted:
+            if key[0] not in self.node_ports and key not in wanted:
                 server = self._servers.pop(key)
                 server.close()
         for port, family in list(self._held):
-            if port not in self.state.services and port != self.node_port:
+            if port not in self.state.services and port not in self.node_ports:
                 del self._held[(port, family)]
         for port, family in sorted(wanted - set(self._servers)):
             await self._listen(port, family, self.service_answer(port, family))

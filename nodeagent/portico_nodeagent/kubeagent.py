@@ -122,7 +122,9 @@ class KubeAgent:
         self.renderer = NodeRenderer()  # re-renders only the Services that changed
         self.changed = asyncio.Event()
         self.state = HealthState(node=settings.node_name)
-        self.health = HealthServers(self.state, settings.healthz_port)
+        self.health = HealthServers(
+            self.state, settings.health_port, settings.kube_proxy_healthz_port
+        )
         self.metrics = AgentMetrics()
         self.last_good: dict[str, LBService] = {}
         self.applied: list[LBService] = []  # what the rules in force were rendered from

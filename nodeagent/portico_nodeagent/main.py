@@ -17,9 +17,12 @@ changes if the table is right); ``--cleanup`` removes the table, for uninstallin
 From the cluster it also serves, as kube-proxy does where kube-proxy does not run:
   * every externalTrafficPolicy=Local Service's healthCheckNodePort (any path): 200 with the
     count of this node's ready endpoints, 503 when there are none or the rules are stale;
-  * --healthz-port (default 10256): /healthz as kube-proxy's, and /portico/v1/services, every
-    Local Service's local endpoint counts and the rules' freshness in one answer.
-A port another program holds (kube-proxy) is left to it, logged, and retried.
+  * --health-port (default 10262), the agent's own: /healthz as kube-proxy's, and
+    /portico/v1/services, every Local Service's local endpoint counts and the rules' freshness
+    in one answer (what the gateways probe);
+  * --kube-proxy-healthz-port (default 10256): the same, where kube-proxy would answer /healthz.
+A port another program holds (kube-proxy: 10256 and the healthCheckNodePorts, where it runs) is
+left to it, logged, reported in the NodeAgent status, and retried.
 Metrics (Prometheus) on --metrics-port; logs are JSON lines on stderr.
 
 Examples:
@@ -105,10 +108,22 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         help="this node's name (default $NODE_NAME): whose endpoints are local",
     )
     p.add_argument(
+        "--health-port",
+        # --healthz-port: its name before the agent had a port of its own (it named the one
+        # port where both were served, so it still sets that one).
         "--healthz-port",
+        dest="health_port",
         type=int,
-        default=DEFAULTS.healthz_port,
-        help="node health (/healthz) and the aggregate view; 0 turns it off (default 10256)",
+        default=DEFAULTS.health_port,
+        help="the agent's own port: node health (/healthz) and the aggregate view the gateways "
+        f"probe; 0 turns it off (default {DEFAULTS.health_port})",
+    )
+    p.add_argument(
+        "--kube-proxy-healthz-port",
+        type=int,
+        default=DEFAULTS.kube_proxy_healthz_port,
+        help="also answer node health here, as kube-proxy would, while no other program holds "
+        f"it; 0 turns it off (default {DEFAULTS.kube_proxy_healthz_port})",
     )
     p.add_argument(
         "--metrics-port",
@@ -131,7 +146,8 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         render_check_interval=args.render_check_interval,
         poll_interval=args.poll_interval,
         status=args.status,
-        healthz_port=args.healthz_port,
+        health_port=args.health_port,
+        kube_proxy_healthz_port=args.kube_proxy_healthz_port,
         metrics_port=args.metrics_port,
         log_level=args.log_level,
     )

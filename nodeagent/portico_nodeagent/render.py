@@ -216,6 +216,22 @@ def render_fixed(t: Table, node: NodeInfo) -> None:
                 },
                 {"vmap": {"key": mark, "data": "@" + picks[fam]}},
             )
+        # A VIP port Portico sends nowhere (no endpoint; Local without one here) is claimed all
+        # the same, by a DNAT to where the packet already goes: the kernel sets a connection's
+        # NAT once, by the first NAT chain that acts, so a NAT chain after this one (kube-
+        # proxy's, at dstnat) cannot send it to a pod behind Portico's back. Without the claim,
+        # kube-proxy's rules, a sync behind (its min-sync-period is 1 s) or with another view
+        # of the endpoints, DNATed it to a pod, and the filter below, which knows the VIP, let
+        # it through: a Service scaled to zero answered, a pinned client reached another pod.
+        daddr = payload(N.IP_PROTO[fam], "daddr")
+        claim = {"dnat": {"family": N.IP_PROTO[fam], "addr": daddr}}
+        t.rule(N.SERVICES, match(dispatch_key(fam), "@" + N.NO_ENDPOINTS[fam]), claim)
+        t.rule(
+            N.SERVICES,
+            *nodeport_match(fam),
+            match(nodeport_key(), "@" + N.NO_ENDPOINT_NODEPORTS[fam]),
+            claim,
+        )
         t.rule(N.INTERNAL, {"vmap": {"key": dispatch_key(fam), "data": "@" + N.INTERNAL_VIPS[fam]}})
         t.rule(
             N.INTERNAL,

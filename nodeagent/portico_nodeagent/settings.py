@@ -6,6 +6,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
+
 
 @dataclass(frozen=True)
 class AgentSettings:
@@ -21,7 +23,10 @@ class AgentSettings:
     render_check_interval: float = 60.0
     poll_interval: float = 0.1  # seconds between checks of the rules file for changes
     status: Path | None = None  # a JSON status file, written after every apply
-    healthz_port: int = 10256  # /healthz and the aggregate view; 0: off
+    health_port: int = AGENT_HEALTH_PORT  # node /healthz and the aggregate view; 0: off
+    # kube-proxy's node /healthz port, answered as kube-proxy does while no other program (kube-
+    # proxy) holds it; 0: off.
+    kube_proxy_healthz_port: int = KUBE_PROXY_HEALTHZ_PORT
     metrics_port: int = 0  # Prometheus; 0: off
     log_level: str = "info"
 

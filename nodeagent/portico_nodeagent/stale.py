@@ -5,6 +5,12 @@ keeps hitting the endpoint its first datagram was DNATed to, also after that end
 rules, until the entry times out (and it never does while the client keeps sending). kube-proxy
 deletes those entries; so does the agent: for every VIP port whose endpoint this node no longer
 sends to, the flows toward that VIP port whose reply comes from that endpoint.
+
+TCP entries are left alone when an endpoint merely leaves (its connections may finish: a
+terminating pod serves them), except when it leaves because its node became unreachable
+(``Endpoint.unreachable``): those connections are dead, and while their entries live the
+clients' packets keep going to the lost node until they give up. Deleted, the next packet of
+such a connection is a new flow to a live endpoint, which answers it with a reset at once.
 """
 
 from __future__ import annotations
@@ -21,18 +27,23 @@ CONNECTIONLESS = ("UDP", "SCTP")
 
 
 class StaleFlow(NamedTuple):
-    protocol: str  # UDP or SCTP
+    protocol: str  # UDP or SCTP; TCP toward an unreachable node's endpoint
     vip: str
     port: int
     endpoint: str  # the address the flow's replies came from (the DNAT target)
 
 
-def _targets(services: Iterable[LBService], node: NodeInfo) -> set[StaleFlow]:
+def _targets(
+    services: Iterable[LBService], node: NodeInfo, connected: bool = False
+) -> set[StaleFlow]:
+    """The flows these Services send: of connectionless ports, or (``connected``) of TCP."""
     out = set()
     for svc in services:
         selected = select_endpoints(svc.endpoints, svc.external_traffic_policy, node).endpoints
         for port in svc.ports:
-            if port.protocol not in CONNECTIONLESS:
+            if (port.protocol == "TCP") != connected:
+                continue
+            if not connected and port.protocol not in CONNECTIONLESS:
                 continue
             for vip in svc.vips:
                 family = ipaddress.ip_address(vip).version
@@ -56,4 +67,9 @@ def stale_flows(
         return []
     vips = {v for s in went for v in s.vips}
     kept = [s for k, s in new.items() if k in old and old[k] is s and not vips.isdisjoint(s.vips)]
-    return sorted(_targets(went, node) - _targets([*came, *kept], node))
+    stale = _targets(went, node) - _targets([*came, *kept], node)
+    lost = {e.address for s in came for e in s.endpoints if e.unreachable and e.node != node.name}
+    if lost:
+        tcp = _targets(went, node, connected=True) - _targets([*came, *kept], node, connected=True)
+        stale |= {f for f in tcp if f.endpoint in lost}
+    return sorted(stale)

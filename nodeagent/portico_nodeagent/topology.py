@@ -62,6 +62,11 @@ def _sorted(eps: Iterable[Endpoint]) -> tuple[Endpoint, ...]:
 
 def select_endpoints(endpoints: Sequence[Endpoint], policy: str, node: NodeInfo) -> Selection:
     """The endpoints that this node's rules send external (VIP) traffic to."""
+    if any(e.unreachable for e in endpoints):
+        # The gateway that owns the VIPs gets no answer from their node: the other nodes leave
+        # them out, with every policy (also the short-circuit path of a Local Service, which
+        # would send a pod's connection there); their own node keeps them, it still reaches them.
+        endpoints = [e for e in endpoints if not e.unreachable or e.node == node.name]
     usable = [e for e in endpoints if e.ready or (e.serving and e.terminating)]
     has_any = bool(usable)
     if policy == LOCAL:

@@ -19,6 +19,7 @@ from portico_common.model import Endpoint
 
 from .lbspec import NodeView, parse_node
 from .pools import Pool, parse_pool
+from .reachability import GatewayVerdicts, Reachability, parse_report
 from .resync import plan_resync, rv_newer
 from .service import ServiceView, parse_service
 from .slices import endpoints_from_slices
@@ -32,9 +33,10 @@ LISTINGS = {
     "pools": group_path(API_GROUP, API_VERSION, "ippools"),
     "lbs": group_path(API_GROUP, API_VERSION, "loadbalancers"),
     "agents": group_path(API_GROUP, API_VERSION, "nodeagents"),
+    "reports": group_path(API_GROUP, API_VERSION, "gatewayreports"),
 }
 # Kinds whose CRD an older install may lack: listed as empty rather than failing the listing.
-OPTIONAL_LISTINGS = {"agents"}
+OPTIONAL_LISTINGS = {"agents", "reports"}
 
 
 def object_key(obj: Mapping[str, Any]) -> str:
@@ -86,6 +88,10 @@ class ClusterCache:
     slice_owner: dict[str, str] = field(default_factory=dict)  # "ns/slice" -> "ns/service"
     lbs: dict[str, dict[str, Any]] = field(default_factory=dict)  # our CRs, slimmed
     pool_objs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    reports: dict[str, GatewayVerdicts] = field(default_factory=dict)  # gateway -> verdicts
+    # What the controller made of the reports (``reachability.decide``): the nodes whose
+    # endpoints every NodeRules entry marks unreachable.
+    reachability: Reachability = field(default_factory=Reachability)
     # Per kind, each key's resourceVersion and last watch stamp (tombstones too).
     stamp: int = 0
     versions: dict[str, dict[str, str]] = field(default_factory=lambda: {k: {} for k in LISTINGS})
@@ -145,6 +151,11 @@ class ClusterCache:
                 self.lbs.pop(key, None)
             else:
                 self.lbs[key] = slim(obj)
+        elif kind == "reports":
+            old_verdicts = self.reports.pop(key, None)
+            if not deleted:
+                self.reports[key] = parse_report(obj)
+            changed = deleted or old_verdicts != self.reports[key]
         return Change(kind, key, deleted, changed)
 
     def _slice(self, obj: Mapping[str, Any], deleted: bool) -> Change | None:

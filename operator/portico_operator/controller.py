@@ -33,6 +33,7 @@ from .metrics import Metrics
 from .pool_status import PoolStatus
 from .pools import Pool
 from .publishing import Publishing
+from .reachability import decide
 from .restore import build_allocator
 from .rules_writer import NodeRulesWriter
 from .settings import OperatorSettings
@@ -45,6 +46,7 @@ from .writes import GatedKube, Writes
 log = logging.getLogger("portico.operator")
 
 POOL_FLUSH_SECONDS = 1.0
+REACHABILITY_CHECK_SECONDS = 5.0  # how often reports are checked for age
 
 
 class Controller:
@@ -80,6 +82,8 @@ class Controller:
         self.leading = False  # True only while this replica leads *and* has rebuilt its view
         self._lead_task: asyncio.Task[None] | None = None
         self._want_lead = False
+        # Gateway -> when its report was last written (this replica's monotonic clock).
+        self.report_seen: dict[str, float] = {}
 
     def _start_term(self, alloc: ipam.Allocator) -> None:
         """A new term, and the workers' jobs bound to it."""
@@ -179,6 +183,12 @@ class Controller:
                 for k in self.rules.keys_in(changed):
                     if k in self.services:
                         self.publish.add(k)  # Programmed may have changed
+        elif kind == "reports":
+            if change.deleted:
+                self.report_seen.pop(key, None)
+            else:
+                self.report_seen[key] = time.monotonic()
+            self.update_reachability()
         elif kind == "lbs" and change.deleted and self.leading:
             view = self.services.get(key)
             if view is None or not view.has_finalizer:
@@ -188,6 +198,32 @@ class Controller:
                 self.withdrawing.finish(key, view)
             if key in self.services:
                 self.publish.add(key)  # someone deleted our CR: put it back
+
+    def update_reachability(self) -> None:
+        """Judges the gateways' reports again; a change republishes every Service (those that
+        have no endpoint on the nodes concerned write nothing)."""
+        now = time.monotonic()
+        reach = decide(
+            ((v, self.report_seen.get(k, now)) for k, v in self.cache.reports.items()), now
+        )
+        if reach == self.cache.reachability:
+            return
+        old, self.cache.reachability = self.cache.reachability, reach
+        if reach.unreachable != old.unreachable:
+            log.warning(
+                "unreachable nodes (their endpoints are out of the other nodes' rules): %s",
+                ", ".join(sorted(reach.unreachable)) or "none",
+            )
+        for gateway, (nodes, why) in reach.ignored.items():
+            if old.ignored.get(gateway) != (nodes, why):
+                log.warning("gateway %s: verdicts on %s ignored: %s", gateway, sorted(nodes), why)
+        if self.leading:
+            self.publish_all()
+
+    async def _reachability_ticker(self) -> None:
+        while True:
+            await asyncio.sleep(REACHABILITY_CHECK_SECONDS)
+            self.update_reachability()
 
     async def _resync_loop(self) -> None:
         while True:
@@ -322,6 +358,7 @@ class Controller:
             ),
             self._pool_flusher(),
             self.rules.flusher(),
+            self._reachability_ticker(),
         )
 
     async def _worker(

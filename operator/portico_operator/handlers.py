@@ -25,6 +25,7 @@ WATCHED = {
     "pools": (API_GROUP, "v1alpha1", "ippools"),
     "lbs": (API_GROUP, "v1alpha1", "loadbalancers"),
     "agents": (API_GROUP, "v1alpha1", "nodeagents"),
+    "reports": (API_GROUP, "v1alpha1", "gatewayreports"),
 }
 
 

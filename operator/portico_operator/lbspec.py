@@ -24,7 +24,7 @@ from .settings import (
 LB_API_VERSION = f"{API_GROUP}/{API_VERSION}"
 # The LoadBalancer conditions the operator writes (under its field manager); the gateways
 # write others (Announced, Healthy) under theirs.
-OPERATOR_CONDITIONS = ("Allocated", "NodePorts", "Programmed", "Valid")
+OPERATOR_CONDITIONS = ("Allocated", "NodePorts", "NodesReachable", "Programmed", "Valid")
 
 
 @dataclass(frozen=True)

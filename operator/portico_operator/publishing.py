@@ -11,13 +11,18 @@ turns False if it still has not).
 
 from __future__ import annotations
 
+import dataclasses
+from typing import Any
+
 from portico_common.clock import now_rfc3339 as now
+from portico_common.conditions import condition
 from portico_common.model import Endpoint
 
 from .cache import ClusterCache
 from .decisions import Outcome
 from .lbspec import lb_conditions, lb_status_current, render_spec
 from .noderules_push import node_rules_entry
+from .reachability import reachable_condition
 from .rules_writer import NodeRulesWriter
 from .service import ServiceView
 from .settings import OperatorSettings
@@ -75,6 +80,13 @@ class Publishing:
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
         endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
+        down = self.cache.reachability.unreachable
+        if down:
+            endpoints = [
+                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
+                for ep in endpoints
+            ]
         # A new term (a restart, the Lease moving) knows no last valid configuration: what is
         # in force is what the previous leader wrote. Rendered from the bad input it would be
         # replaced (a new port, a raw range) while the Valid condition says it stays, so the
@@ -148,9 +160,28 @@ class Publishing:
             previous,
             programmed,
         )
+        reach = reachable_condition(self.cache.reachability, (ep.node for ep in endpoints))
+        conds.append(condition("NodesReachable", *reach, gen, t, previous))
+        self._reachability_event(view, reach, previous)
         if lb_status_current(current.get("status"), conds, generation):
             return
         await self.writes.apply_lb_status(view, generation, conds)
+
+    def _reachability_event(
+        self, view: ServiceView, reach: tuple[bool, str, str], previous: list[Any]
+    ) -> None:
+        """An Event when the Service's endpoints go out for an unreachable node, and when they
+        are back: once per change of the CR's NodesReachable reason."""
+        before = next((c for c in previous if c.get("type") == "NodesReachable"), None)
+        ok, reason, message = reach
+        if before is None and ok:
+            return  # a new CR, or an older operator's: nothing happened to tell
+        if before is not None and before.get("reason") == reason:
+            return
+        if not ok:
+            self.writes.service_event(view, "Warning", reason, message)
+        elif before is not None and before.get("reason") == "NodesUnreachable":
+            self.writes.service_event(view, "Normal", reason, message)
 
     def _check_node_ports(self, view: ServiceView) -> None:
         missing = [p for p in view.ports if not p.node_port]

@@ -11,6 +11,7 @@ import pytest
 from portico_lab.lab import Lab, LabConfig
 from portico_lab.portico import install_crds
 
+from .dataplane_harness import KUBE_PROXY
 from .operator_harness import Api
 
 
@@ -18,6 +19,17 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if "tests/lab/" in str(item.fspath):
             item.add_marker(pytest.mark.lab)
+    # Within a module, the cases with kube-proxy beside last (its start is shared; the others
+    # must run without it); otherwise the order stays.
+    first = {}
+    for i, item in enumerate(items):
+        first.setdefault(str(item.fspath), i)
+    items.sort(key=lambda it: (first[str(it.fspath)], _beside(it) == KUBE_PROXY))
+
+
+def _beside(item: pytest.Item) -> object:
+    callspec = getattr(item, "callspec", None)
+    return callspec.params.get("beside") if callspec is not None else None
 
 
 def _interrupt(signum: int, frame: Any) -> None:

@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import os
+import signal
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from typing import Any
 
+import pytest
 from kubernetes.client.exceptions import ApiException
+from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
 from portico_lab.lab import Lab
 from portico_lab.portico import (
     cleanup_kube_proxy,
@@ -24,6 +28,7 @@ from .netcheck import request
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 AGENT = [sys.executable, "-m", "portico_nodeagent"]
+AGENT_PORT = AGENT_HEALTH_PORT  # the agents' own node /healthz and aggregate view
 
 # One HTTP request, its status line, headers and body, or the error (refused, timeout).
 _HTTP = r"""
@@ -117,14 +122,16 @@ def running_kube_proxy(lab: Lab, mode: str) -> Iterator[list[Proc]]:
 
 
 @contextmanager
-def running_gateway(lab: Lab, name: str) -> Iterator[Proc]:
+def running_gateway(lab: Lab, name: str, *extra: str) -> Iterator[Proc]:
     """The gateway ``name`` (lbnode in its lab namespace); its tables removed afterwards."""
-    proc = start_gateway(lab, name)
+    proc = start_gateway(lab, name, *extra)
     try:
         yield proc
     finally:
         proc.stop()
         lab.exec(name, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+        # Its GatewayReport stays after a stop (a restart carries its verdicts over): not here.
+        lab.kubectl("delete", "gatewayreport", name, "--ignore-not-found", check=False)
         if proc.popen is not None and proc.popen.returncode not in (0, None):
             print(proc.log_tail())
 
@@ -189,3 +196,136 @@ def named(name: str, family: int) -> str:
 def addr(host: Any, family: int) -> str:
     """The address of ``family`` of a lab host or pod (anything with ``ipv4`` and ``ipv6``)."""
     return str(host.ipv4 if family == 4 else host.ipv6)
+
+
+# Beside what the data-plane tests run: Portico alone, or with kube-proxy (nftables mode) on every
+# node as on kind and most clusters. Tests parametrized over it run their kube-proxy cases last
+# in their module (tests/lab/conftest.py orders them), so kube-proxy starts once per module.
+ALONE, KUBE_PROXY = "alone", "kube-proxy"
+BESIDE = [ALONE, KUBE_PROXY]
+
+
+class KubeProxySwitch:
+    """kube-proxy beside a module's agents, started when a test first wants it and kept until
+    the module ends. As on a cluster where it came first, kube-proxy binds its ports before the
+    agents do: :10256 and the health ports of the Services that exist then."""
+
+    def __init__(self, lab: Lab, agents: list[Proc]) -> None:
+        self.lab, self.agents = lab, agents
+        self._stack: ExitStack | None = None
+        self._procs: list[Proc] = []
+
+    @property
+    def on(self) -> bool:
+        return self._stack is not None
+
+    def want(self, beside: str) -> None:
+        if (beside == KUBE_PROXY) != self.on:
+            self.start() if beside == KUBE_PROXY else self.stop()
+
+    def start(self) -> None:
+        lab = self.lab
+        # Portico's table first, kube-proxy's after (see test_kube_proxy): its agents made it.
+        for node in lab.node_names():
+            wait_for(lambda n=node: ("inet", "portico") in tables(lab, n), f"{node}'s table")
+        for p in self.agents:
+            p.stop()  # their rules stay in force
+        self._stack = ExitStack()
+        try:
+            self._procs = self._stack.enter_context(running_kube_proxy(lab, "nftables"))
+            for node in lab.node_names():
+                wait_for(
+                    lambda n=node: (
+                        http(lab, n, "127.0.0.1", KUBE_PROXY_HEALTHZ_PORT).get("status") == 200
+                    ),
+                    f"kube-proxy on {node} serves :{KUBE_PROXY_HEALTHZ_PORT}/healthz (synced)",
+                    60,
+                )
+        finally:
+            for p in self.agents:
+                p.start()
+        for node in lab.node_names():
+            wait_for(
+                lambda n=node: http(lab, n, "127.0.0.1", AGENT_PORT).get("status") == 200,
+                f"{node}'s agent serves its own port again",
+                30,
+            )
+
+    def stop(self) -> None:
+        stack, self._stack, self._procs = self._stack, None, []
+        if stack is not None:
+            stack.close()
+
+    @contextmanager
+    def behind(self, node: str) -> Iterator[None]:
+        """``node``'s kube-proxy keeps the rules it has (stopped, SIGSTOP) until the block
+        ends: its view a sync behind Portico's, as within its min-sync-period (1 s: a change
+        that follows another by less waits) or a long sync. Nothing without kube-proxy."""
+        proc = next((p for p in self._procs if p.name == f"kube-proxy-{node}"), None)
+        if proc is None or proc.popen is None:
+            yield
+            return
+        os.kill(proc.popen.pid, signal.SIGSTOP)
+        try:
+            yield
+        finally:
+            os.kill(proc.popen.pid, signal.SIGCONT)
+
+
+@contextmanager
+def kube_proxy_switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]:
+    switch = KubeProxySwitch(lab, agents)
+    try:
+        yield switch
+    finally:
+        switch.stop()
+
+
+def kube_proxy_programmed(lab: Lab, node: str, vip: str) -> bool:
+    """Whether ``node``'s kube-proxy (nftables) sends ``vip`` to endpoints."""
+    family = "ip6" if ":" in vip else "ip"
+    out = lab.exec(node, ["nft", "list", "map", family, "kube-proxy", "service-ips"]).stdout
+    return f"{vip} " in out
+
+
+# Connections to port 80 of an address, all at once (each its own source port), with a short
+# timeout: the pod that answered each, or why none did.
+_ATTEMPTS = r"""
+import json, socket, sys, threading
+host, n, timeout = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+out = [None] * n
+def one(i):
+    try:
+        s = socket.create_connection((host, 80), timeout=timeout)
+        s.sendall(b"GET /attempt HTTP/1.0\r\n\r\n"); data = b""
+        while chunk := s.recv(65536):
+            data += chunk
+        s.close()
+        out[i] = json.loads(data.split(b"\r\n\r\n", 1)[1])["pod"]
+    except ConnectionRefusedError:
+        out[i] = "refused"
+    except (socket.timeout, TimeoutError):
+        out[i] = "timeout"
+    except OSError as e:
+        out[i] = type(e).__name__
+threads = [threading.Thread(target=one, args=(i,)) for i in range(n)]
+for t in threads: t.start()
+for t in threads: t.join()
+print(json.dumps(out))
+"""
+
+
+def attempts(lab: Lab, where: str, addr: str, n: int, timeout: float = 1.0) -> list[str]:
+    """``n`` connections from ``where`` to ``addr``:80 at once: each answering pod, or
+    "refused" / "timeout"."""
+    argv = [sys.executable, "-S", "-c", _ATTEMPTS, addr, str(n), str(timeout)]
+    res = lab.exec(where, argv, timeout=timeout + 30)
+    assert res.returncode == 0, res.stderr
+    return list(json.loads(res.stdout))
+
+
+def beside_param(request: pytest.FixtureRequest, switch: KubeProxySwitch) -> str:
+    """For a module's ``beside`` fixture (indirect parameter): kube-proxy on or off as asked."""
+    beside = str(getattr(request, "param", ALONE))
+    switch.want(beside)
+    return beside

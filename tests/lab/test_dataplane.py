@@ -14,6 +14,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
@@ -21,13 +22,21 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc, netns_argv
 
 from .dataplane_harness import (
+    AGENT_PORT,
+    BESIDE,
     FAMILIES,
+    KUBE_PROXY,
+    KubeProxySwitch,
     addr,
     answered,
+    attempts,
+    beside_param,
     create,
     deleting_services,
     family_spec,
     http,
+    kube_proxy_programmed,
+    kube_proxy_switch,
     named,
     running_agents,
     running_operator,
@@ -56,12 +65,31 @@ def services(api: Api) -> Iterator[list[str]]:
         yield names
 
 
+@pytest.fixture(scope="module")
+def switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]:
+    with kube_proxy_switch(lab, agents) as s:
+        yield s
+
+
+@pytest.fixture()
+def beside(request: pytest.FixtureRequest, switch: KubeProxySwitch) -> str:
+    """Portico alone, or kube-proxy (nftables) beside it on every node."""
+    return beside_param(request, switch)
+
+
+def suffixed(name: str, family: int, beside: str) -> str:
+    """A Service name unique per family and per kube-proxy beside or not."""
+    return named(name, family) + ("-kp" if beside == KUBE_PROXY else "")
+
+
 # ==============================================================================================
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_local_service_answers_with_the_client_ip_and_serves_healthz(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int, beside: str
 ) -> None:
-    name = named("dp-local", family)
+    # Beside kube-proxy, it holds the health port (either answers it the same way).
+    name = suffixed("dp-local", family, beside)
     create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
     ip = api.wait_ips(name)[0]
     hcnp = api.service(name).spec.health_check_node_port
@@ -86,10 +114,10 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
         "localEndpoints": 2,
         "serviceProxyHealthy": True,
     }
-    agg = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
+    agg = json.loads(http(lab, "client-1", node2, AGENT_PORT, "/portico/v1/services")["body"])
     assert agg["rulesCurrent"] is True and agg["nodeEligible"] is True
     assert agg["services"][f"{NS}/{name}"]["localEndpoints"][f"IPv{family}"] == 2
-    node_hz = http(lab, "client-1", node2, 10256, "/healthz")
+    node_hz = http(lab, "client-1", node2, AGENT_PORT, "/healthz")
     assert node_hz["status"] == 200 and json.loads(node_hz["body"])["healthy"] is True
 
     # Cluster: the health port stops listening at once (refused, not 503).
@@ -137,11 +165,12 @@ def test_pod_not_ready_drains_healthz_and_rules(
         lab.set_pod_ready("echo-3-2", True)
 
 
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cluster_service_reaches_other_nodes_and_masquerades_only_then(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int, beside: str
 ) -> None:
-    name = named("dp-cluster", family)
+    name = suffixed("dp-cluster", family, beside)
     create(api, services, name, **family_spec(family))
     ip = api.wait_ips(name)[0]
     client = addr(lab.plan.client(1), family)
@@ -431,14 +460,15 @@ def test_a_health_port_another_program_holds_is_left_to_it_reported_and_taken_on
     wait_for(lambda: reported() is None, "the conflict is no longer reported")
 
 
-@pytest.mark.parametrize("family", [4, 6])
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
+@pytest.mark.parametrize("family", FAMILIES)
 def test_pods_and_the_node_reach_a_local_vip_whose_endpoints_are_elsewhere(
-    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int
+    lab: Lab, api: Api, agents: list[Proc], services: list[str], family: int, beside: str
 ) -> None:
     # kube-proxy's short-circuit: traffic that starts inside the cluster is not external, so
     # externalTrafficPolicy does not apply to it: it goes to the endpoints anywhere, with the
     # pod's own address. Only echo-2-1 (on node-2) backs this Service.
-    name = f"dp-short-{family}"
+    name = suffixed("dp-short", family, beside)
     label = {"portico-test": name}
     api.core.patch_namespaced_pod("echo-2-1", NS, {"metadata": {"labels": label}})
     try:
@@ -472,3 +502,116 @@ def test_pods_and_the_node_reach_a_local_vip_whose_endpoints_are_elsewhere(
         api.core.patch_namespaced_pod(
             "echo-2-1", NS, {"metadata": {"labels": {"portico-test": None}}}
         )
+
+
+def no_endpoint_verdict(lab: Lab, node: str, vip: str) -> str | None:
+    """What ``node``'s Portico rules do with ``vip`` for want of endpoints (a drop, or a
+    reject through reject-chain), or None while it has endpoints there."""
+    six = ":" in vip
+    out = lab.exec(node, ["nft", "list", "map", "inet", "portico", f"noendpoints{6 if six else 4}"])
+    for line in out.stdout.replace(",", "\n").splitlines():
+        if f"{vip} . tcp . 80 :" in line:
+            return line.split(":")[-1].strip().rstrip("}").strip()
+    return None
+
+
+@contextmanager
+def labelled(api: Api, pods: list[str], label: dict[str, str]) -> Iterator[None]:
+    """The pods carry ``label`` (a Service's selector) until the block ends."""
+    try:
+        for pod in pods:
+            api.core.patch_namespaced_pod(pod, NS, {"metadata": {"labels": label}})
+        yield
+    finally:
+        for pod in pods:
+            unlabel(api, pod, label)
+
+
+def unlabel(api: Api, pod: str, label: dict[str, str]) -> None:
+    api.core.patch_namespaced_pod(pod, NS, {"metadata": {"labels": dict.fromkeys(label)}})
+
+
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_service_scaled_to_zero_refuses_every_request(
+    lab: Lab,
+    api: Api,
+    switch: KubeProxySwitch,
+    services: list[str],
+    family: int,
+    beside: str,
+) -> None:
+    # Its pods, echo-2-1 and echo-3-1, are chosen by a label that is then taken off (their
+    # processes keep running, as a scaled-down pod's may for its grace period: only rules
+    # could still send traffic there). Asked through node-1, from outside and from a pod there.
+    # Beside kube-proxy, node-1's kube-proxy is a sync behind meanwhile; it answered through
+    # its stale rules once Portico's said "refuse" (the filter that refuses knows the VIP, and
+    # kube-proxy's DNAT, which ran after Portico's NAT had done nothing, had changed it).
+    name = suffixed("dp-zero", family, beside)
+    label = {"portico-test": name}
+    pods = ["echo-2-1", "echo-3-1"]
+    with labelled(api, pods, label):
+        create(api, services, name, selector=label, **family_spec(family))
+        ip = api.wait_ips(name)[0]
+        with routed(lab, "client-1", ip, "node-1"):
+            wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through node-1")
+            wait_for(lambda: answered(lab, "echo-1-2", ip), "a pod on node-1 reaches the VIP")
+            if beside == KUBE_PROXY:
+                wait_for(lambda: kube_proxy_programmed(lab, "node-1", ip), "kube-proxy has it")
+            with switch.behind("node-1"):
+                for pod in pods:
+                    unlabel(api, pod, label)
+                wait_for(
+                    lambda: no_endpoint_verdict(lab, "node-1", ip),
+                    "node-1's rules have no endpoint for the VIP",
+                )
+                outside = attempts(lab, "client-1", ip, 15)
+                inside = attempts(lab, "echo-1-2", ip, 15)
+    assert (outside, inside) == (["refused"] * 15, ["refused"] * 15)
+
+
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_a_client_pinned_by_client_ip_is_sent_only_where_portico_sends_it(
+    lab: Lab,
+    api: Api,
+    switch: KubeProxySwitch,
+    services: list[str],
+    family: int,
+    beside: str,
+) -> None:
+    # ClientIP affinity, externalTrafficPolicy Local, over echo-1-1 and echo-1-2 (node-1) and
+    # echo-2-1: a client through node-1 is pinned to one of node-1's pods. Then both leave the
+    # endpoints: node-1 has no local endpoint and drops the client's traffic (the gateway moves
+    # the client to another node). Beside kube-proxy a sync behind, that traffic was answered by
+    # kube-proxy's own pick with its own pins, not Portico's: how a pinned client reached
+    # another pod (reported: 1 of 15 requests from one client).
+    name = suffixed("dp-pin", family, beside)
+    label = {"portico-test": name}
+    pods = ["echo-1-1", "echo-1-2", "echo-2-1"]
+    with labelled(api, pods, label):
+        create(
+            api,
+            services,
+            name,
+            selector=label,
+            sessionAffinity="ClientIP",
+            externalTrafficPolicy="Local",
+            **family_spec(family),
+        )
+        ip = api.wait_ips(name)[0]
+        with routed(lab, "client-1", ip, "node-1"):
+            first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers via node-1")
+            pinned = [answered(lab, "client-1", ip) for _ in range(15)]
+            assert {a and a["pod"] for a in pinned} == {first["pod"]}, pinned
+            if beside == KUBE_PROXY:
+                wait_for(lambda: kube_proxy_programmed(lab, "node-1", ip), "kube-proxy has it")
+            with switch.behind("node-1"):
+                for pod in pods[:2]:
+                    unlabel(api, pod, label)
+                wait_for(
+                    lambda: no_endpoint_verdict(lab, "node-1", ip) == "drop",
+                    "node-1's rules have no local endpoint for the VIP",
+                )
+                got = attempts(lab, "client-1", ip, 15)
+    assert got == ["timeout"] * 15, got

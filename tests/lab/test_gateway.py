@@ -19,13 +19,19 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
+    AGENT_PORT,
+    BESIDE,
     FAMILIES,
+    KUBE_PROXY,
+    KubeProxySwitch,
     addr,
     answered,
+    beside_param,
     create,
     deleting_services,
     family_spec,
     http,
+    kube_proxy_switch,
     named,
     running_agents,
     running_gateway,
@@ -34,6 +40,7 @@ from .dataplane_harness import (
 from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 GATEWAY = "gw-1"
+GATEWAY_METRICS = 9474  # the gateway's --metrics-port, in its namespace
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +57,20 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
 
 @pytest.fixture(scope="module")
 def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
-    with running_gateway(lab, GATEWAY) as proc:
+    with running_gateway(lab, GATEWAY, "--metrics-port", str(GATEWAY_METRICS)) as proc:
         yield proc
+
+
+@pytest.fixture(scope="module")
+def switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]:
+    with kube_proxy_switch(lab, agents) as s:
+        yield s
+
+
+@pytest.fixture()
+def beside(request: pytest.FixtureRequest, switch: KubeProxySwitch) -> str:
+    """Portico alone, or kube-proxy (nftables) beside it on every node."""
+    return beside_param(request, switch)
 
 
 @pytest.fixture()
@@ -136,12 +155,18 @@ def flows(lab: Lab, ip: str, sources: list[str], first: int, n: int) -> dict[str
     return json.loads(res.stdout)
 
 
+def suffixed(name: str, family: int, beside: str) -> str:
+    """A Service name unique per family and per kube-proxy beside or not."""
+    return named(name, family) + ("-kp" if beside == KUBE_PROXY else "")
+
+
 # ==============================================================================================
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
 @pytest.mark.parametrize("family", FAMILIES)
 def test_vip_answers_through_the_gateway_with_the_client_ip(
-    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, beside: str
 ) -> None:
-    name = named("gw-local", family)
+    name = suffixed("gw-local", family, beside)
     create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
     ip = api.wait_ips(name)[0]
     first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers through the gateway")
@@ -422,3 +447,77 @@ def test_source_ranges_are_read_as_kubernetes_reads_them(
     # A value Kubernetes cannot read never gets this far: the apiserver refuses it in the field
     # and in the legacy annotation alike (what the operator does if one does arrive — Valid=False,
     # a Warning Event, the last valid rules kept — is unit-tested: test_operator_source_ranges).
+
+
+@pytest.mark.parametrize("beside", BESIDE, indirect=True)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_client_ip_affinity_with_local_keeps_a_client_on_one_pod(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, beside: str
+) -> None:
+    name = suffixed("gw-pin", family, beside)
+    create(
+        api,
+        services,
+        name,
+        sessionAffinity="ClientIP",
+        externalTrafficPolicy="Local",
+        **family_spec(family),
+    )
+    ip = api.wait_ips(name)[0]
+    wait_for(lambda: len(healthy_nodes(api, name)) == 3, "three healthy nodes")
+    first = wait_for(lambda: answered(lab, "client-1", ip), "the VIP answers")
+    got = [answered(lab, "client-1", ip) for _ in range(15)]
+    # One client address: one node (the gateway hashes the address alone), one pod (pinned).
+    assert None not in got, got
+    assert {a["pod"] for a in got if a} == {first["pod"]}, [a and a["pod"] for a in got]
+
+
+def probe_counts(lab: Lab) -> dict[tuple[str, str], float]:
+    """The gateway's portico_gateway_probes_total by (kind, result)."""
+    r = http(lab, GATEWAY, "127.0.0.1", GATEWAY_METRICS, "/metrics")
+    assert r.get("status") == 200, r
+    out = {}
+    for m in re.finditer(
+        r'^portico_gateway_probes_total\{kind="(\w+)",result="(\w+)"\} (\S+)$',
+        r["body"],
+        re.MULTILINE,
+    ):
+        out[(m[1], m[2])] = float(m[3])
+    return out
+
+
+@pytest.mark.parametrize("beside", [KUBE_PROXY], indirect=True)
+def test_beside_kube_proxy_the_gateway_asks_each_node_agent_once_on_its_own_port(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], beside: str
+) -> None:
+    create(api, services, "gw-agg", externalTrafficPolicy="Local")
+    create(api, services, "gw-agg-cluster")
+    api.wait_ips("gw-agg")
+    api.wait_ips("gw-agg-cluster")
+    wait_for(lambda: len(healthy_nodes(api, "gw-agg")) == 3, "three healthy nodes")
+    wait_for(lambda: len(healthy_nodes(api, "gw-agg-cluster")) == 3, "three healthy nodes")
+    for node in lab.node_names():
+        # kube-proxy holds :10256 (the agent says so) ...
+        report = api.custom.get_cluster_custom_object("portico.dev", "v1alpha1", "nodeagents", node)
+        assert "10256" in ((report.get("status") or {}).get("healthPortConflicts") or {})
+        # ... and the agent answers node health and its aggregate on its own port.
+        ip = str(lab.host(node).ipv4)
+        hz = http(lab, "client-1", ip, AGENT_PORT, "/healthz")
+        assert hz.get("status") == 200 and json.loads(hz["body"])["healthy"] is True, hz
+        agg = json.loads(http(lab, "client-1", ip, AGENT_PORT, "/portico/v1/services")["body"])
+        assert agg["node"] == node and f"{NS}/gw-agg" in agg["services"], agg
+    # The gateway asks each node once per interval for every Service (aggregate mode), never per
+    # Service: no probe of a healthCheckNodePort or of kube-proxy's /healthz.
+    before = probe_counts(lab)
+    wait_for(
+        lambda: (
+            probe_counts(lab).get(("aggregate", "ok"), 0) >= before.get(("aggregate", "ok"), 0) + 6
+        ),
+        "two more rounds of aggregate probes",
+    )
+    after = probe_counts(lab)
+    per_service = [k for k in after if k[0] != "aggregate" and after[k] != before.get(k, 0)]
+    assert not per_service, (before, after)
+    for name in ("gw-agg", "gw-agg-cluster"):
+        messages = {n["node"]: n.get("message", "") for n in status(api, name)["nodes"]}
+        assert all(m.startswith("node agent:") for m in messages.values()), messages

@@ -26,6 +26,7 @@ CRD_FILES = {
     "LoadBalancer": CRDS / "portico.dev_loadbalancers.yaml",
     "NodeRules": CRDS / "portico.dev_noderules.yaml",
     "NodeAgent": CRDS / "portico.dev_nodeagents.yaml",
+    "GatewayReport": CRDS / "portico.dev_gatewayreports.yaml",
 }
 
 # Fields of ObjectMeta a printer column may name (metadata has no schema of its own in a CRD).
@@ -175,6 +176,10 @@ def test_conditions_are_metav1_conditions(crd):
         # Nothing writes a NodeRules status yet: it has none.
         assert "status" not in schema_of(crd)["properties"]
         return
+    if crd["spec"]["names"]["kind"] == "GatewayReport":
+        # A list of verdicts, one per node, each with its own transition time: no conditions.
+        assert "conditions" not in schema_of(crd)["properties"]["status"]["properties"]
+        return
     conditions = resolve(schema_of(crd), ".status.conditions")
     assert conditions["x-kubernetes-list-type"] == "map"
     assert conditions["x-kubernetes-list-map-keys"] == ["type"]
@@ -237,6 +242,7 @@ EXPECTED_COLUMNS = {
     "LoadBalancer": ["VIPs", "Ports", "Healthy", "Gateway", "Allocated", "Age"],
     "NodeRules": ["Age"],
     "NodeAgent": ["Services", "Applied", "Error", "Age"],
+    "GatewayReport": ["Nodes", "Unreachable", "Heartbeat", "Age"],
 }
 
 
@@ -566,7 +572,7 @@ def test_render_defaults(helm):
     docs = render(helm)
     assert Counter(d["kind"] for d in docs) == Counter(
         {
-            "CustomResourceDefinition": 4,
+            "CustomResourceDefinition": 5,
             # The operator's and the node agent's.
             "ServiceAccount": 2,
             "ClusterRole": 2,
@@ -857,13 +863,15 @@ def test_node_agent_daemonset_defaults(helm, monkeypatch):
     env = {e["name"]: e for e in container["env"]}
     assert env["NODE_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "spec.nodeName"}}
     # The agent's own defaults.
-    assert (args.healthz_port, args.metrics_port, args.verify_interval) == (10256, 0, 5.0)
+    assert (args.health_port, args.metrics_port, args.verify_interval) == (10262, 0, 5.0)
+    assert args.kube_proxy_healthz_port == 10256  # answered too where kube-proxy leaves it
     assert args.log_level == "info"
 
-    # The probes ask the port the agent serves; /healthz, which is 200 without any Service.
-    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 10256}
-    assert container["livenessProbe"]["tcpSocket"] == {"port": args.healthz_port}
-    assert container["ports"] == [{"name": "healthz", "containerPort": 10256, "protocol": "TCP"}]
+    # The probes ask the agent's own port (kube-proxy never holds it); /healthz, which is 200
+    # without any Service. kube-proxy's port is not declared: kube-proxy may hold it.
+    assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 10262}
+    assert container["livenessProbe"]["tcpSocket"] == {"port": args.health_port}
+    assert container["ports"] == [{"name": "healthz", "containerPort": 10262, "protocol": "TCP"}]
 
 
 @pytest.mark.parametrize(("health", "metrics"), [(10266, 9465), (20256, 0)])
@@ -877,16 +885,24 @@ def test_node_agent_ports_follow_values(helm, monkeypatch, health, metrics):
     )
     container = node_agent_container(docs)
     args = agent_args(container, monkeypatch)
-    assert (args.healthz_port, args.metrics_port) == (health, metrics)
-    assert container["readinessProbe"]["httpGet"]["port"] == args.healthz_port
-    assert container["livenessProbe"]["tcpSocket"]["port"] == args.healthz_port
+    assert (args.health_port, args.metrics_port) == (health, metrics)
+    assert container["readinessProbe"]["httpGet"]["port"] == args.health_port
+    assert container["livenessProbe"]["tcpSocket"]["port"] == args.health_port
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == ({"healthz": health, "metrics": metrics} if metrics else {"healthz": health})
 
 
+def test_node_agent_kube_proxy_healthz_port_follows_values(helm, monkeypatch):
+    container = node_agent_container(render(helm, "--set", "nodeAgent.kubeProxyHealthzPort=0"))
+    args = agent_args(container, monkeypatch)
+    assert (args.health_port, args.kube_proxy_healthz_port) == (10262, 0)
+    assert [p["containerPort"] for p in container["ports"]] == [10262]
+
+
 def test_node_agent_without_health_port_has_no_probes(helm, monkeypatch):
     container = node_agent_container(render(helm, "--set", "nodeAgent.healthPort=0"))
-    assert agent_args(container, monkeypatch).healthz_port == 0
+    args = agent_args(container, monkeypatch)
+    assert args.health_port == 0
     assert "readinessProbe" not in container
     assert "livenessProbe" not in container
     assert "ports" not in container

@@ -109,3 +109,19 @@ def test_a_bad_entry_keeps_its_last_good_rules_and_spares_the_others() -> None:
 def test_health_ports_are_those_of_local_services_only() -> None:
     local, cluster, none = _svc("l", hcnp=31000), _svc("c", hcnp=31001, policy="Cluster"), _svc("n")
     assert local_health_ports([local, cluster, none]) == {31000: local}
+
+
+def test_unreachable_endpoint_round_trips() -> None:
+    from portico_common.model import Endpoint, LBService, ServicePort
+    from portico_common.rulesdoc import service_entry, service_from_entry
+
+    svc = LBService(
+        "default",
+        "web",
+        ("198.18.32.5",),
+        (ServicePort("http", "TCP", 80),),
+        (Endpoint("198.19.1.2", "node-1"), Endpoint("198.19.2.2", "node-2", unreachable=True)),
+    )
+    entry = service_entry(svc)
+    assert [e.get("unreachable") for e in entry["endpoints"]] == [None, True]
+    assert service_from_entry(entry).endpoints == svc.endpoints

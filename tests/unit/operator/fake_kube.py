@@ -26,6 +26,7 @@ KINDS = {
     "loadbalancers": "lbs",
     "noderules": "noderules",
     "nodeagents": "agents",
+    "gatewayreports": "reports",
     "leases": "leases",
     "events": "events",
 }

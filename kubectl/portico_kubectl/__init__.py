@@ -1,0 +1,1 @@
+"""`kubectl portico`: the kubectl plugin that explains a LoadBalancer Service's path."""
