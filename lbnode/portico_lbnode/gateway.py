@@ -202,7 +202,9 @@ class Gateway:
         if svc is None:
             return False
         h = self.prober.health(node, key)
-        return standing(h, time.time(), svc.drain_timeout) is not Standing.OUT
+        # A node that stopped answering ARP is dead before its probes can tell: out at once.
+        reachable = not self.neighbours.unreachable(node)
+        return standing(h, time.time(), svc.drain_timeout, reachable) is not Standing.OUT
 
     def _wake_at_drain_end(self) -> None:
         """A reconcile when the next drain timeout ends: the node's pins are let go then."""
