@@ -11,13 +11,16 @@ is pinned), so the ratios are those of the stateful path. Last, wrk again while 
 the VIP with SYNs (``portico_lab.synflood``, bounded in count and time): the new-connection rate
 under a flood, and the pins the flood left (none is the goal: SYNs are never pinned).
 
-    .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5]
+    .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5] [--pins 1000000]
+(``--pins``: the flows map holds that many pins of made-up clients first: the path with a
+full-sized map.)
 (gateway_e2e.py runs this as its part C in its own lab.)
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import statistics
@@ -109,6 +112,26 @@ def flow_pins(lab: Lab, client: str) -> int:
     return sum(1 for e in m.get("elem") or () if json.dumps(e).find(f'"{client}"') >= 0)
 
 
+def prefill(lab: Lab, vip: str, n: int) -> float:
+    """``n`` pins of made-up clients (10.0.0.0/8, which sends nothing) in the gateway's
+    flows4-tcp, to measure the path with a full-sized map; the seconds it took."""
+    gw = lab.plan.gateway(1).name
+    ids = [str(int(ipaddress.ip_address(str(lab.host(f"node-{i}").ipv4)))) for i in (1, 2, 3)]
+    t0 = time.perf_counter()
+    for at in range(0, n, 100_000):
+        elems = ", ".join(
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} . {1024 + i % 60000} . {vip} . 80"
+            f" : {ids[i % 3]}"
+            for i in range(at, min(n, at + 100_000))
+        )
+        text = f"add element netdev portico-gw flows4-tcp {{ {elems} }}\n"
+        path = lab.workdir / "gwb-prefill.nft"
+        path.write_text(text)
+        lab.exec(gw, ["nft", "-f", str(path)], check=True, timeout=300)
+        path.unlink()
+    return time.perf_counter() - t0
+
+
 def _last_int(log: Any) -> int:
     """The count the flood printed last in its log (0 when it printed none)."""
     lines = [ln for ln in log.read_text().splitlines() if ln.strip().isdigit()]
@@ -126,7 +149,9 @@ def _answers_from(lab: Lab, vip: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[float]]]:
+def run(
+    lab: Lab, reps: int = 3, seconds: int = 5, pins: int = 0
+) -> dict[str, dict[str, list[float]]]:
     """Measures; returns {test: {"gateway": [...], "direct": [...]}} (bits/s or requests/s).
     Leaves nothing behind: the Service, the slice, iperf3 and the route go in a finally."""
     core = client.CoreV1Api(lab.api)
@@ -155,6 +180,9 @@ def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[f
             for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s", "wrk conn/s, SYN flood")
         }
         flood_src = str(lab.plan.client(2).ipv4)
+        if pins:
+            took = prefill(lab, vip, pins)
+            print(f"({pins:,} pins written into flows4-tcp in {took:.0f} s)")
         pins_before = flow_pins(lab, flood_src)
         flood_sent = 0
         errors = {"gateway": 0, "direct": 0}
@@ -252,6 +280,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--pins", type=int, default=0, help="pins written in the map first")
     args = ap.parse_args()
     cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
     with Lab.up(cfg) as lab:
@@ -263,7 +292,7 @@ def main() -> int:
             0.2,
         )
         t = time.time()
-        res = run(lab, args.reps, args.seconds)
+        res = run(lab, args.reps, args.seconds, args.pins)
         print(f"(part C took {time.time() - t:.0f} s)")
     print_table(res)
     return 0
