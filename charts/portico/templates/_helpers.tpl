@@ -72,3 +72,36 @@ app.kubernetes.io/component: node-agent
 {{- $tag := default (default .Chart.AppVersion (toString .Values.image.tag)) (toString (default "" $img.tag)) -}}
 {{- printf "%s:%s" $repo $tag -}}
 {{- end -}}
+
+{{/* nodeSelector of every pod: kubernetes.io/os: linux (the programs need Linux's nftables),
+     then the component's own selector, which may override it. */}}
+{{- define "portico.nodeSelector" -}}
+{{- toYaml (merge (deepCopy (. | default dict)) (dict "kubernetes.io/os" "linux")) -}}
+{{- end -}}
+
+{{/* The gateway's resource names (Deployment, ServiceAccount, RBAC). */}}
+{{- define "portico.gatewayName" -}}
+{{- printf "%s-gateway" (include "portico.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}
+
+{{/* The gateway's pod selector. */}}
+{{- define "portico.gatewaySelectorLabels" -}}
+app.kubernetes.io/name: {{ include "portico.name" . }}
+app.kubernetes.io/instance: {{ .Release.Name }}
+app.kubernetes.io/component: gateway
+{{- end -}}
+
+{{- define "portico.gatewayServiceAccountName" -}}
+{{- if .Values.gateway.serviceAccount.create -}}
+{{- default (include "portico.gatewayName" .) .Values.gateway.serviceAccount.name -}}
+{{- else -}}
+{{- required "gateway.serviceAccount.name is required when gateway.serviceAccount.create is false" .Values.gateway.serviceAccount.name -}}
+{{- end -}}
+{{- end -}}
+
+{{/* The gateway's image: gateway.image.repository, its tag or the chart's image.tag or appVersion. */}}
+{{- define "portico.gatewayImage" -}}
+{{- $img := .Values.gateway.image -}}
+{{- $tag := default (default .Chart.AppVersion (toString .Values.image.tag)) (toString (default "" $img.tag)) -}}
+{{- printf "%s:%s" $img.repository $tag -}}
+{{- end -}}

@@ -525,15 +525,29 @@ def helm() -> Path:
 
 
 def render(helm: Path, *args: str) -> list[dict[str, Any]]:
+    proc = template(helm, *args)
+    assert proc.returncode == 0, proc.stderr
+    return [d for d in yaml.safe_load_all(proc.stdout) if d]
+
+
+# The lab's Kubernetes version: the chart's kubeVersion refuses helm's offline default (v1.20
+# for a helm built without release flags, as the pinned one is).
+KUBE_VERSION = "1.34.2"
+# gateway.interface has no default and is required while gateway.enabled (the default): the
+# tests start from a values file that sets it (before their own -f and --set).
+BASE_VALUES = Path(__file__).with_name("base-values.yaml")
+
+
+def template(helm: Path, *args: str, interface: bool = True) -> subprocess.CompletedProcess[str]:
+    """`helm template` of the chart; the test's own arguments come last and win."""
     argv = [str(helm), "template", "portico", str(CHART), "--namespace", "portico-system"]
-    proc = subprocess.run(
-        [*argv, "--include-crds", *args],
+    argv += ["--kube-version", KUBE_VERSION, "--include-crds"]
+    return subprocess.run(
+        [*argv, *(("-f", str(BASE_VALUES)) if interface else ()), *args],
         capture_output=True,
         text=True,
         timeout=120,
     )
-    assert proc.returncode == 0, proc.stderr
-    return [d for d in yaml.safe_load_all(proc.stdout) if d]
 
 
 def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> dict[str, Any]:
@@ -561,11 +575,13 @@ def test_chart_crds_are_the_top_level_ones():
 
 
 def test_helm_lint(helm):
+    argv = [str(helm), "lint", "--strict", str(CHART), "--kube-version", KUBE_VERSION]
     proc = subprocess.run(
-        [str(helm), "lint", "--strict", str(CHART)], capture_output=True, text=True, timeout=120
+        [*argv, "-f", str(BASE_VALUES)], capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "0 chart(s) failed" in proc.stdout
+    assert "Missing required value" not in proc.stderr
 
 
 def test_render_defaults(helm):
@@ -573,19 +589,23 @@ def test_render_defaults(helm):
     assert Counter(d["kind"] for d in docs) == Counter(
         {
             "CustomResourceDefinition": 5,
-            # The operator's and the node agent's.
-            "ServiceAccount": 2,
-            "ClusterRole": 2,
-            "ClusterRoleBinding": 2,
-            "Deployment": 1,
+            # The operator's, the node agent's and the gateway's.
+            "ServiceAccount": 3,
+            "ClusterRole": 3,
+            "ClusterRoleBinding": 3,
+            # The operator's Lease, in the release namespace.
+            "Role": 1,
+            "RoleBinding": 1,
+            "Deployment": 2,
             "DaemonSet": 1,
             "Service": 1,
+            "PodDisruptionBudget": 1,
         }
     )
     crds = {d["spec"]["names"]["kind"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
     assert crds == {kind: load(path) for kind, path in CRD_FILES.items()}
 
-    deploy = one(docs, "Deployment")
+    deploy = one(docs, "Deployment", "operator")
     assert deploy["metadata"]["name"] == "portico-operator"
     assert deploy["metadata"]["namespace"] == "portico-system"
     assert deploy["spec"]["replicas"] == 2
@@ -607,6 +627,11 @@ def test_render_defaults(helm):
     assert env == {"POD_NAMESPACE": "metadata.namespace", "POD_NAME": "metadata.name"}
     assert {"name": "metrics", "containerPort": 9464, "protocol": "TCP"} in container["ports"]
     assert container["readinessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    # kopf's liveness endpoint (--liveness) restarts a hung operator; slow to give up.
+    assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": 8080}
+    live = container["livenessProbe"]
+    assert live["periodSeconds"] * live["failureThreshold"] >= 60
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert container["resources"] == {
         "requests": {"cpu": "100m", "memory": "128Mi"},
         "limits": {"memory": "256Mi"},
@@ -654,7 +679,6 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
         ("", ["nodes", "namespaces"], ["get", "list", "watch"]),
         ("", ["events"], ["create", "patch"]),
         ("events.k8s.io", ["events"], ["create", "patch"]),
-        ("coordination.k8s.io", ["leases"], ["get", "list", "watch", "create", "update", "patch"]),
         (
             GROUP,
             ["ippools", "ippools/status", "loadbalancers", "loadbalancers/status"],
@@ -668,9 +692,71 @@ def test_cluster_role(helm, group, resources, verbs):
     for resource in resources:
         for verb in verbs:
             assert allowed(rules, group, resource, verb), (group, resource, verb)
-    # Nothing beyond what the operator needs: no secrets, no pods.
+    # Nothing beyond what the operator needs: no secrets, no pods, no Leases cluster-wide.
     assert not allowed(rules, "", "secrets", "get")
     assert not allowed(rules, "", "pods", "list")
+    assert not any("coordination.k8s.io" in r["apiGroups"] for r in rules)
+
+
+def test_lease_role_is_namespaced(helm):
+    """leader.py gets, creates, replaces (update) and watches its Lease in --namespace, the
+    release namespace: a Role there, bound to the operator's ServiceAccount."""
+    docs = render(helm)
+    role = one(docs, "Role", "operator")
+    assert role["metadata"]["namespace"] == "portico-system"
+    assert rule_triples(role["rules"]) == {
+        ("coordination.k8s.io", "leases", verb) for verb in ("get", "watch", "create", "update")
+    }
+    binding = one(docs, "RoleBinding", "operator")
+    assert binding["metadata"]["namespace"] == "portico-system"
+    assert binding["roleRef"] == {
+        "apiGroup": "rbac.authorization.k8s.io",
+        "kind": "Role",
+        "name": role["metadata"]["name"],
+    }
+    sa = one(docs, "ServiceAccount", "operator")["metadata"]["name"]
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": sa, "namespace": "portico-system"}
+    ]
+    (container,) = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"]
+    assert container["command"][1:3] == ["--namespace", "$(POD_NAMESPACE)"]
+    env = {e["name"]: e.get("valueFrom") for e in container["env"]}
+    assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def test_operator_pod_disruption_budget(helm):
+    docs = render(helm)
+    pdb = one(docs, "PodDisruptionBudget", "operator")
+    assert pdb["spec"]["minAvailable"] == 1
+    deploy = one(docs, "Deployment", "operator")
+    assert pdb["spec"]["selector"]["matchLabels"] == deploy["spec"]["selector"]["matchLabels"]
+    assert pdb["metadata"]["namespace"] == "portico-system"
+    # One replica: a budget of one would block every drain of its node.
+    docs = render(helm, "--set", "operator.replicas=1")
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+    docs = render(helm, "--set", "operator.podDisruptionBudget.enabled=false")
+    assert not [d for d in docs if d["kind"] == "PodDisruptionBudget"]
+
+
+def test_every_pod_runs_on_linux(helm):
+    docs = render(helm, "--set", "operator.nodeSelector.disk=ssd")
+    pods = {
+        d["metadata"]["name"]: d["spec"]["template"]["spec"]
+        for d in docs
+        if d["kind"] in ("Deployment", "DaemonSet")
+    }
+    assert set(pods) == {"portico-operator", "portico-node-agent", "portico-gateway"}
+    for name, pod in pods.items():
+        assert pod["nodeSelector"]["kubernetes.io/os"] == "linux", name
+    assert pods["portico-operator"]["nodeSelector"] == {"kubernetes.io/os": "linux", "disk": "ssd"}
+
+
+def test_chart_kube_version_is_the_tested_one(helm):
+    chart = load(CHART / "Chart.yaml")
+    assert chart["kubeVersion"] == ">=1.34.0-0"
+    proc = template(helm, "--kube-version", "1.33.5")
+    assert proc.returncode != 0
+    assert "kubeVersion" in proc.stderr
 
 
 def test_render_with_pool_and_replicas(helm):
@@ -683,7 +769,7 @@ def test_render_with_pool_and_replicas(helm):
         "--set",
         "pools[0].addresses[0]=198.18.32.0/24",
     )
-    assert one(docs, "Deployment")["spec"]["replicas"] == 3
+    assert one(docs, "Deployment", "operator")["spec"]["replicas"] == 3
     pool = one(docs, "IPPool")
     assert pool["apiVersion"] == f"{GROUP}/{VERSION}"
     assert pool["metadata"]["name"] == "lan"
@@ -732,21 +818,17 @@ def test_render_custom_class_and_image(helm):
         "--set",
         "image.repository=registry.local/portico",
     )
-    (container,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (container,) = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"]
     cmd = container["command"]
     assert cmd[cmd.index("--load-balancer-class") + 1] == "example.com/lb"
     assert container["image"] == "registry.local/portico:dev"
 
 
 def test_render_rejects_a_pool_without_addresses(helm):
-    proc = subprocess.run(
-        [str(helm), "template", "portico", str(CHART), "--set", "pools[0].name=lan"],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    # values.schema.json refuses it before the template's own check would.
+    proc = template(helm, "--set", "pools[0].name=lan")
     assert proc.returncode != 0
-    assert "pools[0].addresses" in proc.stderr
+    assert "/pools/0" in proc.stderr and "addresses" in proc.stderr
 
 
 # --- The node agent's DaemonSet --------------------------------------------------------------
@@ -827,7 +909,7 @@ def test_node_agent_daemonset_defaults(helm, monkeypatch):
     selector = ds["spec"]["selector"]["matchLabels"]
     assert selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
     # Its pods are not the operator's (the metrics Service and anti-affinity select those).
-    operator_selector = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    operator_selector = one(docs, "Deployment", "operator")["spec"]["selector"]["matchLabels"]
     assert selector != operator_selector
     assert not operator_selector.items() <= ds["spec"]["template"]["metadata"]["labels"].items()
 
@@ -836,13 +918,13 @@ def test_node_agent_daemonset_defaults(helm, monkeypatch):
     assert pod["dnsPolicy"] == "ClusterFirstWithHostNet"
     assert pod["priorityClassName"] == "system-node-critical"
     assert pod["tolerations"] == [{"operator": "Exists"}]  # every node, whatever its taints
-    assert "nodeSelector" not in pod
+    assert pod["nodeSelector"] == {"kubernetes.io/os": "linux"}
     assert pod["terminationGracePeriodSeconds"] >= 10
 
     container = node_agent_container(docs)
     assert (
         container["image"]
-        == one(docs, "Deployment")["spec"]["template"]["spec"]["containers"][0]["image"]
+        == one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"][0]["image"]
     )
     assert container["imagePullPolicy"] == "IfNotPresent"
     sc = container["securityContext"]
@@ -953,7 +1035,7 @@ def test_node_agent_overrides(helm, monkeypatch, tmp_path):
     assert container["resources"]["requests"]["cpu"] == "10m"  # merged into the defaults
     assert one(docs, "ServiceAccount", "node-agent")["metadata"]["annotations"] == {"x": "z"}
     # The operator keeps the chart's image.
-    (op,) = one(docs, "Deployment")["spec"]["template"]["spec"]["containers"]
+    (op,) = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"]
     assert op["image"] == "ghcr.io/portico-lb/portico:op"
 
 
@@ -1016,11 +1098,15 @@ def test_node_agent_disabled(helm):
     kinds = Counter(d["kind"] for d in docs if d["kind"] != "CustomResourceDefinition")
     assert kinds == Counter(
         {
-            "ServiceAccount": 1,
-            "ClusterRole": 1,
-            "ClusterRoleBinding": 1,
-            "Deployment": 1,
+            # The operator's and the gateway's.
+            "ServiceAccount": 2,
+            "ClusterRole": 2,
+            "ClusterRoleBinding": 2,
+            "Role": 1,
+            "RoleBinding": 1,
+            "Deployment": 2,
             "Service": 1,
+            "PodDisruptionBudget": 1,
         }
     )
 
@@ -1035,8 +1121,11 @@ def test_node_agent_without_rbac_or_service_account(helm):
         "--set",
         "nodeAgent.serviceAccount.name=agent-sa",
     )
-    assert not [d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    assert [d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount"] == [
-        "portico-operator"
+    assert not [
+        d for d in docs if d["kind"] in ("ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding")
+    ]
+    assert sorted(d["metadata"]["name"] for d in docs if d["kind"] == "ServiceAccount") == [
+        "portico-gateway",
+        "portico-operator",
     ]
     assert one(docs, "DaemonSet")["spec"]["template"]["spec"]["serviceAccountName"] == "agent-sa"

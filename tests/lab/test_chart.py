@@ -1,0 +1,379 @@
+"""The Helm chart against the lab's real apiserver: every rendered values set passes
+`kubectl apply --dry-run=server` (admission, schemas, the CRDs' validation), and the chart's
+RBAC, applied for real, lets each ServiceAccount do exactly what its code does (the apiserver's
+RBAC authorizer decides, through `kubectl auth can-i`). The outside gateway's kubeconfig is made
+with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret."""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from contextlib import ExitStack
+from pathlib import Path
+
+import pytest
+import yaml
+from portico_lab.lab import Lab
+from portico_lab.portico import SYSTEM_NAMESPACE, gateway_names, wait_gateway_status
+
+from ..unit.charts.test_gateway_chart import GATEWAY_ACCESS, notes
+from ..unit.charts.test_manifests import BASE_VALUES, CHART, KUBE_VERSION, NODE_AGENT_ACCESS
+from .dataplane_harness import (
+    answered,
+    create,
+    deleting_services,
+    family_spec,
+    running_agents,
+    running_gateway,
+)
+from .operator_harness import NS, Api, OperatorProcess, wait_for
+
+NAMESPACE = "portico-chart-test"
+# Names of their own (nameOverride): nothing here collides with what other lab tests install.
+NAME = "chart-test"
+OPERATOR_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-operator"
+AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-node-agent"
+GATEWAY_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-gateway"
+
+VALUE_SETS = {
+    "default": [],
+    "gateway-outside": ["--set", "gateway.enabled=false"],
+    "no-kube-proxy-port": ["--set", "nodeAgent.kubeProxyHealthzPort=0"],
+    "own-ports": [
+        "--set",
+        "nodeAgent.healthPort=10300",
+        "--set",
+        "nodeAgent.kubeProxyHealthzPort=10256",
+        "--set",
+        "nodeAgent.metricsPort=9470",
+        "--set",
+        "gateway.metricsPort=0",
+    ],
+    "probes-off-one-replica-pools": [
+        "--set",
+        "nodeAgent.healthPort=0",
+        "--set",
+        "operator.replicas=1",
+        "--set",
+        "pools[0].name=chart-test-lan",
+        "--set",
+        "pools[0].addresses[0]=198.18.40.0/28",
+        "--set",
+        "pools[0].addresses[1]=fd00:18::40:0/124",
+        "--set",
+        "gateway.name=gw-chart",
+        "--set",
+        "gateway.tolerations[0].operator=Exists",
+    ],
+}
+
+
+def helm_template(lab: Lab, *args: str, crds: bool = True) -> str:
+    argv = [str(lab.bin_dir / "helm"), "template", NAME, str(CHART), "--namespace", NAMESPACE]
+    argv += [
+        "--kube-version",
+        KUBE_VERSION,
+        "-f",
+        str(BASE_VALUES),
+        "--set",
+        f"nameOverride={NAME}",
+    ]
+    proc = subprocess.run(
+        [*argv, *(["--include-crds"] if crds else []), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return proc.stdout
+
+
+def kubectl(lab: Lab, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:
+    argv = [str(lab.bin_dir / "kubectl"), f"--kubeconfig={lab.kubeconfig}", *args]
+    return subprocess.run(argv, input=stdin, capture_output=True, text=True, timeout=60)
+
+
+@pytest.fixture(scope="module")
+def namespace(lab: Lab, api: object) -> Iterator[str]:
+    """The CRDs (the api fixture) and a namespace of the test's own, removed afterwards with
+    every cluster-scoped object the tests applied."""
+    kubectl(lab, "create", "namespace", NAMESPACE)
+    try:
+        yield NAMESPACE
+    finally:
+        kubectl(
+            lab,
+            "delete",
+            "clusterrole,clusterrolebinding",
+            "-l",
+            f"app.kubernetes.io/instance in ({NAME},{NAME}-rel)",
+            "--wait=false",
+        )
+        kubectl(lab, "delete", "namespace", NAMESPACE, "--wait=false")
+
+
+@pytest.mark.parametrize("values", sorted(VALUE_SETS))
+def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
+    manifest = helm_template(lab, *VALUE_SETS[values])
+    proc = kubectl(lab, "apply", "--dry-run=server", "-f", "-", stdin=manifest)
+    assert proc.returncode == 0, proc.stderr
+    applied = [line for line in proc.stdout.splitlines() if line.strip()]
+    assert applied and all(line.endswith("(server dry run)") for line in applied), proc.stdout
+    objects = {line.split()[0] for line in applied}
+    kinds = {o.split("/")[0] for o in objects}
+    assert "deployment.apps" in kinds and "daemonset.apps" in kinds
+    assert (
+        "clusterrole.rbac.authorization.k8s.io" in kinds
+    ) and "role.rbac.authorization.k8s.io" in kinds
+    if values == "gateway-outside":
+        assert f"secret/{NAME}-gateway-token" in objects
+        assert f"deployment.apps/{NAME}-gateway" not in objects
+    else:
+        assert f"deployment.apps/{NAME}-gateway" in objects
+    if values.endswith("pools"):
+        assert "ippool.portico.dev/chart-test-lan" in objects
+    # Nothing was made.
+    assert kubectl(lab, "-n", namespace, "get", "deploy,ds,role", "-o", "name").stdout == ""
+
+
+def can_i(lab: Lab, verb: str, resource: str, *args: str) -> bool:
+    proc = kubectl(lab, "auth", "can-i", verb, resource, *args)
+    assert proc.stdout.strip() in ("yes", "no"), proc.stdout + proc.stderr
+    return proc.stdout.strip() == "yes"
+
+
+def may(lab: Lab, who: str, group: str, resource: str, verb: str, *where: str) -> bool:
+    name, _, sub = resource.partition("/")
+    args = [f"--subresource={sub}"] if sub else []
+    return can_i(lab, verb, f"{name}.{group}" if group else name, "--as", who, *args, *where)
+
+
+def test_rbac_applied_allows_what_the_code_does(lab: Lab, namespace: str) -> None:
+    rbac = ["templates/rbac.yaml", "templates/serviceaccount.yaml"]
+    rbac += ["templates/nodeagent-rbac.yaml", "templates/nodeagent-serviceaccount.yaml"]
+    rbac += ["templates/gateway-rbac.yaml"]
+    shown = [a for t in rbac for a in ("--show-only", t)]
+    proc = kubectl(lab, "apply", "-f", "-", stdin=helm_template(lab, *shown, crds=False))
+    assert proc.returncode == 0, proc.stderr
+
+    # The gateway and the node agent: exactly their code's calls, cluster-wide.
+    for who, access in ((GATEWAY_SA, GATEWAY_ACCESS), (AGENT_SA, NODE_AGENT_ACCESS)):
+        for group, resource, verb in sorted(access):
+            assert may(lab, who, group, resource, verb, "-A"), (who, resource, verb)
+        resources = {(g, r) for g, r, _ in access}
+        for group, resource in resources:
+            for verb in ("delete", "update", "deletecollection"):
+                if (group, resource, verb) not in access:
+                    assert not may(lab, who, group, resource, verb, "-A"), (who, resource, verb)
+        assert not may(lab, who, "", "secrets", "get", "-A")
+    assert not may(lab, GATEWAY_SA, "portico.dev", "loadbalancers", "update", "-A")
+    assert not may(lab, GATEWAY_SA, "portico.dev", "gatewayreports", "list", "-A")
+
+    # The operator's Lease: in the release namespace only.
+    for verb in ("get", "watch", "create", "update"):
+        assert may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", verb, "-n", namespace)
+        assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", verb, "-n", "default")
+    assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", "delete", "-n", namespace)
+    assert may(lab, OPERATOR_SA, "portico.dev", "gatewayreports", "watch", "-A")
+
+
+def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """gateway.enabled=false: the Secret gets a token; NOTES.txt's steps make a kubeconfig that
+    reads the LoadBalancers and nothing else."""
+    manifest = helm_template(
+        lab,
+        "--set",
+        "gateway.enabled=false",
+        "--show-only",
+        "templates/gateway-rbac.yaml",
+        crds=False,
+    )
+    proc = kubectl(lab, "apply", "-f", "-", stdin=manifest)
+    assert proc.returncode == 0, proc.stderr
+    secret = f"{NAME}-gateway-token"
+    deadline = time.monotonic() + 30
+    while not kubectl(
+        lab, "-n", namespace, "get", "secret", secret, "-o", "jsonpath={.data.token}"
+    ).stdout:
+        assert time.monotonic() < deadline, "the token controller never filled the Secret"
+        time.sleep(0.2)
+
+    text = notes(
+        lab.bin_dir / "helm",
+        tmp_path / "chart",
+        "--namespace",
+        NAMESPACE,
+        "--set",
+        f"nameOverride={NAME}",
+        "--set",
+        "gateway.enabled=false",
+    )
+    lines = text.splitlines()
+    first = next(i for i, line in enumerate(lines) if line.strip().startswith("TOKEN="))
+    last = next(i for i, line in enumerate(lines) if "portico-lbnode --kubeconfig" in line)
+    script = "set -eu\n" + "\n".join(line.strip() for line in lines[first:last]) + "\n"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(lab.kubeconfig),
+        "PATH": f"{lab.bin_dir}:{os.environ['PATH']}",
+    }
+    proc = subprocess.run(
+        ["bash", "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60
+    )
+    assert proc.returncode == 0, script + proc.stdout + proc.stderr
+    gateway_kubeconfig = tmp_path / "gateway.kubeconfig"
+    assert gateway_kubeconfig.is_file()
+
+    def as_gateway(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(lab.bin_dir / "kubectl"), f"--kubeconfig={gateway_kubeconfig}", *args]
+        return subprocess.run(argv, capture_output=True, text=True, timeout=60)
+
+    whoami = as_gateway("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+    assert whoami.stdout == GATEWAY_SA, whoami.stderr
+    listed = as_gateway("get", "loadbalancers.portico.dev", "-A")
+    assert listed.returncode == 0, listed.stderr
+    refused = as_gateway("get", "secrets", "-n", namespace)
+    assert refused.returncode != 0 and "forbidden" in refused.stderr
+    refused = as_gateway("get", "ippools.portico.dev")
+    assert refused.returncode != 0 and "forbidden" in refused.stderr
+
+
+def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """The real install path: helm checks kubeVersion and the schema against the lab's
+    apiserver, creates every object, upgrades in place and uninstalls all but the CRDs. (No
+    kubelet runs the pods: this is the API side only.)"""
+    release = f"{NAME}-rel"
+    env = {
+        **os.environ,
+        "KUBECONFIG": str(lab.kubeconfig),
+        "HELM_CACHE_HOME": str(tmp_path / "cache"),
+        "HELM_CONFIG_HOME": str(tmp_path / "config"),
+        "HELM_DATA_HOME": str(tmp_path / "data"),
+    }
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        argv = [str(lab.bin_dir / "helm"), *args, "--namespace", namespace]
+        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+
+    # Names of their own; the gateway's names come from nameOverride, not the release.
+    base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
+    label = f"app.kubernetes.io/instance={release}"
+    try:
+        typo = helm("install", release, str(CHART), *base, "--set", "nodeAgent.helthPort=1")
+        assert typo.returncode != 0 and "helthPort" in typo.stderr
+        proc = helm("install", release, str(CHART), *base)
+        assert proc.returncode == 0, proc.stderr
+        assert "single\npoint of failure" in proc.stdout  # NOTES.txt, as helm prints it
+        deploy = kubectl(
+            lab, "-n", namespace, "get", "deploy", f"{release}-gateway", "-o", "jsonpath={.spec}"
+        )
+        assert deploy.returncode == 0, deploy.stderr
+        assert '"replicas":1' in deploy.stdout and '"type":"Recreate"' in deploy.stdout
+        proc = helm("upgrade", release, str(CHART), *base, "--set", "gateway.logLevel=debug")
+        assert proc.returncode == 0, proc.stderr
+        assert "REVISION: 2" in proc.stdout
+        proc = helm("uninstall", release, "--wait", "--timeout", "30s")
+        assert proc.returncode == 0, proc.stderr
+        left = kubectl(lab, "get", "clusterrole,clusterrolebinding", "-l", label, "-o", "name")
+        assert left.stdout == ""
+        kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret"
+        left = kubectl(lab, "-n", namespace, "get", kinds, "-l", label, "-o", "name")
+        assert left.stdout == ""
+        # Helm never deletes CRDs (nor the objects in them).
+        assert kubectl(lab, "get", "crd", "gatewayreports.portico.dev").returncode == 0
+    finally:
+        helm("uninstall", release, "--ignore-not-found")
+
+
+# --- Portico under the chart's ServiceAccount tokens -----------------------------------------
+
+E2E = "chart-e2e"  # nameOverride: ServiceAccounts and ClusterRoles of their own
+E2E_BLOCK = 144  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
+
+
+def token_kubeconfig(lab: Lab, account: str, path: Path) -> str:
+    """A kubeconfig with the lab's server and CA and a TokenRequest token of ``account`` (in
+    portico-system), as the kubelet would mount it in the chart's pod."""
+    token = kubectl(
+        lab, "-n", SYSTEM_NAMESPACE, "create", "token", f"{E2E}-{account}", "--duration", "1h"
+    )
+    assert token.returncode == 0, token.stderr
+    admin = yaml.safe_load(lab.kubeconfig.read_text())
+    cluster = admin["clusters"][0]["cluster"]
+    config = {
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "lab", "cluster": cluster}],
+        "users": [{"name": account, "user": {"token": token.stdout.strip()}}],
+        "contexts": [{"name": account, "context": {"cluster": "lab", "user": account}}],
+        "current-context": account,
+    }
+    path.write_text(yaml.safe_dump(config))
+    return str(path)
+
+
+def test_portico_runs_under_the_charts_service_accounts(
+    lab: Lab, api: Api, namespace: str, tmp_path: Path
+) -> None:
+    """The operator, the node agents and the gateway each with a token of the chart's
+    ServiceAccount (the apiserver enforces the chart's RBAC): a Service gets its address, the
+    gateway's status and report are written, a client is answered through the gateway, and no
+    program met a 403."""
+    rbac = ["templates/rbac.yaml", "templates/serviceaccount.yaml"]
+    rbac += ["templates/nodeagent-rbac.yaml", "templates/nodeagent-serviceaccount.yaml"]
+    rbac += ["templates/gateway-rbac.yaml"]
+    argv = [str(lab.bin_dir / "helm"), "template", E2E, str(CHART)]
+    argv += ["--namespace", SYSTEM_NAMESPACE, "--kube-version", KUBE_VERSION]
+    argv += ["-f", str(BASE_VALUES), "--set", f"nameOverride={E2E}"]
+    argv += [a for t in rbac for a in ("--show-only", t)]
+    rendered = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+    assert rendered.returncode == 0, rendered.stderr
+    label = f"app.kubernetes.io/instance={E2E}"
+    gateway = gateway_names(lab)[0]
+    try:
+        applied = kubectl(lab, "apply", "-f", "-", stdin=rendered.stdout)
+        assert applied.returncode == 0, applied.stderr
+        op_kc = token_kubeconfig(lab, "operator", tmp_path / "operator.kubeconfig")
+        agent_kc = token_kubeconfig(lab, "node-agent", tmp_path / "agent.kubeconfig")
+        gw_kc = token_kubeconfig(lab, "gateway", tmp_path / "gateway.kubeconfig")
+        v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 32 * E2E_BLOCK}/27")
+        api.create_pool(E2E, [str(v4)])
+        # Later --kubeconfig arguments win over the harness's admin one.
+        op = OperatorProcess(lab, "op-chart", "--kubeconfig", op_kc)
+        logs = [op.log, lab.workdir / "logs" / f"lbnode-{gateway}.log"]
+        logs += [lab.workdir / "logs" / f"node-agent-{n}.log" for n in lab.node_names()]
+        # What this test's processes write, after what earlier ones left in the same files.
+        sizes = {log: log.stat().st_size if log.exists() else 0 for log in logs}
+        with ExitStack() as stack:
+            stack.callback(api.delete_pool, E2E)
+            stack.callback(op.stop)
+            op.start()
+            stack.enter_context(running_agents(lab, "--kubeconfig", agent_kc))
+            stack.enter_context(running_gateway(lab, gateway, "--kubeconfig", gw_kc))
+            names = stack.enter_context(deleting_services(api))
+            create(api, names, E2E, externalTrafficPolicy="Local", **family_spec(4))
+            ip = wait_for(
+                lambda: (
+                    api.core.read_namespaced_service(E2E, NS).status.load_balancer.ingress or [None]
+                )[0],
+                "an address from the operator under its token",
+                30,
+            ).ip
+            wait_gateway_status(lab, NS, E2E, timeout=30)
+            answer = wait_for(
+                lambda: answered(lab, "client-1", ip), "an answer through the gateway", 20
+            )
+            assert answer["client_ip"] == str(lab.host("client-1").ipv4)
+            report = kubectl(lab, "get", "gatewayreport", gateway, "-o", "name")
+            assert report.returncode == 0, report.stderr
+            nodeagents = kubectl(lab, "get", "nodeagents", "-o", "name").stdout.split()
+            assert len(nodeagents) >= len(lab.node_names())
+        for log, start in sizes.items():
+            written = log.read_bytes()[start:].decode(errors="replace") if log.exists() else ""
+            assert "forbidden" not in written.lower(), (log, written[-2000:])
+    finally:
+        kubectl(lab, "delete", "clusterrole,clusterrolebinding", "-l", label, "--wait=false")
+        kubectl(lab, "-n", SYSTEM_NAMESPACE, "delete", "sa,role,rolebinding", "-l", label)
