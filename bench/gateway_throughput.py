@@ -5,15 +5,22 @@ here): port 80 -> the echo (8080), port 5201 -> an iperf3 server run in that pod
 endpoint, the gateway's only healthy node is node-1, so "via the gateway" (client-1 ARPs for the
 VIP) and "direct" (client-1 routes the VIP to node-1) end at the same node and the same server
 process: the difference is the gateway's hop alone. iperf3 1 stream and 4 streams, and wrk with
-`Connection: close` (each request a new connection), 5 s each, interleaved gateway/direct.
+`Connection: close` (each request a new connection), 5 s each, interleaved gateway/direct. The
+gateway keeps flow state (``flowrules``: every non-SYN packet looks its flow up, every new flow
+is pinned), so the ratios are those of the stateful path. Last, wrk again while client-2 floods
+the VIP with SYNs (``portico_lab.synflood``, bounded in count and time): the new-connection rate
+under a flood, and the pins the flood left (none is the goal: SYNs are never pinned).
 
-    .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5]
+    .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5] [--pins 1000000]
+(``--pins``: the flows map holds that many pins of made-up clients first: the path with a
+full-sized map.)
 (gateway_e2e.py runs this as its part C in its own lab.)
 """
 
 from __future__ import annotations
 
 import argparse
+import ipaddress
 import json
 import re
 import statistics
@@ -24,6 +31,7 @@ from typing import Any
 from _common import wait_until
 from kubernetes import client
 from kubernetes.client.exceptions import ApiException
+from portico_lab import synflood
 from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
@@ -32,6 +40,7 @@ NAME = "gwb-tput"
 IPERF_PORT = 5201  # the Service's port
 IPERF_TARGET = 8081  # where iperf3 listens in the pod
 POD = "echo-1-1"
+FLOOD_MAX = 5_000_000  # SYNs per flood run, at most (each run lasts the wrk run)
 
 
 def _service_and_slice(lab: Lab) -> tuple[dict[str, Any], dict[str, Any]]:
@@ -95,6 +104,40 @@ def wrk_rps(lab: Lab, vip: str, seconds: int) -> tuple[float, int]:
     return float(m.group(1)), sum(int(x) for x in errs.groups()) if errs else 0
 
 
+def flow_pins(lab: Lab, client: str) -> int:
+    """The gateway's pinned IPv4 TCP flows from ``client`` (an address)."""
+    argv = ["nft", "-j", "list", "map", "netdev", "portico-gw", "flows4-tcp"]
+    out = lab.exec(lab.plan.gateway(1).name, argv, check=True).stdout
+    (m,) = [i["map"] for i in json.loads(out)["nftables"] if "map" in i]
+    return sum(1 for e in m.get("elem") or () if json.dumps(e).find(f'"{client}"') >= 0)
+
+
+def prefill(lab: Lab, vip: str, n: int) -> float:
+    """``n`` pins of made-up clients (10.0.0.0/8, which sends nothing) in the gateway's
+    flows4-tcp, to measure the path with a full-sized map; the seconds it took."""
+    gw = lab.plan.gateway(1).name
+    ids = [str(int(ipaddress.ip_address(str(lab.host(f"node-{i}").ipv4)))) for i in (1, 2, 3)]
+    t0 = time.perf_counter()
+    for at in range(0, n, 100_000):
+        elems = ", ".join(
+            f"10.{i >> 16 & 255}.{i >> 8 & 255}.{i & 255} . {1024 + i % 60000} . {vip} . 80"
+            f" : {ids[i % 3]}"
+            for i in range(at, min(n, at + 100_000))
+        )
+        text = f"add element netdev portico-gw flows4-tcp {{ {elems} }}\n"
+        path = lab.workdir / "gwb-prefill.nft"
+        path.write_text(text)
+        lab.exec(gw, ["nft", "-f", str(path)], check=True, timeout=300)
+        path.unlink()
+    return time.perf_counter() - t0
+
+
+def _last_int(log: Any) -> int:
+    """The count the flood printed last in its log (0 when it printed none)."""
+    lines = [ln for ln in log.read_text().splitlines() if ln.strip().isdigit()]
+    return int(lines[-1]) if lines else 0
+
+
 def _answers_from(lab: Lab, vip: str) -> str | None:
     """The node of one echo answer to client-1 on port 80, or None."""
     code = (
@@ -106,7 +149,9 @@ def _answers_from(lab: Lab, vip: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[float]]]:
+def run(
+    lab: Lab, reps: int = 3, seconds: int = 5, pins: int = 0
+) -> dict[str, dict[str, list[float]]]:
     """Measures; returns {test: {"gateway": [...], "direct": [...]}} (bits/s or requests/s).
     Leaves nothing behind: the Service, the slice, iperf3 and the route go in a finally."""
     core = client.CoreV1Api(lab.api)
@@ -131,8 +176,17 @@ def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[f
         vip = wait_until(ingress, f"{NAME} ingress", 30)
         wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
         out: dict[str, dict[str, list[float]]] = {
-            k: {"gateway": [], "direct": []} for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s")
+            k: {"gateway": [], "direct": []}
+            for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s", "wrk conn/s, SYN flood")
         }
+        flood_src = str(lab.plan.client(2).ipv4)
+        if pins:
+            took = prefill(lab, vip, pins)
+            print(f"({pins:,} pins written into flows4-tcp in {took:.0f} s)")
+        # Listing a map of a million pins takes nft minutes: the flood's pins are counted only
+        # without --pins.
+        pins_before = 0 if pins else flow_pins(lab, flood_src)
+        flood_sent = 0
         errors = {"gateway": 0, "direct": 0}
         route = ["ip", "route", "replace", f"{vip}/32", "via", node1]
         for _ in range(reps):
@@ -145,11 +199,28 @@ def run(lab: Lab, reps: int = 3, seconds: int = 5) -> dict[str, dict[str, list[f
                     rps, errs = wrk_rps(lab, vip, seconds)
                     out["wrk conn/s"][path].append(rps)
                     errors[path] += errs
+                    argv = [sys.executable, "-S", "-c", synflood.SCRIPT, flood_src, vip]
+                    argv += [str(FLOOD_MAX), str(seconds + 1)]
+                    log = lab.workdir / "logs" / "gwb-flood.log"
+                    log.unlink(missing_ok=True)
+                    flood = Proc("gwb-flood", argv, log, netns=lab.netns_of("client-2")).start()
+                    try:
+                        rps, errs = wrk_rps(lab, vip, seconds)
+                        assert flood.popen is not None
+                        flood.popen.wait(timeout=seconds + 30)  # it prints its count at the end
+                    finally:
+                        flood.stop()
+                    flood_sent += _last_int(log)
+                    out["wrk conn/s, SYN flood"][path].append(rps)
                 finally:
                     lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
                     # Back on-link: the next gateway run must ARP the gateway again.
                     lab.exec("client-1", ["ip", "neigh", "flush", "to", vip])
         out["_wrk_socket_errors"] = {k: [float(v)] for k, v in errors.items()}
+        out["_flood"] = {
+            "sent": [float(flood_sent)],
+            "pins": [float(flow_pins(lab, flood_src) - pins_before) if not pins else -1.0],
+        }
         return out
     finally:
         if vip:
@@ -172,7 +243,12 @@ def print_table(res: dict[str, dict[str, list[float]]]) -> None:
         "| ratio | goal |"
     )
     print("|---|---|---|---|---|")
-    for test, goal in (("iperf3 -P 1", 0.95), ("iperf3 -P 4", 0.95), ("wrk conn/s", 0.9)):
+    for test, goal in (
+        ("iperf3 -P 1", 0.95),
+        ("iperf3 -P 4", 0.95),
+        ("wrk conn/s", 0.9),
+        ("wrk conn/s, SYN flood", 0.9),
+    ):
         g, d = statistics.median(res[test]["gateway"]), statistics.median(res[test]["direct"])
         unit = (
             (lambda x: f"{x / 1e9:.2f} Gbit/s")
@@ -186,6 +262,13 @@ def print_table(res: dict[str, dict[str, list[float]]]) -> None:
         )
         print(f"| {test} | {unit(g)} | {unit(d)} | {g / d:.3f} | ≥ {goal} |")
         print(f"|   runs (gateway / direct) | {runs} | | |")
+    flood = res.get("_flood")
+    if flood:
+        left = f"{flood['pins'][0]:,.0f}" if flood["pins"][0] >= 0 else "not counted"
+        print(
+            f"| SYN flood from client-2: SYNs sent / pins left | {flood['sent'][0]:,.0f} "
+            f"| {left} | | 0 pins |"
+        )
     errs = res.get("_wrk_socket_errors", {})
     print(
         f"| wrk socket errors (gateway / direct) | {errs.get('gateway', [0])[0]:.0f} "
@@ -200,6 +283,7 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
+    ap.add_argument("--pins", type=int, default=0, help="pins written in the map first")
     args = ap.parse_args()
     cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
     with Lab.up(cfg) as lab:
@@ -211,7 +295,7 @@ def main() -> int:
             0.2,
         )
         t = time.time()
-        res = run(lab, args.reps, args.seconds)
+        res = run(lab, args.reps, args.seconds, args.pins)
         print(f"(part C took {time.time() - t:.0f} s)")
     print_table(res)
     return 0

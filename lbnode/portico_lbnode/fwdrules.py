@@ -46,19 +46,25 @@ Data path (direct server return at L2; every packet is looked at, there is no co
 * per Service port a chain ``svc-<id>``::
 
       ip saddr != @src-<id> drop                      # only with sourceRanges
-      meta mark set jhash ip saddr . th sport mod M seed 0x… \\
-          fwd ip to meta mark map @slots-<x> device meta iif
+      <pinned flow, its node in @est-<x>: goto pin-refresh / pin-close>   # ``flowrules``
+      tcp flags syn / syn,ack  meta mark set jhash ip saddr . th sport mod M seed 0x… \
+          meta mark set meta mark map @slots-<x>  fwd ip to meta mark map @nodes4 device iif
+      (the same for an unpinned FIN or RST)
+      meta mark set jhash … meta mark set meta mark map @slots-<x>  goto pin-add
       (or "drop" when the port has no healthy node)
 
   ClientIP affinity hashes ``ip saddr`` alone. Two deviations from the obvious form, both
   forced by nft 1.0.6's JSON parser: it cannot declare a ``typeof`` map and refuses an
-  unqualified ``integer`` key, so the slot maps are ``type mark : ipv4_addr`` and the hash goes
+  unqualified ``integer`` key, so the slot maps are ``type mark : mark`` and the hash goes
   through the packet mark (the packet leaves by ``fwd`` right after; nothing else sees the
   mark). And ``device meta iif`` (accepted by the kernel, whose fwd reads the device from a
   register) sends the packet back out of the LAN device it came in on, so the Service chains do
   not depend on the device and one set of them serves every ingress chain.
-* slot maps ``slots-<x>`` hold ``i : node address`` for i < M. Ports whose slot lists are equal
-  (1,000 Cluster Services over the same healthy nodes) share one map.
+* slot maps ``slots-<family>-<x>`` hold ``i : node id`` for i < M, and ``nodes4``/``nodes6``
+  ``node id : node address`` (``flowrules``: the flow pins name nodes by id, so a rebuilt slot
+  map moves no pinned flow). Ports whose slot lists are equal (1,000 Cluster Services over the
+  same healthy nodes) share one map, and ports whose established-flow nodes are equal one
+  ``est-<family>-<x>`` set.
 
 The hash seed is fixed: without ``seed``, nft picks a random one at each rule load, which would
 move every flow on a reload and differ between gateways.
@@ -66,8 +72,9 @@ move every flow on a reload and differ between gateways.
 A change of healthy nodes updates the slot map in place: render with ``previous=`` the rules in
 force and the new slot list keeps the map's name, so the diff is a ``delete element`` and an
 ``add element`` per slot that changed (Maglev moves about 1/N of them when one of N nodes leaves),
-atomic for packets within the one transaction, and no chain is rewritten. A slot list never seen
-before gets a map named after its content.
+atomic for packets within the one transaction, and no chain is rewritten; the est sets are
+renamed in place the same way. A slot list never seen before gets a map named after its
+content.
 """
 
 from __future__ import annotations

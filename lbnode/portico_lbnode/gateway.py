@@ -28,6 +28,7 @@ from prometheus_client import REGISTRY
 from . import plan
 from .arpprobe import NeighbourProber
 from .arpsock import Announcer
+from .flowrules import DEFAULT_FLOW_LIMIT
 from .flowstate import Standing, next_drain_end, standing
 from .fwdmemo import RenderMemo
 from .fwdnft import FwdTable
@@ -79,6 +80,8 @@ class GatewaySettings:
     # How long the first programming waits for every node's first probe after a (re)start, so
     # a restart does not drop the Services whose nodes are merely not probed yet.
     first_probe_wait: float = 3.0
+    # Flow pins per family and protocol (``flowrules``); a change re-creates the flows maps.
+    flow_limit: int = DEFAULT_FLOW_LIMIT
 
 
 class Gateway:
@@ -262,6 +265,7 @@ class Gateway:
             self.settings.interfaces,
             self.settings.table_size,
             self.fwd.applied,
+            self.settings.flow_limit,
             memo=self.fwd_memo,
         )
         self._pass_times["rendered"] = time.time()

@@ -27,6 +27,7 @@ from portico_common.logs import setup_json_logging
 from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
 from portico_common.tasks import run_together, run_until_signalled
 
+from .flowrules import DEFAULT_FLOW_LIMIT
 from .maglev import DEFAULT_TABLE_SIZE
 from .neighbours import NeighbourSettings
 from .prober import ProbeSettings
@@ -45,6 +46,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--interface", action="append", default=[], help="the LAN device (repeatable)")
     p.add_argument("--zone", default="", help="this gateway's zone: prefer its nodes")
     p.add_argument("--table-size", type=int, default=DEFAULT_TABLE_SIZE, help="Maglev M, prime")
+    p.add_argument(
+        "--flow-limit",
+        type=int,
+        default=DEFAULT_FLOW_LIMIT,
+        help="pinned flows per family and protocol (a full map pins no more: new flows go "
+        "by the hash alone); a change drops the pins once",
+    )
     p.add_argument("--probe-interval", type=float, default=1.0)
     p.add_argument("--probe-timeout", type=float, default=1.0)
     p.add_argument("--rise", type=int, default=2)
@@ -86,6 +94,7 @@ async def run(args: argparse.Namespace) -> int:
         interfaces=tuple(args.interface),
         zone=args.zone,
         table_size=args.table_size,
+        flow_limit=args.flow_limit,
         probe=ProbeSettings(
             interval=args.probe_interval,
             timeout=args.probe_timeout,
