@@ -124,11 +124,11 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
     # A long poll of the aggregate is held until the agent's next round, which the change to
     # Cluster makes: then it lists the Service with health check port 0 (in force, not Local).
     assert agg["allServices"] is True
-    now = json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])
+    now = json.loads(http(lab, "client-1", node2, AGENT_PORT, "/portico/v1/services")["body"])
     gen = now["generation"]
     poll = f"/portico/v1/services?after={gen}&wait=1500"
     with concurrent.futures.ThreadPoolExecutor(1) as pool:
-        held = pool.submit(http, lab, "client-1", node2, 10256, poll)
+        held = pool.submit(http, lab, "client-1", node2, AGENT_PORT, poll)
         concurrent.futures.wait([held], timeout=0.5)
         assert not held.done(), "the long poll was answered before the agent's next round"
         api.core.patch_namespaced_service(name, NS, {"spec": {"externalTrafficPolicy": "Cluster"}})
@@ -137,7 +137,7 @@ def test_local_service_answers_with_the_client_ip_and_serves_healthz(
     key = f"{NS}/{name}"
     wait_for(
         lambda: (
-            json.loads(http(lab, "client-1", node2, 10256, "/portico/v1/services")["body"])[
+            json.loads(http(lab, "client-1", node2, AGENT_PORT, "/portico/v1/services")["body"])[
                 "services"
             ]
             .get(key, {})

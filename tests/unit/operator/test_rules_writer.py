@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 from portico_common import rulesdoc
 from portico_common.model import Endpoint, LBService, ServicePort
@@ -77,27 +77,20 @@ def test_every_optional_field_that_goes_leaves_the_shard() -> None:
     assert held(write_all(bare, full)) == full
 
 
+# A merge patch cannot carry a null value inside an object (null means remove), and entries
+# never hold one: nulls only in lists. Generated so, not filtered (a filter threw most inputs
+# away and failed hypothesis' health check on a busy machine).
 json_values = st.recursive(
-    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    st.booleans() | st.integers() | st.text(max_size=3),
     lambda inner: (
-        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=2), inner, max_size=4)
+        st.lists(inner | st.none(), max_size=3)
+        | st.dictionaries(st.text(max_size=2), inner, max_size=4)
     ),
     max_leaves=12,
 )
 json_objects = st.dictionaries(st.text(max_size=2), json_values, max_size=5)
 
 
-def _no_nulls_in_objects(v: Any) -> bool:
-    # A merge patch cannot carry a null value inside an object (null means remove); entries
-    # never hold one.
-    if isinstance(v, dict):
-        return all(x is not None and _no_nulls_in_objects(x) for x in v.values())
-    if isinstance(v, list):
-        return all(_no_nulls_in_objects(x) for x in v)
-    return True
-
-
 @given(json_objects, json_objects)
 def test_entry_patch_turns_old_into_new(old: dict[str, Any], new: dict[str, Any]) -> None:
-    assume(_no_nulls_in_objects(old) and _no_nulls_in_objects(new))
     assert merge_patch(old, entry_patch(old, new)) == new
