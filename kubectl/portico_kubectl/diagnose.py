@@ -4,10 +4,11 @@ the client's address are passed in.
 
 The checks follow a packet's path: the Service is Portico's and has an address (the operator's
 ``Allocated`` and ``Valid`` conditions, the IPPools), the client is admitted (source ranges),
-a gateway answers ARP/NDP for the address (``ownerGateway``, its GatewayReport still written),
-the Service has endpoints, and at least one node passes the gateway's health check and has
-applied the Service's rules. A finding that stops every packet is blocking; one that stops some
-(one node of three down) is a warning. The Service is reachable when nothing blocks.
+a gateway answers ARP/NDP for the address (``ownerGateway``, its GatewayReport still written
+and not marked stopped), the Service has endpoints, and at least one node passes the gateway's
+health check and has applied the Service's rules. A finding that stops every packet is
+blocking; one that stops some (one node of three down) is a warning. The Service is reachable
+when nothing blocks.
 """
 
 from __future__ import annotations
@@ -400,7 +401,17 @@ def _gateway(
                 "GatewayGone",
                 True,
                 f"the status names gateway {owner}, which has no GatewayReport: it is not "
-                "running (a gateway deletes its report when it stops), so nothing may answer "
+                "running, so nothing may answer ARP/NDP for the addresses",
+            )
+        )
+    elif view.stopped:
+        # A stopped gateway leaves its report (a restart reads its verdicts back), marked.
+        found.append(
+            Finding(
+                "GatewayGone",
+                True,
+                f"the status names gateway {owner}, which stopped at {view.stopped} (its "
+                "GatewayReport says so): it withdrew its announcements, so nothing may answer "
                 "ARP/NDP for the addresses",
             )
         )

@@ -75,6 +75,7 @@ class GatewayView:
     age: float | None  # seconds since its last write, by this machine's clock
     stale: bool
     unreachable: tuple[str, ...] = ()
+    stopped: str = ""  # when the gateway stopped cleanly (its report stays, marked)
 
 
 @dataclass(frozen=True)
@@ -105,6 +106,7 @@ def read_reports(reports: Iterable[Obj], now: datetime) -> Reports:
             age,
             age is None or age > REPORT_STALE_SECONDS,
             tuple(status.get("unreachableNodes") or ()),
+            str(status.get("stoppedTime") or ""),
         )
         for n in status.get("nodes") or []:
             if not isinstance(n, dict) or not isinstance(n.get("reachable"), bool):

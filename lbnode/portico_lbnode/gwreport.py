@@ -5,6 +5,8 @@ node's Cluster rules (``portico_operator.reachability``). What the status says i
 every ``heartbeat`` seconds besides, so that the operator can tell a live report from one a
 stopped gateway left behind. A stopped gateway leaves its report (the operator ignores it 30 s
 later): a restart reads it back first, so a node that is down stays out across the restart.
+A clean stop marks the report ``stoppedTime`` (``mark_stopped``) so that ``kubectl portico
+status`` can say the gateway is gone at once; the next run's first write clears the mark.
 """
 
 from __future__ import annotations
@@ -20,10 +22,13 @@ from portico_common import API_GROUP, API_VERSION
 from portico_common.apipaths import group_path
 from portico_common.kube import ApiError, KubeClient
 
+from .neighbours import stopped_status
+
 log = logging.getLogger("portico.lbnode.report")
 
 HEARTBEAT_SECONDS = 10.0
 MIN_INTERVAL = 0.02  # a burst of verdicts (a switch losing power) goes as one write
+STOP_TIMEOUT = 2.0  # a stop does not wait longer for an API server that does not answer
 
 
 def report_path(name: str | None = None) -> str:
@@ -89,3 +94,19 @@ class ReportWriter:
             }
             await self.kube.create(report_path(), obj)
             await self.kube.patch(path, body)
+
+    async def mark_stopped(self, stopped: str, timeout: float = STOP_TIMEOUT) -> None:
+        """A clean stop, after the announcements are withdrawn: the report says the gateway is
+        gone but keeps its verdicts. The operator still honours them until the heartbeat is
+        30 s old, as it does for a gateway that died: a restart takes seconds and carries them
+        over, so a dead node does not return to the rules in between."""
+        path = report_path(self.gateway) + "/status"
+        try:
+            await asyncio.wait_for(
+                self.kube.patch(path, {"status": stopped_status(stopped)}), timeout
+            )
+        except ApiError as e:
+            if e.status != 404:  # no report: nothing to mark
+                log.warning("GatewayReport: could not mark it stopped: %s", e)
+        except (aiohttp.ClientError, OSError, TimeoutError) as e:
+            log.warning("GatewayReport: could not mark it stopped: %s", e)

@@ -5,8 +5,8 @@ CR into a working VIP: it answers ARP (IPv4) and neighbour solicitations (IPv6) 
 server return: the node's Portico rules do the NAT, the reply goes straight to the client).
 
 It owns one nftables table, ``netdev portico-gw``, and never touches another. Stopping it
-withdraws the announcements and leaves the table, so a restart keeps established flows on their
-nodes; ``--cleanup`` removes the table, for uninstalling.
+withdraws the announcements, marks its GatewayReport stopped and leaves the table, so a restart
+keeps established flows on their nodes; ``--cleanup`` removes the table, for uninstalling.
 
 Examples:
   portico-lbnode --kubeconfig ~/.kube/config --name gw-1 --interface eth0
@@ -21,6 +21,7 @@ import logging
 import os
 import socket
 import sys
+import time
 
 from portico_common.kube import KubeClient, load_credentials
 from portico_common.logs import setup_json_logging
@@ -87,7 +88,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 
 async def run(args: argparse.Namespace) -> int:
-    from .gateway import Gateway, GatewaySettings
+    from .gateway import Gateway, GatewaySettings, rfc3339
 
     settings = GatewaySettings(
         name=args.name,
@@ -128,6 +129,7 @@ async def run(args: argparse.Namespace) -> int:
             log.info("stopping: announcements withdrawn, the forwarding table stays in force")
     finally:
         await gw.withdraw()
+        await gw.report.mark_stopped(rfc3339(time.time()))
         await gw.prober.close()
         await kube.close()
     return 0

@@ -117,10 +117,12 @@ def report_status(
     """The status of the gateway's ``GatewayReport``: every node with a verdict (nodes never
     answered are left out: the gateway has nothing to say of them), the unreachable ones by
     name, and when the gateway last wrote (the operator ignores a report that stops changing:
-    ``portico_operator.reachability``)."""
+    ``portico_operator.reachability``). ``stoppedTime`` is null: the status is written as a
+    merge patch, where null deletes the mark a previous run left when it stopped."""
     nodes = sorted(verdicts, key=lambda v: v.node)
     return {
         "heartbeatTime": heartbeat,
+        "stoppedTime": None,
         "interfaces": list(interfaces),
         "probedNodes": len(nodes),
         "unreachableNodes": [v.node for v in nodes if not v.reachable],
@@ -134,3 +136,10 @@ def report_status(
             for v in nodes
         ],
     }
+
+
+def stopped_status(stopped: str) -> dict[str, object]:
+    """What a gateway adds to its report when it stops cleanly (its announcements withdrawn):
+    that it is gone, for ``kubectl portico status``. The verdicts stay, for the next run to
+    read back; the operator keeps honouring them until the heartbeat is 30 s old."""
+    return {"stoppedTime": stopped}

@@ -282,7 +282,7 @@ def test_a_gateway_that_stopped(
 ) -> None:
     create(api, services, "kp-nogw", externalTrafficPolicy="Cluster")
     wait_report(lab, "kp-nogw", reachable_everywhere, "kp-nogw reachable")
-    gateways[0].stop()  # a clean stop: it withdraws and deletes its GatewayReport
+    gateways[0].stop()  # a clean stop: it withdraws and marks its GatewayReport stoppedTime
     try:
         rc, report = status(lab, "kp-nogw")
     finally:

@@ -44,12 +44,13 @@ GATEWAY_ACCESS = {
     (GROUP, "gatewayreports", "get"),
     # gwreport.py ReportWriter._write: kube.create(report_path(), obj) when it is missing.
     (GROUP, "gatewayreports", "create"),
-    # gwreport.py ReportWriter._write: kube.patch(report_path(gateway) + "/status", body).
+    # gwreport.py ReportWriter._write: kube.patch(report_path(gateway) + "/status", body);
+    # ReportWriter.mark_stopped: the same patch, with stoppedTime, at a clean stop.
     (GROUP, "gatewayreports/status", "patch"),
 }
 # The KubeClient calls in the gateway's code behind GATEWAY_ACCESS: a new one needs the role
 # (and the set above) changed too.
-GATEWAY_KUBE_CALLS = Counter({"patch": 3, "get": 1, "create": 1, "list_and_watch": 1})
+GATEWAY_KUBE_CALLS = Counter({"patch": 4, "get": 1, "create": 1, "list_and_watch": 1})
 NODE_NAME = "node-from-downward-api"
 
 

@@ -178,6 +178,15 @@ def test_a_stale_owner_gateway() -> None:
     assert "Gateway:    gw-1  (its status may be stale" in render(gone)
 
 
+def test_a_cleanly_stopped_gateway_is_gone_while_its_report_is_fresh() -> None:
+    # A stopped gateway leaves its report (for a restart), fresh for 30 s, marked stoppedTime.
+    st = diagnose(World(heartbeat_age=2, stopped_age=1).snapshot(), NOW)
+    assert not st.reachable
+    assert codes(st, blocking=True) == ["GatewayGone"]
+    assert "stopped at 2026-12-05T19:59:59Z" in st.findings[0].message
+    assert "Gateway:    gw-1  (its status may be stale" in render(st)
+
+
 def test_unreadable_reports_skip_the_gateway_check_and_say_so() -> None:
     st = diagnose(World(report_kept=False).snapshot(reports=None), NOW)
     assert st.reachable and st.unread == ("GatewayReports",)

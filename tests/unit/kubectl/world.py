@@ -16,7 +16,12 @@ from portico_common.conditions import condition
 from portico_common.rulesdoc import shard_name
 from portico_kubectl.snapshot import Snapshot
 from portico_lbnode.lbstatus import NodeReport, Report, render_status
-from portico_lbnode.neighbours import UNREACHABLE_MESSAGE, NodeVerdict, report_status
+from portico_lbnode.neighbours import (
+    UNREACHABLE_MESSAGE,
+    NodeVerdict,
+    report_status,
+    stopped_status,
+)
 from portico_nodeagent.kubeagent import agent_status
 from portico_operator import decisions, ipam
 from portico_operator.lbspec import lb_conditions, parse_node, render_pool_status, render_spec
@@ -56,6 +61,7 @@ class World:
     gateway: str | None = "gw-1"  # None: no gateway runs
     heartbeat_age: float = 3.0
     report_kept: bool = True  # False: the gateway's GatewayReport is gone
+    stopped_age: float | None = None  # the gateway stopped cleanly this long ago
     unhealthy: dict[str, str] = field(default_factory=dict)  # node -> probe message
     unreachable: set[str] = field(default_factory=set)  # nodes without ARP answer
     lagging: set[str] = field(default_factory=set)  # nodes whose agent did not apply
@@ -276,11 +282,14 @@ class World:
             for n in NODES
         ]
         beat = rfc3339(NOW - timedelta(seconds=self.heartbeat_age))
+        status = report_status(verdicts, ["eth0"], beat)
+        if self.stopped_age is not None:
+            status |= stopped_status(rfc3339(NOW - timedelta(seconds=self.stopped_age)))
         return [
             {
                 "metadata": {"name": self.gateway},
                 "spec": {"gateway": self.gateway},
-                "status": report_status(verdicts, ["eth0"], beat),
+                "status": status,
             }
         ]
 
