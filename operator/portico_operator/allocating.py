@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Callable
 
 from portico_common.clock import now_rfc3339 as now
 
@@ -40,11 +39,8 @@ class Allocating:
         withdrawing: Withdrawing,
         settings: OperatorSettings,
         metrics: Metrics,
-        want_rules: Callable[[ServiceView, decisions.Outcome], None] | None = None,
     ) -> None:
         self.term = term
-        # Publishing.want_rules: a new allocation's node rules, wanted before the status write.
-        self.want_rules = want_rules
         self.alloc = term.alloc
         self.cache = cache
         self.writes = writes
@@ -91,8 +87,6 @@ class Allocating:
         pools = sorted(set(result.pools))
         message = decisions.allocation_message(vips, pools, (w.message for w in result.warnings))
         desired = service_status(view, vips, mode, True, "Allocated", message, now())
-        if self.want_rules is not None:
-            self.want_rules(view, decisions.allocated(vips, pools, mode, message))
         t_patch = time.time()
         patched = status_differs(view, desired)
         if patched:

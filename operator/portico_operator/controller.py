@@ -89,17 +89,11 @@ class Controller:
         """A new term, and the workers' jobs bound to it."""
         self.term = term = Term(alloc)
         self.withdrawing = Withdrawing(term, self.cache, self.writes, self.rules, self.metrics)
+        self.allocating = Allocating(
+            term, self.cache, self.writes, self.withdrawing, self.settings, self.metrics
+        )
         self.publishing = Publishing(
             term, self.cache, self.writes, self.rules, self.withdrawing, self.settings
-        )
-        self.allocating = Allocating(
-            term,
-            self.cache,
-            self.writes,
-            self.withdrawing,
-            self.settings,
-            self.metrics,
-            want_rules=self.publishing.want_rules,
         )
         self.pool_status = PoolStatus(term, self.cache, self.writes, self.metrics)
 

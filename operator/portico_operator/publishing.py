@@ -2,9 +2,9 @@
 last outcome. A Service's addresses are released here once its CR no longer carries them.
 What the CR and the rules say is pure (``lbspec``, ``noderules_push``).
 
-A new Service passes here about three times: when stage one allocated it (stage one wanted
-its node rules as it allocated, ``want_rules``: the finalizer is written, and the CR with it
-when the rules are written already), when the rules writer wrote them (the CR is written, if it
+A new Service passes here about three times: when stage one allocated it and wrote its status
+(its node rules are wanted then, and the finalizer written; the CR with it when the rules are
+written already), when the rules writer wrote them (the CR is written, if it
 was not), when the agents report them applied (Programmed turns True); and, if a node had not
 applied them yet when one of these looked, once more ``PROGRAMMED_GRACE_SECONDS`` after they
 were written (Programmed turns False if it still has not).
@@ -75,7 +75,14 @@ class Publishing:
         basis = (self._good(key) or view) if bad else view
         # One reading of the endpoints for the CR and the node rules (a slice that changes
         # meanwhile queues this publish again).
-        endpoints = self._endpoints(key)
+        endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
+        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
+        down = self.cache.reachability.unreachable
+        if down:
+            endpoints = [
+                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
+                for ep in endpoints
+            ]
         # A new term (a restart, the Lease moving) knows no last valid configuration: what is
         # in force is what the previous leader wrote. Rendered from the bad input it would be
         # replaced (a new port, a raw range) while the Valid condition says it stays, so the
@@ -129,30 +136,6 @@ class Publishing:
         self.withdrawing.published(key, outcome.vips, view)
         if outcome.mode == "NAT":
             self._check_node_ports(view)
-
-    def _endpoints(self, key: str) -> list[Endpoint]:
-        endpoints = [ep for eps in self.cache.slices.get(key, {}).values() for ep in eps]
-        # Endpoints on a node the gateway cannot reach: every other node leaves them out.
-        down = self.cache.reachability.unreachable
-        if down:
-            endpoints = [
-                dataclasses.replace(ep, unreachable=True) if ep.node in down else ep
-                for ep in endpoints
-            ]
-        return endpoints
-
-    def want_rules(self, view: ServiceView, outcome: Outcome) -> None:
-        """Stage one has just allocated ``outcome`` for a valid Service: its entry is written
-        while stage one writes the Service's status, not after (the CR, which comes after the
-        entry, waited for both writes one after the other). Nothing else is written here: the
-        publish that follows the status writes the finalizer and the CR as ever. A Service that
-        goes meanwhile is withdrawn, which removes the entry."""
-        if not outcome.vips or view.deleting or view.input_error() is not None:
-            return
-        if not view.served_by(self.settings.load_balancer_class):
-            return
-        entry = node_rules_entry(view, outcome.vips, outcome.mode, self._endpoints(view.key))
-        self.rules.want(view.key, entry)
 
     async def _withdrawn(self, key: str, view: ServiceView) -> None:
         """Stage one withdrew the Service while this publish wrote."""
