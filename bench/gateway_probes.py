@@ -1,6 +1,7 @@
 """Health probes per second of the gateway's prober on one core, and what that serves at a 1 s
-interval: in aggregate mode (one probe per node, whatever its Services) and in per-Service mode
-(one probe per node per Local Service).
+interval: in aggregate mode (one probe per node, whatever its Services; answered "not modified"
+while unchanged, and in full every time in the ``agg-full`` row, as an agent without
+validators does) and in per-Service mode (one probe per node per Local Service).
 
 The prober (this process) is pinned to CPU 0, the HTTP servers (one child process, a plain
 asyncio protocol answering from precomputed bytes, keep-alive) to CPU 1 when there is one. Each
@@ -28,12 +29,16 @@ from multiprocessing.connection import Connection
 from portico_lbnode.prober import AGGREGATE_PATH, NodeTargets, Prober, ProbeSettings
 
 NOT_FOUND = b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n"
+ETAG = b"0123456789abcdef0123456789abcdef"  # the aggregate's validator, as the agent labels it
 
 
-def _ok(body: bytes) -> bytes:
+def _ok(body: bytes, etag: bytes = b"") -> bytes:
+    tag = b'ETag: "%s"\r\n' % etag if etag else b""
     return (
         b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
-        b"Content-Length: %d\r\n\r\n" % len(body) + body
+        + tag
+        + b"Content-Length: %d\r\n\r\n" % len(body)
+        + body
     )
 
 
@@ -66,6 +71,7 @@ def aggregate_body(services: int) -> bytes:
 # ---------------------------------------------------------------------------------------------
 class _Http(asyncio.Protocol):
     def __init__(self, answers: dict[bytes, bytes]) -> None:
+        # Full request targets first (``...?unless=<validator>``: the 304), then bare paths.
         self.answers = answers
         self.buf = b""
         self.transport: asyncio.Transport | None = None
@@ -78,9 +84,10 @@ class _Http(asyncio.Protocol):
         self.buf += data
         assert self.transport is not None
         while (end := self.buf.find(b"\r\n\r\n")) >= 0:
-            path = self.buf[:end].split(b" ", 2)[1].split(b"?", 1)[0]
+            target = self.buf[:end].split(b" ", 2)[1]
             self.buf = self.buf[end + 4 :]
-            self.transport.write(self.answers.get(path, NOT_FOUND))
+            answer = self.answers.get(target) or self.answers.get(target.split(b"?", 1)[0])
+            self.transport.write(answer or NOT_FOUND)
 
 
 def _listen(addr: str, port: int) -> socket.socket:
@@ -92,15 +99,26 @@ def _listen(addr: str, port: int) -> socket.socket:
     return s
 
 
-def _serve(nodes: int, service_ports: int, aggregate_services: int, ready: Connection) -> None:
+def _serve(
+    nodes: int, service_ports: int, aggregate_services: int, not_modified: bool, ready: Connection
+) -> None:
     """Per node address: the node port (aggregate when ``aggregate_services`` > 0, else 404
-    there as kube-proxy answers) and ``service_ports`` per-Service /healthz ports."""
+    there as kube-proxy answers) and ``service_ports`` per-Service /healthz ports.
+    ``not_modified``: the aggregate carries a validator and a probe sending it gets a 304, as
+    the node agent answers while nothing changed; else the full body every time (an older
+    agent)."""
     with contextlib.suppress(OSError):
         os.sched_setaffinity(0, {1 % (os.cpu_count() or 1)})
     healthz = {b"/healthz": _ok(b'{"localEndpoints":1}')}
     node_answers = dict(healthz)
     if aggregate_services:
-        node_answers[AGGREGATE_PATH.encode()] = _ok(aggregate_body(aggregate_services))
+        path = AGGREGATE_PATH.encode()
+        body = aggregate_body(aggregate_services)
+        node_answers[path] = _ok(body, ETAG if not_modified else b"")
+        if not_modified:
+            node_answers[path + b"?unless=" + ETAG] = (
+                b'HTTP/1.1 304 Not Modified\r\nETag: "%s"\r\nContent-Length: 0\r\n\r\n' % ETAG
+            )
 
     async def main() -> None:
         loop = asyncio.get_running_loop()
@@ -122,10 +140,13 @@ def _serve(nodes: int, service_ports: int, aggregate_services: int, ready: Conne
 
 
 @contextlib.contextmanager
-def servers(nodes: int, service_ports: int, aggregate_services: int) -> Iterator[list[int]]:
+def servers(
+    nodes: int, service_ports: int, aggregate_services: int, not_modified: bool
+) -> Iterator[list[int]]:
     ctx = multiprocessing.get_context("fork")
     parent, child = ctx.Pipe()
-    proc = ctx.Process(target=_serve, args=(nodes, service_ports, aggregate_services, child))
+    args = (nodes, service_ports, aggregate_services, not_modified, child)
+    proc = ctx.Process(target=_serve, args=args)
     proc.start()
     try:
         if not parent.poll(30):
@@ -158,7 +179,7 @@ def probe_counts(prober: Prober) -> tuple[float, float]:
     for metric in prober.metrics.registry.collect():
         for sample in metric.samples:
             if sample.name == "portico_gateway_probes_total":
-                if sample.labels["result"] == "ok":
+                if sample.labels["result"] in ("ok", "not_modified"):
                     ok += sample.value
                 else:
                     bad += sample.value
@@ -227,10 +248,16 @@ def aggregate_targets(nodes: int, services: int) -> dict[str, NodeTargets]:
 
 
 def measure(
-    nodes: int, services: int, aggregate: bool, interval: float, warmup: float, window: float
+    nodes: int,
+    services: int,
+    aggregate: bool,
+    interval: float,
+    warmup: float,
+    window: float,
+    not_modified: bool = True,
 ) -> Run:
     service_ports = 0 if aggregate else services
-    with servers(nodes, service_ports, services if aggregate else 0) as ports:
+    with servers(nodes, service_ports, services if aggregate else 0, not_modified) as ports:
         settings = ProbeSettings(
             interval=interval,
             timeout=2.0,
@@ -264,15 +291,17 @@ def main() -> None:
         f"{'results/s':>11}{'errors':>7}"
     )
     flat: dict[tuple[bool, int], Run] = {}
-    for aggregate, nodes, services in [
-        (False, 50, 8),
-        (True, 200, 10),
-        (True, 200, 100),
-        (True, 100, 1000),
+    for aggregate, nodes, services, not_modified in [
+        (False, 50, 8, True),
+        (True, 200, 10, True),
+        (True, 200, 100, True),
+        (True, 100, 1000, False),  # an agent without validators: the full body every time
+        (True, 100, 1000, True),
     ]:
-        r = measure(nodes, services, aggregate, 0.001, 0.5, w)
-        flat[(aggregate, services)] = r
-        mode = "aggregate" if aggregate else "per-service"
+        r = measure(nodes, services, aggregate, 0.001, 0.5, w, not_modified)
+        if not_modified:
+            flat[(aggregate, services)] = r
+        mode = ("aggregate" if not_modified else "agg-full") if aggregate else "per-service"
         print(
             f"{mode:<12}{nodes:>6}{services:>9}{r.probes_per_s:>10.0f}{r.probes_per_cpu_s:>9.0f}"
             f"{r.cpu:>6.2f}{r.results_per_s:>11.0f}{r.errors:>7}"
@@ -300,7 +329,9 @@ def main() -> None:
         )
     print(
         f"\naggregate mode: one probe per node whatever its Services; per-Service mode: nodes x "
-        f"Local Services <= {per_svc_cap:.0f} probes/s. Took {time.monotonic() - started:.0f}s."
+        f"Local Services <= {per_svc_cap:.0f} probes/s; agg-full: every answer in full, as an "
+        f"agent without validators sends it (else 'not modified' while unchanged). "
+        f"Took {time.monotonic() - started:.0f}s."
     )
 
 

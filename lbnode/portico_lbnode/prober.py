@@ -121,6 +121,7 @@ class _Answer:
     body: bytes = b""
     error: str = ""
     refused: bool = False
+    etag: str = ""  # the agent's validator of an aggregate answer, without quotes
 
 
 class _Mode(Enum):
@@ -144,6 +145,15 @@ class _Node:
     # probed on the node yet: the next probe is a long poll for its next round, at once.
     poll_after: int | None = None
     settled_poll: int | None = None  # ... as the settled answer set it
+    # Counts the changes of the node's targets (``set_targets``), which may forget some of its
+    # health results: an answer settled before one must be judged again, since targets equal
+    # in value may be back without results. Cheaper than looking every result up per probe.
+    forgotten: int = 0
+    settled_forgotten: int = -1
+    # The validator of the last aggregate answer that parsed, and that answer's body: the next
+    # aggregate probe sends it (``?unless=``) and a 304 means "the same body again".
+    validator: str = ""
+    validated_body: bytes | None = None
 
 
 def _refused(exc: BaseException) -> bool:
@@ -244,11 +254,14 @@ class Prober:
                 continue
             old = node.targets
             node.targets = want
+            if want != old:  # results may be forgotten below: no settled answer is skipped
+                node.forgotten += 1
             for key in old.services:
                 if key not in want.services or want.services[key] != old.services[key]:
                     self._health.pop((name, key), None)
             if want.address != old.address:
                 node.mode = _Mode.UNKNOWN
+                node.validator, node.validated_body = "", None
                 self._release_address(old.address)
                 for key in want.services:
                     self._health.pop((name, key), None)
@@ -365,38 +378,66 @@ class Prober:
         # Any other outcome than the same answer again unsettles the node.
         last_body, last_targets = node.settled_body, node.settled_targets
         node.settled_body = node.settled_targets = None
-        path = AGGREGATE_PATH
+        forgotten = node.forgotten  # as the probe leaves
+        params = []
         if wait > 0 and node.poll_after is not None:
-            path += f"?after={node.poll_after}&wait={int(wait * 1000)}"
+            params += [f"after={node.poll_after}", f"wait={int(wait * 1000)}"]
+        sent = node.validator if node.validated_body is not None else ""
+        if sent:
+            params.append(f"unless={sent}")
+        path = AGGREGATE_PATH + ("?" + "&".join(params) if params else "")
         node.poll_after = None
         if node.mode != _Mode.PER_SERVICE or now >= node.recheck_at:
-            kind = ProbeKind.LONG_POLL if path != AGGREGATE_PATH else ProbeKind.AGGREGATE
+            kind = ProbeKind.LONG_POLL if wait > 0 else ProbeKind.AGGREGATE
             answer = await self._get(targets.address, s.node_port, path, kind)
+            if answer.status == 304:
+                if not sent or node.validated_body is None or answer.etag not in ("", sent):
+                    # Not modified from nothing we hold: no health can be read from it.
+                    node.validator, node.validated_body = "", None
+                    probe = Probe(
+                        False,
+                        True,
+                        f"node port {s.node_port}: 304 without an answer held",
+                        self._clock(),
+                    )
+                    for key in targets.services:
+                        self._record(name, targets, key, probe)
+                    return
+                # The agent's answer is the one held: a fresh result from it, without a parse.
+                answer = _Answer(200, node.validated_body, etag=sent)
             if answer.status == 200:
                 if (
                     answer.body == last_body
                     and targets == last_targets
                     and node.targets == targets
-                    and all((name, k) in self._health for k in targets.services)
+                    and node.forgotten == node.settled_forgotten == forgotten
                 ):
                     # A node answers the same every second while nothing changes: with 1,000
                     # Services that is 1,000 judgements (and a parse) per node per second saved.
                     node.settled_body, node.settled_targets = last_body, last_targets
                     node.poll_after = node.settled_poll
+                    if answer.etag != node.validator:  # the same body, a new agent's label
+                        node.validator = answer.etag
+                        node.validated_body = answer.body if answer.etag else None
                     return
                 try:
                     parsed = parse_aggregate(answer.body)
                 except ValueError as e:
+                    node.validator, node.validated_body = "", None
                     log.warning("node %s: bad aggregate answer, probing per Service: %s", name, e)
                 else:
                     node.mode = _Mode.AGGREGATE
+                    # An agent without validators (older) sends none: it is asked in full.
+                    node.validator = answer.etag
+                    node.validated_body = answer.body if answer.etag else None
                     if not_applied(parsed, targets.services) and node.targets == targets:
                         node.poll_after = parsed.generation
                     node.settled_poll = node.poll_after
                     settled = True
+                    family = targets.family  # parses the address: once, not per Service
                     for key, port in targets.services.items():
                         if port:
-                            ok, msg = service_healthy_from_aggregate(parsed, key, targets.family)
+                            ok, msg = service_healthy_from_aggregate(parsed, key, family)
                         else:
                             ok, msg = cluster_healthy_from_aggregate(parsed, key)
                         self._record(name, targets, key, Probe(ok, True, msg, self._clock()))
@@ -404,6 +445,7 @@ class Prober:
                         settled = settled and h is not None and h.healthy == ok
                     node.settled_body = answer.body if settled else None
                     node.settled_targets = targets if settled else None
+                    node.settled_forgotten = forgotten
                     return
             elif not answer.refused and answer.status == 0:
                 # No answer at all (timeout, unreachable): the node, not its mode, is in doubt.
@@ -476,7 +518,8 @@ class Prober:
             try:
                 async with asyncio.timeout(self.settings.timeout):
                     r = await self._get_once_more_if_stale(url)
-                answer = _Answer(r.status_code, r.content)
+                etag = r.headers.get("etag", "").strip('"') if r.status_code in (200, 304) else ""
+                answer = _Answer(r.status_code, r.content, etag=etag)
                 result = _RESULTS.get(r.status_code, "http_other")
             except (TimeoutError, httpx.TimeoutException):
                 answer, result = _Answer(0, error="timeout"), "timeout"
@@ -498,4 +541,4 @@ class Prober:
             return await self._client.get(url)
 
 
-_RESULTS = {200: "ok", 404: "http_404", 503: "http_503"}
+_RESULTS = {200: "ok", 304: "not_modified", 404: "http_404", 503: "http_503"}

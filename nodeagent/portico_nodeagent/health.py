@@ -20,6 +20,7 @@ Matched against kube-proxy source (kubernetes/kubernetes):
 
 from __future__ import annotations
 
+import hashlib
 import ipaddress
 import json
 from collections.abc import Iterable, Mapping
@@ -30,7 +31,7 @@ from portico_common.model import Endpoint
 
 TO_BE_DELETED_TAINT = "ToBeDeletedByClusterAutoscaler"
 FAMILY_NAMES = {4: "IPv4", 6: "IPv6"}
-REASONS = {200: "OK", 404: "Not Found", 503: "Service Unavailable"}
+REASONS = {200: "OK", 304: "Not Modified", 404: "Not Found", 503: "Service Unavailable"}
 
 
 def local_ready_endpoints(endpoints: Iterable[Endpoint], node: str, family: int) -> int:
@@ -171,14 +172,30 @@ def node_healthz(
 LONG_POLL_MAX_SECONDS = 5.0
 
 
+def query(path: str) -> dict[str, str]:
+    """A request path's query parameters (the last of each name)."""
+    if "?" not in path:
+        return {}
+    return dict(p.partition("=")[::2] for p in path.split("?", 1)[1].split("&"))
+
+
+def validator(body: bytes) -> str:
+    """The aggregate answer's validator: a hash of its body, so it changes whenever any byte
+    of the answer does (counts, rulesCurrent, nodeEligible, lastApplied, generation)."""
+    return hashlib.blake2b(body, digest_size=16).hexdigest()
+
+
+def unless(path: str) -> str:
+    """The validator a gateway sends (``?unless=<validator>``) of the answer it holds; ''."""
+    return query(path).get("unless", "")
+
+
 def long_poll(path: str) -> tuple[int, float] | None:
     """``(after, wait seconds)`` of an aggregate request ``...?after=<generation>&wait=<ms>``:
     the answer waits (at most ``wait``, capped at ``LONG_POLL_MAX_SECONDS``) until the agent's
     generation is no longer ``after``. None (answer at once) without both or with bad values."""
-    if "?" not in path:
-        return None
-    query = dict(p.partition("=")[::2] for p in path.split("?", 1)[1].split("&"))
-    after, wait = query.get("after", ""), query.get("wait", "")
+    params = query(path)
+    after, wait = params.get("after", ""), params.get("wait", "")
     if not (after.isdigit() and wait.isdigit()):
         return None
     return int(after), min(int(wait) / 1000, LONG_POLL_MAX_SECONDS)

@@ -483,18 +483,27 @@ def test_against_the_real_node_agent_health_server() -> None:
                 assert not prober.healthy("n1", "ns/other")
                 reg = prober.metrics.registry
 
-                def aggregate_oks() -> float:
-                    got = reg.get_sample_value(
-                        "portico_gateway_probes_total", {"kind": "aggregate", "result": "ok"}
+                def answers(result: str) -> float:
+                    """Aggregate probes (long polls too: ns/other is not listed) by result."""
+                    return sum(
+                        reg.get_sample_value(
+                            "portico_gateway_probes_total", {"kind": kind, "result": result}
+                        )
+                        or 0.0
+                        for kind in ("aggregate", "long-poll")
                     )
-                    return got or 0.0
 
-                await wait_until(lambda: aggregate_oks() >= 10, "10 probes")
+                await wait_until(lambda: answers("not_modified") >= 10, "10 probes")
+                # Only the first answer came in full; the rest were "not modified", re-applied.
+                assert answers("ok") == 1
                 # fall=1: a single failed probe on a closed kept-alive connection would show
                 assert prober.healthy("n1", "ns/web")
                 state.rules_current = False
                 await wait_until(lambda: not prober.healthy("n1", "ns/cluster"), "stale")
                 assert not prober.healthy("n1", "ns/web")
+                assert answers("ok") == 2  # the change came in full
+                state.rules_current = True
+                await wait_until(lambda: prober.healthy("n1", "ns/web"), "current again")
         finally:
             servers.close()
 
@@ -591,3 +600,54 @@ def test_the_same_aggregate_answer_after_a_hang_still_brings_the_node_back() -> 
             node.close()
 
     asyncio.run(main())
+
+
+def test_not_modified_with_no_answer_held_is_no_health() -> None:
+    """A 304 to a probe that sent no validator (a confused agent, or one answering another
+    gateway's validator) tells nothing: every target fails, reachable, and the next probe asks
+    for the answer in full again."""
+
+    async def main() -> None:
+        node = FakeNode()
+        np_ = await node.listen()
+        node.route(np_, AGGREGATE_PATH, 304)
+        s = ProbeSettings(interval=0.03, timeout=0.5, rise=1, fall=1, node_port=np_)
+        prober = Prober(s)
+        prober.set_targets({"n1": NodeTargets("127.0.0.1", {"ns/a": 31000, "ns/c": 0})})
+        try:
+            async with running(prober):
+                await wait_until(lambda: node.received[(np_, AGGREGATE_PATH)] >= 3, "probes")
+                for key in ("ns/a", "ns/c"):
+                    h = prober.health("n1", key)
+                    assert h is not None and not h.healthy and h.answered
+                    assert "304 without an answer held" in h.message
+        finally:
+            node.close()
+
+    asyncio.run(main())
+
+
+def test_a_service_dropped_and_back_is_judged_again_from_the_same_answer() -> None:
+    """A settled node skips an unchanged answer; a Service dropped (its result forgotten) and
+    back before the next probe leaves the targets equal in value to the settled ones, and the
+    same answer must still give it a result."""
+
+    async def main() -> None:
+        node = FakeNode()
+        np_ = await node.listen()
+        node.route(np_, AGGREGATE_PATH, 200, aggregate({"ns/a": 1, "ns/b": 1}))
+        prober = Prober(ProbeSettings(interval=5.0, timeout=0.5, node_port=np_))
+        both = NodeTargets("127.0.0.1", {"ns/a": 31000, "ns/b": 31001})
+        try:
+            async with running(prober):
+                prober.set_targets({"n1": both})
+                await wait_until(lambda: prober.healthy("n1", "ns/b"), "b healthy", 2.0)
+                prober.set_targets({"n1": NodeTargets("127.0.0.1", {"ns/a": 31000})})
+                assert prober.health("n1", "ns/b") is None
+                prober.set_targets({"n1": both})
+                await wait_until(lambda: node.received[(np_, AGGREGATE_PATH)] >= 2, "a probe")
+                await wait_until(lambda: prober.healthy("n1", "ns/b"), "b judged again", 2.0)
+        finally:
+            node.close()
+
+    arun(main())
