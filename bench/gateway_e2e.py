@@ -86,7 +86,8 @@ def served_timings(lab: Lab) -> dict[str, dict[str, float]]:
             t = json.loads(line)["timing"]
         except (ValueError, KeyError):
             continue
-        out[t["service"]] = t
+        if "service" in t:  # other records carry a timing too (the ARP verdicts')
+            out[t["service"]] = t
     return out
 
 
