@@ -21,7 +21,7 @@ import logging
 import socket
 import struct
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 from .neighbours import Neighbour, NeighbourSettings, answered, judge, sent
 
@@ -34,6 +34,18 @@ ARP_REQUEST, ARP_REPLY = 1, 2
 ND_SOLICIT, ND_ADVERT = 135, 136
 ICMP6_FILTER = 1  # linux/icmpv6.h, at level IPPROTO_ICMPV6
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+def _received(sock: socket.socket, size: int, what: str) -> Iterator[bytes]:
+    """What a non-blocking socket holds now, bounded: a flood must not hold the loop."""
+    for _ in range(4096):
+        try:
+            yield sock.recv(size)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError as e:
+            log.warning("%s receive: %s", what, e)
+            return
 
 
 def probe_frame(mac: bytes, target: ipaddress.IPv4Address, eth_dst: bytes) -> bytes:
@@ -223,14 +235,7 @@ class NeighbourProber:
 
     def _read(self, now: float) -> None:
         for sock, _own in self._socks:
-            for _ in range(4096):  # bounded: a flood of ARP must not hold the loop
-                try:
-                    frame = sock.recv(128)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    log.warning("ARP receive: %s", e)
-                    break
+            for frame in _received(sock, 128, "ARP"):
                 got = reply_sender(frame)
                 if got is None:
                     continue
@@ -240,14 +245,7 @@ class NeighbourProber:
                 self._macs[node] = got[1]
                 self._states[node] = answered(self._states.get(node) or Neighbour(), now)
         for six, _own, _ifindex in self._socks6:
-            for _ in range(4096):
-                try:
-                    message = six.recv(256)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    log.warning("NDP receive: %s", e)
-                    break
+            for message in _received(six, 256, "NDP"):
                 target = advertised_target(message)
                 node = self._by_ip.get(target) if target is not None else None
                 if node is not None:
