@@ -56,13 +56,13 @@ def wait_until(pred: Callable[[], Any], what: str, timeout: float, step: float =
 # the lab
 # ---------------------------------------------------------------------------------------------
 def install_portico(lab: Lab, namespaces: list[str], addresses: list[str]) -> None:
-    """Portico's CRDs, the namespaces, and an IPPool `bench` on `addresses`."""
+    """Portico's CRDs, the namespaces, and a VIPPool `bench` on `addresses`."""
     install_crds(lab)
     for ns in namespaces:
         lab.kubectl("create", "namespace", ns, check=False)
     pool = {
         "apiVersion": f"{GROUP}/{VERSION}",
-        "kind": "IPPool",
+        "kind": "VIPPool",
         "metadata": {"name": "bench"},
         "spec": {"addresses": addresses},
     }
@@ -71,7 +71,7 @@ def install_portico(lab: Lab, namespaces: list[str], addresses: list[str]) -> No
     deadline = time.monotonic() + 30
     while True:
         try:
-            custom.create_cluster_custom_object(GROUP, VERSION, "ippools", pool)
+            custom.create_cluster_custom_object(GROUP, VERSION, "vippools", pool)
             return
         except ApiException as e:
             if e.status != 404 or time.monotonic() > deadline:

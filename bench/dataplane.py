@@ -257,10 +257,10 @@ def main() -> int:
         custom.create_cluster_custom_object(
             "portico.dev",
             "v1alpha1",
-            "ippools",
+            "vippools",
             {
                 "apiVersion": "portico.dev/v1alpha1",
-                "kind": "IPPool",
+                "kind": "VIPPool",
                 "metadata": {"name": POOL},
                 "spec": {"addresses": [pool]},
             },

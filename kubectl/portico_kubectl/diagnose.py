@@ -3,7 +3,7 @@ its path is and, in plain words, why it is not reachable when it is not. Pure: t
 the client's address are passed in.
 
 The checks follow a packet's path: the Service is Portico's and has an address (the operator's
-``Allocated`` and ``Valid`` conditions, the IPPools), the client is admitted (source ranges),
+``Allocated`` and ``Valid`` conditions, the VIPPools), the client is admitted (source ranges),
 a gateway answers ARP/NDP for the address (``ownerGateway``, its GatewayReport still written
 and not marked stopped), the Service has endpoints, and at least one node passes the gateway's
 health check and has applied the Service's rules. A finding that stops every packet is
@@ -41,14 +41,14 @@ SERVICE_VALID = f"{API_GROUP}/Valid"
 
 # The operator's Allocated reasons (portico_operator.ipam), in plain words and what to do.
 ALLOCATION_HINTS = {
-    "NoPoolMatches": "no IPPool matches this Service: check the pools' autoAssign, "
+    "NoPoolMatches": "no VIPPool matches this Service: check the pools' autoAssign, "
     "serviceSelector and namespaceSelector, and that one has addresses of the Service's family",
     "PoolExhausted": "the address pool is exhausted: every address is in use; add addresses "
     "to a pool or delete a Service that holds one",
-    "PoolNotFound": "the IPPool the Service names (portico.dev/address-pool) does not exist",
-    "PoolUnusable": "the matching IPPool is invalid or overlaps another pool (see the pools' "
+    "PoolNotFound": "the VIPPool the Service names (portico.dev/address-pool) does not exist",
+    "PoolUnusable": "the matching VIPPool is invalid or overlaps another pool (see the pools' "
     "Valid and Conflicting conditions)",
-    "NotInAnyPool": "the address the Service asks for is in no IPPool",
+    "NotInAnyPool": "the address the Service asks for is in no VIPPool",
     "AddressInUse": "the address the Service asks for is held by another Service",
     "WrongFamily": "the address the Service asks for is not of the Service's IP family",
     "SharingConflict": "the address cannot be shared with the Services that hold it",
@@ -158,7 +158,7 @@ def diagnose(
     unread = [
         kind
         for kind, objs in (
-            ("IPPools", snap.pools),
+            ("VIPPools", snap.pools),
             ("NodeAgents", snap.agents),
             ("GatewayReports", snap.reports),
         )

@@ -67,7 +67,7 @@ async def snapshot(kube: KubeClient, namespace: str, name: str) -> Snapshot:
         _items(kube, _slices(namespace), labelSelector=f"{SERVICE_NAME_LABEL}={name}")
     )
     rules = asyncio.create_task(_shard(kube, key))
-    pools = asyncio.create_task(_items(kube, _portico("ippools")))
+    pools = asyncio.create_task(_items(kube, _portico("vippools")))
     agents = asyncio.create_task(_items(kube, _portico("nodeagents")))
     reports = asyncio.create_task(_items(kube, _portico("gatewayreports")))
     tasks = [service, lb, slices, rules, pools, agents, reports]
@@ -101,7 +101,7 @@ async def listing(kube: KubeClient, namespace: str | None) -> Listing:
         _items(kube, _portico("loadbalancers", namespace)),
         _items(kube, _slices(namespace)),
         _items(kube, rulesdoc.path()),
-        _items(kube, _portico("ippools")),
+        _items(kube, _portico("vippools")),
         _items(kube, _portico("nodeagents")),
         _items(kube, _portico("gatewayreports")),
     )

@@ -37,7 +37,7 @@ def render(st: Status) -> str:
         out += [f"  - {f.message} [{f.code}]" for f in warnings]
     out.append("")
     vips = "  ".join(f"{fam} {', '.join(a)}" for fam, a in sorted(st.vips.items())) or "none"
-    out.append(f"Addresses:  {vips}" + (f"  (IPPool {st.pool})" if st.pool else ""))
+    out.append(f"Addresses:  {vips}" + (f"  (VIPPool {st.pool})" if st.pool else ""))
     details = [f"policy {st.traffic_policy}"]
     if st.forwarding_mode:
         details.append(f"mode {st.forwarding_mode}")
@@ -83,7 +83,7 @@ def render(st: Status) -> str:
             )
         out += table(rows)
     if st.pools:
-        out += ["", "IPPools:"]
+        out += ["", "VIPPools:"]
         rows = [["NAME", "ADDRESSES", "AUTO", "SELECTORS", "FREE v4", "FREE v6", "VALID", "CONFL"]]
         for p in st.pools:
             rows.append(

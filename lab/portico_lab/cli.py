@@ -58,7 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     up.add_argument(
         "--no-portico",
         action="store_true",
-        help="only the lab: no CRDs, IPPool, operator or demo Service",
+        help="only the lab: no CRDs, VIPPool, operator or demo Service",
     )
 
     down = sub.add_parser("down", help="tear a lab down (also one whose owner crashed)")
@@ -163,7 +163,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print("agent sent it to a local pod; the pod saw the client's own address:")
             print("  " + answer)
             portico.wait_gateway_status(lab, "default", "echo-lb")
-            print(lab.kubectl("get", "ippools,loadbalancers", "-A").stdout)
+            print(lab.kubectl("get", "vippools,loadbalancers", "-A").stdout)
             print("  portico-lab kubectl describe loadbalancer echo-lb")
         print(READY_LINE, flush=True)
         while True:

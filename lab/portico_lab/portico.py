@@ -1,4 +1,4 @@
-"""Runs Portico itself in a lab: its CRDs, an IPPool on the lab's VIP range, the operator as a
+"""Runs Portico itself in a lab: its CRDs, a VIPPool on the lab's VIP range, the operator as a
 process of the lab, a node agent in every node's namespace (as a kubelet would run the
 DaemonSet's pod, with the host's network), the gateway (lbnode) in the first gateway's
 namespace, and a demo LoadBalancer Service, for `portico-lab up` to show it working."""
@@ -149,7 +149,7 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
     lab.kubectl(
         "apply",
         "-f",
-        str(CRDS / "portico.dev_ippools.yaml"),
+        str(CRDS / "portico.dev_vippools.yaml"),
         "-f",
         str(CRDS / "portico.dev_loadbalancers.yaml"),
         "-f",
@@ -162,7 +162,7 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
     lab.kubectl(
         "wait",
         "--for=condition=Established",
-        "crd/ippools.portico.dev",
+        "crd/vippools.portico.dev",
         "crd/loadbalancers.portico.dev",
         "crd/noderules.portico.dev",
         "crd/nodeagents.portico.dev",
@@ -173,11 +173,11 @@ def install_crds(lab: Lab, timeout: str = "60s") -> None:
 
 
 def install(lab: Lab) -> Proc:
-    """CRDs, the `lab` IPPool (the lab's VIP ranges) and a running operator."""
+    """CRDs, the `lab` VIPPool (the lab's VIP ranges) and a running operator."""
     install_crds(lab, "30s")
     pool = {
         "apiVersion": "portico.dev/v1alpha1",
-        "kind": "IPPool",
+        "kind": "VIPPool",
         "metadata": {"name": "lab"},
         "spec": {
             "addresses": [str(lab.plan.vip_range_v4), str(lab.plan.vip_range_v6)],

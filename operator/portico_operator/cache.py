@@ -30,7 +30,7 @@ LISTINGS = {
     "namespaces": core_path("namespaces"),
     "nodes": core_path("nodes"),
     "slices": group_path("discovery.k8s.io", "v1", "endpointslices"),
-    "pools": group_path(API_GROUP, API_VERSION, "ippools"),
+    "pools": group_path(API_GROUP, API_VERSION, "vippools"),
     "lbs": group_path(API_GROUP, API_VERSION, "loadbalancers"),
     "agents": group_path(API_GROUP, API_VERSION, "nodeagents"),
     "reports": group_path(API_GROUP, API_VERSION, "gatewayreports"),

@@ -10,7 +10,7 @@ valid (``writes.GatedKube``).
 
 The workers' jobs have modules of their own: ``allocating`` (stage one: addresses and the
 Service status), ``publishing`` (stage two: the finalizer, the LoadBalancer CR, the node rules),
-``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the IPPools' status) and
+``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the VIPPools' status) and
 ``rules_writer`` (the NodeRules shards). What to decide is pure (decisions, withdrawals, ipam,
 restore, resync, service, lbspec, noderules_push).
 """
@@ -376,7 +376,7 @@ class Controller:
         )
 
     async def _pool_flusher(self) -> None:
-        """Writes IPPool status (usage, conditions) at most once a second: usage changes with
+        """Writes VIPPool status (usage, conditions) at most once a second: usage changes with
         every allocation, and a write per allocation would double the write load."""
         pools = self.pool_status  # this term's
         while True:

@@ -41,7 +41,7 @@ def reconcile_step(view: ServiceView | None, load_balancer_class: str) -> Step:
 
 
 def allocation_message(vips: Sequence[Any], pools: Sequence[str], warnings: Iterable[str]) -> str:
-    message = f"{', '.join(map(str, vips))} from IPPool {', '.join(pools)}"
+    message = f"{', '.join(map(str, vips))} from VIPPool {', '.join(pools)}"
     notes = list(warnings)
     if notes:
         message += "; " + "; ".join(notes)

@@ -22,7 +22,7 @@ WATCHED = {
     "namespaces": ("", "v1", "namespaces"),
     "nodes": ("", "v1", "nodes"),
     "slices": ("discovery.k8s.io", "v1", "endpointslices"),
-    "pools": (API_GROUP, "v1alpha1", "ippools"),
+    "pools": (API_GROUP, "v1alpha1", "vippools"),
     "lbs": (API_GROUP, "v1alpha1", "loadbalancers"),
     "agents": (API_GROUP, "v1alpha1", "nodeagents"),
     "reports": (API_GROUP, "v1alpha1", "gatewayreports"),

@@ -214,7 +214,7 @@ class Allocator:
             # families without a requested address come from a pool), or nothing.
             wanted = tuple(f for f in claim.families if f in requested)
         if claim.pool is not None and claim.pool not in self.pools:
-            raise AllocationError(POOL_NOT_FOUND, f"IPPool {claim.pool!r} does not exist")
+            raise AllocationError(POOL_NOT_FOUND, f"VIPPool {claim.pool!r} does not exist")
 
         current: dict[int, IP] = {ip.version: ip for ip in self.holds(claim.service)}
         picks: list[tuple[IP, str]] = []
@@ -379,20 +379,20 @@ class Allocator:
     def _pick_requested(self, ip: IP, claim: Claim) -> tuple[IP, str]:
         containing = [p for p in self.ordered_pools() if p.contains(ip)]
         if not containing:
-            raise AllocationError(NOT_IN_ANY_POOL, f"requested address {ip} is in no IPPool")
+            raise AllocationError(NOT_IN_ANY_POOL, f"requested address {ip} is in no VIPPool")
         eligible = [p for p in containing if self._eligible(p, claim, explicit=True)]
         if not eligible:
             names = ", ".join(p.name for p in containing)
             raise AllocationError(
                 NO_POOL_MATCHES,
-                f"requested address {ip} is in IPPool {names}, whose selectors or name do not "
+                f"requested address {ip} is in VIPPool {names}, whose selectors or name do not "
                 "admit this Service",
             )
         usable = [p for p in eligible if self.usable_pool(p.name) and p.usable(ip)]
         if not usable:
             raise AllocationError(
                 POOL_UNUSABLE,
-                f"requested address {ip} is in IPPool {eligible[0].name}, which is invalid, "
+                f"requested address {ip} is in VIPPool {eligible[0].name}, which is invalid, "
                 "overlaps another pool, or excludes that address (avoidBuggyIPs)",
             )
         if not self._compatible(ip, claim):
@@ -410,7 +410,7 @@ class Allocator:
         if claim.pool is not None and not pools:
             raise AllocationError(
                 NO_POOL_MATCHES,
-                f"IPPool {claim.pool!r} has no IPv{family} addresses or does not admit this "
+                f"VIPPool {claim.pool!r} has no IPv{family} addresses or does not admit this "
                 "Service (serviceSelector/namespaceSelector)",
             )
         usable = [p for p in pools if self.usable_pool(p.name)]
@@ -418,11 +418,11 @@ class Allocator:
             if pools:
                 raise AllocationError(
                     POOL_UNUSABLE,
-                    f"every IPPool with IPv{family} addresses for this Service is invalid or "
+                    f"every VIPPool with IPv{family} addresses for this Service is invalid or "
                     f"overlaps another pool: {', '.join(p.name for p in pools)}",
                 )
             raise AllocationError(
-                NO_POOL_MATCHES, f"no auto-assigning IPPool with IPv{family} admits this Service"
+                NO_POOL_MATCHES, f"no auto-assigning VIPPool with IPv{family} admits this Service"
             )
         if claim.sharing_key is not None:
             # One family only: IPv4 and IPv6 addresses do not compare (sorted() would raise).
@@ -439,7 +439,7 @@ class Allocator:
                 return free, pool.name
         raise AllocationError(
             POOL_EXHAUSTED,
-            f"no free IPv{family} address in IPPool {', '.join(p.name for p in usable)}",
+            f"no free IPv{family} address in VIPPool {', '.join(p.name for p in usable)}",
         )
 
     def _cursor(self, pool: Pool, family: int) -> _Cursor:

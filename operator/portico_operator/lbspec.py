@@ -250,7 +250,7 @@ def render_pool_status(
     conflicts: Sequence[str],
     now: str,
 ) -> dict[str, Any]:
-    """An IPPool's status: usage per family and the Valid and Conflicting conditions."""
+    """An VIPPool's status: usage per family and the Valid and Conflicting conditions."""
     gen = int((obj.get("metadata") or {}).get("generation") or 0)
     previous = (obj.get("status") or {}).get("conditions") or []
     fams = {}
@@ -275,7 +275,7 @@ def render_pool_status(
         bool(conflicts),
         "Overlaps" if conflicts else "NoOverlap",
         (
-            f"addresses overlap IPPool {', '.join(sorted(conflicts))}: neither hands out "
+            f"addresses overlap VIPPool {', '.join(sorted(conflicts))}: neither hands out "
             "new addresses until that is fixed"
             if conflicts
             else "no other pool overlaps this one"

@@ -1,7 +1,7 @@
 """portico-operator: gives LoadBalancer Services their external IPs.
 
-Watches Services (of type LoadBalancer with no loadBalancerClass or Portico's), IPPools,
-Namespaces, Nodes and EndpointSlices; allocates addresses from IPPools, writes
+Watches Services (of type LoadBalancer with no loadBalancerClass or Portico's), VIPPools,
+Namespaces, Nodes and EndpointSlices; allocates addresses from VIPPools, writes
 status.loadBalancer.ingress, and keeps a LoadBalancer CR per Service that says what was done and
 why. Several replicas may run: one leads (a Lease) and allocates, the others stand by warm.
 """

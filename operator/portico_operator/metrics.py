@@ -11,7 +11,7 @@ class Metrics:
         r = self.registry
         self.pool_addresses = Gauge(
             "portico_pool_addresses",
-            "Addresses of an IPPool by family and state (capacity, used, free)",
+            "Addresses of a VIPPool by family and state (capacity, used, free)",
             ["pool", "family", "state"],
             registry=r,
         )

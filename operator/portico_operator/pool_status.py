@@ -1,4 +1,4 @@
-"""The IPPools' status: usage by family, and the Valid and Conflicting conditions, written when
+"""The VIPPools' status: usage by family, and the Valid and Conflicting conditions, written when
 they change, with a Warning Event when a pool becomes invalid or conflicting. What the status
 says is pure (``lbspec.render_pool_status``); the controller's flusher calls ``flush`` at most
 once a second, since usage changes with every allocation.

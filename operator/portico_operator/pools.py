@@ -1,4 +1,4 @@
-"""IPPool objects, parsed and checked: pure."""
+"""VIPPool objects, parsed and checked: pure."""
 
 from __future__ import annotations
 

@@ -39,7 +39,7 @@ class Term:
     # Splitting them keeps CR writes from delaying the next Service's address.
     queue: WorkQueue = field(default_factory=WorkQueue)
     publish: WorkQueue = field(default_factory=WorkQueue)
-    dirty_pools: bool = True  # the IPPools' status is to be written again
+    dirty_pools: bool = True  # the VIPPools' status is to be written again
 
     def __post_init__(self) -> None:
         self.withdrawals = Withdrawals(self.alloc)

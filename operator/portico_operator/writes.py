@@ -27,7 +27,7 @@ from .settings import FIELD_MANAGER, FINALIZER
 log = logging.getLogger("portico.operator")
 
 WRITE_METHODS = ("create", "replace", "patch", "delete")
-# Where the Events of cluster-scoped objects (IPPools) go.
+# Where the Events of cluster-scoped objects (VIPPools) go.
 CLUSTER_EVENTS_NAMESPACE = "default"
 
 
@@ -36,7 +36,7 @@ def lb_path(namespace: str, name: str | None = None) -> str:
 
 
 def pool_path(name: str | None = None) -> str:
-    return group_path(API_GROUP, API_VERSION, "ippools", None, name)
+    return group_path(API_GROUP, API_VERSION, "vippools", None, name)
 
 
 class GatedKube:
@@ -77,7 +77,7 @@ def pool_ref(obj: Mapping[str, Any]) -> dict[str, Any]:
     meta = obj["metadata"]
     return {
         "apiVersion": f"{API_GROUP}/{API_VERSION}",
-        "kind": "IPPool",
+        "kind": "VIPPool",
         "name": meta["name"],
         "uid": meta.get("uid"),
     }
@@ -196,11 +196,11 @@ class Writes:
                 raise
         self.cache.lbs.pop(f"{namespace}/{name}", None)
 
-    # -- IPPools -----------------------------------------------------------------------------
+    # -- VIPPools -----------------------------------------------------------------------------
     async def patch_pool_status(
         self, name: str, resource_version: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
-        self.metrics.api_writes.labels("ippool_status").inc()
+        self.metrics.api_writes.labels("vippool_status").inc()
         updated = await self.kube.patch(
             pool_path(name) + "/status",
             {"metadata": {"resourceVersion": resource_version}, "status": status},

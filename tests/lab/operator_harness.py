@@ -192,18 +192,18 @@ class Api:
     def create_pool(self, name: str, addresses: list[str], **spec: Any) -> dict[str, Any]:
         body = {
             "apiVersion": f"{GROUP}/{VERSION}",
-            "kind": "IPPool",
+            "kind": "VIPPool",
             "metadata": {"name": name},
             "spec": {"addresses": addresses, **spec},
         }
-        return self.custom.create_cluster_custom_object(GROUP, VERSION, "ippools", body)
+        return self.custom.create_cluster_custom_object(GROUP, VERSION, "vippools", body)
 
     def pool(self, name: str) -> dict[str, Any]:
-        return self.custom.get_cluster_custom_object(GROUP, VERSION, "ippools", name)
+        return self.custom.get_cluster_custom_object(GROUP, VERSION, "vippools", name)
 
     def delete_pool(self, name: str) -> None:
         try:
-            self.custom.delete_cluster_custom_object(GROUP, VERSION, "ippools", name)
+            self.custom.delete_cluster_custom_object(GROUP, VERSION, "vippools", name)
         except ApiException as e:
             if e.status != 404:
                 raise

@@ -134,7 +134,7 @@ def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
     else:
         assert f"statefulset.apps/{NAME}-gateway" in objects
     if values.endswith("pools"):
-        assert "ippool.portico.dev/chart-test-lan" in objects
+        assert "vippool.portico.dev/chart-test-lan" in objects
     # Nothing was made.
     assert kubectl(lab, "-n", namespace, "get", "deploy,ds,role", "-o", "name").stdout == ""
 
@@ -237,7 +237,7 @@ def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_pat
     assert listed.returncode == 0, listed.stderr
     refused = as_gateway("get", "secrets", "-n", namespace)
     assert refused.returncode != 0 and "forbidden" in refused.stderr
-    refused = as_gateway("get", "ippools.portico.dev")
+    refused = as_gateway("get", "vippools.portico.dev")
     assert refused.returncode != 0 and "forbidden" in refused.stderr
 
 

@@ -81,7 +81,7 @@ def _cleanup_tables(lab: Lab) -> Iterator[None]:
 
 
 def vip(lab: Lab, k: int, family: int = 4) -> str:
-    # From the top of the slot's VIP range, far from what an IPPool test hands out first.
+    # From the top of the slot's VIP range, far from what a VIPPool test hands out first.
     rng = lab.plan.vip_range_v4 if family == 4 else lab.plan.vip_range_v6
     return str(rng.network_address + rng.num_addresses - 16 - k)
 

@@ -1,7 +1,7 @@
 """A Service's address never changes behind the user's back (issue 8): restarts, failovers, a
 frozen leader, a watch gap, bad input on a served Service, and requests that become possible.
 
-Every test runs real portico-operator processes against the lab's apiserver, with its own IPPool
+Every test runs real portico-operator processes against the lab's apiserver, with its own VIPPool
 (disjoint from every other test's, all within the lab's VIP range) and its own Services, labelled
 ``portico-test=<prefix>`` so they can be listed every few milliseconds. The cluster each test
 builds has holes, requested, shared, dual-stack and pending addresses, so that allocating from
@@ -39,7 +39,7 @@ MODE_ANN = "portico.dev/forwarding-mode"
 ALLOCATED = "portico.dev/Allocated"
 VALID = "portico.dev/Valid"
 
-# The operator writes the IPPool status at most once a second; a replica that has just started
+# The operator writes the VIPPool status at most once a second; a replica that has just started
 # leading and has indexed its listing has queued every reconcile it will ever do for an
 # unchanged cluster. Waiting this long after that is how "it wrote nothing" is shown (absence
 # cannot be waited for).

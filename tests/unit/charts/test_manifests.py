@@ -22,7 +22,7 @@ GROUP = "portico.dev"
 VERSION = "v1alpha1"
 
 CRD_FILES = {
-    "IPPool": CRDS / "portico.dev_ippools.yaml",
+    "VIPPool": CRDS / "portico.dev_vippools.yaml",
     "LoadBalancer": CRDS / "portico.dev_loadbalancers.yaml",
     "NodeRules": CRDS / "portico.dev_noderules.yaml",
     "NodeAgent": CRDS / "portico.dev_nodeagents.yaml",
@@ -126,15 +126,49 @@ def test_crd_identity(crd):
     assert version["subresources"] == {"status": {}}
 
 
-def test_ippool_names_and_scope():
-    crd = load(CRD_FILES["IPPool"])
+def test_vippool_names_and_scope():
+    crd = load(CRD_FILES["VIPPool"])
     names = crd["spec"]["names"]
     assert (names["kind"], names["plural"], names["shortNames"]) == (
-        "IPPool",
-        "ippools",
-        ["ippool"],
+        "VIPPool",
+        "vippools",
+        ["vpool"],
     )
     assert crd["spec"]["scope"] == "Cluster"
+
+
+# Resource names of the projects Portico is installed beside: Calico (crd.projectcalico.org and
+# its projectcalico.org/v3 API server), Cilium (cilium.io, with its short names) and MetalLB
+# (metallb.io, old AddressPool included). kubectl resolves a bare name across every group, so a
+# shared plural or short name makes `kubectl get <name>` answer with the other project's objects.
+_NEIGHBOUR_NAMES_TEXT = """
+    bgpconfigurations bgpconfiguration bgppeers bgppeer bgpfilters blockaffinities
+    caliconodestatuses clusterinformations felixconfigurations globalnetworkpolicies gnp
+    globalnetworksets hostendpoints ipamblocks ipamconfigs ipamhandles ippools ippool
+    ipreservations kubecontrollersconfigurations networkpolicies networksets tiers profiles
+    workloadendpoints stagednetworkpolicies stagedglobalnetworkpolicies
+    stagedkubernetesnetworkpolicies
+    ciliumnetworkpolicies cnp ciliumnp ciliumclusterwidenetworkpolicies ccnp ciliumendpoints cep
+    ciliumep ciliumnodes cn ciliumn ciliumidentities ciliumid ciliumexternalworkloads cew
+    ciliumloadbalancerippools lbippool lbippools ciliuml2announcementpolicies l2announcement
+    ciliumbgppeeringpolicies bgpp ciliumpodippools cpip ciliumnodeconfigs ciliumenvoyconfigs cec
+    ciliumclusterwideenvoyconfigs ccec ciliumlocalredirectpolicies clrp
+    ciliumegressgatewaypolicies cegp ciliumcidrgroups ccg ciliumbgpclusterconfigs
+    ciliumbgppeerconfigs ciliumbgpadvertisements ciliumbgpnodeconfigs
+    ciliumbgpnodeconfigoverrides ciliumendpointslices ces
+    ipaddresspools ipaddresspool l2advertisements l2advertisement bgpadvertisements
+    bgpadvertisement bfdprofiles bfdprofile communities community servicel2statuses
+    servicebgpstatuses configurationstates addresspools addresspool
+"""
+NEIGHBOUR_NAMES = frozenset(_NEIGHBOUR_NAMES_TEXT.split())
+
+
+def test_names_leave_neighbours_alone(crd):
+    """No plural, singular, short name or kind of ours is one of Calico's, Cilium's or MetalLB's."""
+    names = crd["spec"]["names"]
+    ours = {names["plural"], names["singular"], names["kind"].lower(), *names.get("shortNames", [])}
+    assert not ours & NEIGHBOUR_NAMES
+    assert names["categories"] == ["portico"]
 
 
 def test_loadbalancer_names_and_scope():
@@ -202,8 +236,8 @@ def test_conditions_are_metav1_conditions(crd):
         assert re.fullmatch(props["reason"]["pattern"], reason)
 
 
-def test_ippool_spec():
-    schema = schema_of(load(CRD_FILES["IPPool"]))
+def test_vippool_spec():
+    schema = schema_of(load(CRD_FILES["VIPPool"]))
     spec = schema["properties"]["spec"]
     assert spec["required"] == ["addresses"]
     assert spec["properties"]["addresses"]["minItems"] == 1
@@ -238,7 +272,16 @@ def test_loadbalancer_spec():
 
 
 EXPECTED_COLUMNS = {
-    "IPPool": ["Addresses", "Auto", "V4-Used", "V4-Free", "V6-Used", "Valid", "Conflicting", "Age"],
+    "VIPPool": [
+        "Addresses",
+        "Auto",
+        "V4-Used",
+        "V4-Free",
+        "V6-Used",
+        "Valid",
+        "Conflicting",
+        "Age",
+    ],
     "LoadBalancer": ["VIPs", "Ports", "Healthy", "Gateway", "Allocated", "Age"],
     "NodeRules": ["Age"],
     "NodeAgent": ["Services", "Applied", "Error", "Age"],
@@ -262,7 +305,7 @@ def test_printer_columns_point_at_schema_fields(crd):
 
 
 def test_resolve_rejects_missing_fields():
-    schema = schema_of(load(CRD_FILES["IPPool"]))
+    schema = schema_of(load(CRD_FILES["VIPPool"]))
     for bad in (".spec.nope", ".status.ipv4.nope", '.status.conditions[?(@.nope=="x")].status'):
         with pytest.raises(AssertionError):
             resolve(schema, bad)
@@ -294,9 +337,9 @@ def conforms(value: Any, schema: dict[str, Any], path: str = "") -> None:
 
 
 def test_examples():
-    pool = load(CRDS / "examples" / "ippool.yaml")
-    assert (pool["apiVersion"], pool["kind"]) == (f"{GROUP}/{VERSION}", "IPPool")
-    conforms(pool["spec"], schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"], ".spec")
+    pool = load(CRDS / "examples" / "vippool.yaml")
+    assert (pool["apiVersion"], pool["kind"]) == (f"{GROUP}/{VERSION}", "VIPPool")
+    conforms(pool["spec"], schema_of(load(CRD_FILES["VIPPool"]))["properties"]["spec"], ".spec")
     svc = load(CRDS / "examples" / "service.yaml")
     assert svc["kind"] == "Service"
     assert svc["metadata"]["annotations"]["portico.dev/address-pool"] == pool["metadata"]["name"]
@@ -682,7 +725,7 @@ def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -
         ("events.k8s.io", ["events"], ["create", "patch"]),
         (
             GROUP,
-            ["ippools", "ippools/status", "loadbalancers", "loadbalancers/status"],
+            ["vippools", "vippools/status", "loadbalancers", "loadbalancers/status"],
             ["get", "list", "watch", "create", "update", "patch", "delete"],
         ),
         ("apiextensions.k8s.io", ["customresourcedefinitions"], ["get", "list", "watch"]),
@@ -771,12 +814,12 @@ def test_render_with_pool_and_replicas(helm):
         "pools[0].addresses[0]=198.18.32.0/24",
     )
     assert one(docs, "Deployment", "operator")["spec"]["replicas"] == 3
-    pool = one(docs, "IPPool")
+    pool = one(docs, "VIPPool")
     assert pool["apiVersion"] == f"{GROUP}/{VERSION}"
     assert pool["metadata"]["name"] == "lan"
     assert "namespace" not in pool["metadata"]  # cluster-scoped
     assert pool["spec"] == {"addresses": ["198.18.32.0/24"]}
-    spec_schema = schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"]
+    spec_schema = schema_of(load(CRD_FILES["VIPPool"]))["properties"]["spec"]
     conforms(pool["spec"], spec_schema, ".spec")
 
 
@@ -800,11 +843,11 @@ def test_render_pool_with_every_field(helm, tmp_path):
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(pools))
     docs = render(helm, "-f", str(values))
-    rendered = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "IPPool"}
+    rendered = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "VIPPool"}
     assert rendered == {
         p["name"]: {k: v for k, v in p.items() if k != "name"} for p in pools["pools"]
     }
-    spec_schema = schema_of(load(CRD_FILES["IPPool"]))["properties"]["spec"]
+    spec_schema = schema_of(load(CRD_FILES["VIPPool"]))["properties"]["spec"]
     for spec in rendered.values():
         conforms(spec, spec_schema, ".spec")
 

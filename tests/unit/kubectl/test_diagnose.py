@@ -49,7 +49,7 @@ def test_no_pool_matches() -> None:
     )
     st = diagnose(w.snapshot(), NOW)
     assert not st.reachable and codes(st) == ["NoPoolMatches"]
-    assert "no IPPool matches" in st.findings[0].message
+    assert "no VIPPool matches" in st.findings[0].message
     assert [p.name for p in st.pools] == ["team-b"] and st.pools[0].selectors == "serviceSelector"
     assert "team-b" in render(st)
 

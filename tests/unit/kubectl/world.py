@@ -1,7 +1,7 @@
 """A Service and the objects around it, written by Portico's own writers: the operator's
 allocator, Service status, LoadBalancer spec and conditions, NodeRules entry and NodesReachable
 condition; the gateway's LoadBalancer status and GatewayReport; the node agents' NodeAgent
-status; the IPPool status. Only the Kubernetes objects (Service, Node, EndpointSlice) are
+status; the VIPPool status. Only the Kubernetes objects (Service, Node, EndpointSlice) are
 written here, in the API's shape. Each test changes one thing and looks at the verdict."""
 
 from __future__ import annotations

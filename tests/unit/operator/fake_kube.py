@@ -22,7 +22,7 @@ KINDS = {
     "namespaces": "namespaces",
     "nodes": "nodes",
     "endpointslices": "slices",
-    "ippools": "pools",
+    "vippools": "pools",
     "loadbalancers": "lbs",
     "noderules": "noderules",
     "nodeagents": "agents",

@@ -33,7 +33,7 @@ def test_reconcile_steps() -> None:
 
 
 def test_bad_input_keeps_only_what_the_status_shows_and_is_still_held() -> None:
-    last = D.allocated((A, B), ["lan"], "NAT", "198.18.32.1, 198.18.32.2 from IPPool lan")
+    last = D.allocated((A, B), ["lan"], "NAT", "198.18.32.1, 198.18.32.2 from VIPPool lan")
     # B was a pick whose status write never landed: shown is A only.
     kept = D.kept_on_bad_input((A,), {A, B}, last, "DSR", "bad annotation", lambda ip: "x")
     assert kept is not None
@@ -62,7 +62,7 @@ def test_the_mode_in_force_comes_from_the_cr_then_the_ingress() -> None:
 
 def test_messages_and_outcomes() -> None:
     msg = D.allocation_message([A, B], ["a", "b"], ["shared with shop/api"])
-    assert msg == "198.18.32.1, 198.18.32.2 from IPPool a, b; shared with shop/api"
+    assert msg == "198.18.32.1, 198.18.32.2 from VIPPool a, b; shared with shop/api"
     assert D.allocated([A], [], "DSR", msg).pool is None
     f = D.failed("DSR", "PoolExhausted", "no free address", None)
     assert f.vips == () and not f.allocated and f.reason == "PoolExhausted"

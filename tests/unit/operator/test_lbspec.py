@@ -291,7 +291,7 @@ def test_pool_status_counts_and_conditions() -> None:
     clash = render_pool_status(pool, {**obj, "status": st}, {4: 1, 6: 0}, ["q"], "t")
     assert pool_status_differs(st, clash)
     c = {c["type"]: c for c in clash["conditions"]}["Conflicting"]
-    assert c["status"] == "True" and "IPPool q" in c["message"]
+    assert c["status"] == "True" and "VIPPool q" in c["message"]
     bad = parse_pool("b", {"addresses": ["nope"]})
     v = render_pool_status(bad, obj, {4: 0, 6: 0}, [], "t")["conditions"][0]
     assert (v["status"], v["reason"]) == ("False", "Invalid")

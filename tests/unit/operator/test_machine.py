@@ -31,7 +31,7 @@ NAMES = [f"s{i}" for i in range(9)]
 SHARERS = {"s0": 80, "s1": 443, "s2": 8080, "s3": 80}
 POOL = {
     "apiVersion": "portico.dev/v1alpha1",
-    "kind": "IPPool",
+    "kind": "VIPPool",
     "metadata": {"name": "p"},
     "spec": {"addresses": ["10.0.0.0/29", "fd00::/125"]},  # small: holes, reuse, exhaustion
 }

@@ -1,4 +1,4 @@
-"""IPPool parsing: ranges, errors, capacity with avoidBuggyIPs, ordering, overlaps."""
+"""VIPPool parsing: ranges, errors, capacity with avoidBuggyIPs, ordering, overlaps."""
 
 import ipaddress
 

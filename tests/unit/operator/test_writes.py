@@ -37,7 +37,7 @@ def test_one_event_body_for_services_and_pools() -> None:
     }
     assert pool["involvedObject"] == {
         "apiVersion": "portico.dev/v1alpha1",
-        "kind": "IPPool",
+        "kind": "VIPPool",
         "name": "lan",
         "uid": "u2",
     }
