@@ -2,7 +2,9 @@
 `kubectl apply --dry-run=server` (admission, schemas, the CRDs' validation), and the chart's
 RBAC, applied for real, lets each ServiceAccount do exactly what its code does (the apiserver's
 RBAC authorizer decides, through `kubectl auth can-i`). The outside gateway's kubeconfig is made
-with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret."""
+with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret. The
+CRDs are templates of the release: installed on a cluster without them, upgraded to a chart
+that adds a field, kept (with the user's VIPPools) by `helm uninstall`."""
 
 from __future__ import annotations
 
@@ -52,6 +54,7 @@ NAME = "chart-test"
 OPERATOR_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-operator"
 AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-node-agent"
 GATEWAY_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-gateway"
+CRD_NAMES = sorted(load(path)["metadata"]["name"] for path in CRD_FILES.values())
 
 VALUE_SETS = {
     "default": [],
@@ -67,6 +70,7 @@ VALUE_SETS = {
         "--set",
         "gateway.metricsPort=0",
     ],
+    "crds-apart": ["--set", "crds.enabled=false"],
     "probes-off-one-replica-pools": [
         "--set",
         "nodeAgent.healthPort=0",
@@ -273,10 +277,11 @@ def run_helm(lab: Lab, tmp_path: Path, *args: str) -> subprocess.CompletedProces
 
 
 def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
-    """The real install path on a cluster whose CRDs were applied apart (crds.enabled=false,
-    the api fixture's): helm checks kubeVersion and the schema against the lab's apiserver,
-    creates every object, the pools at once (their kind is served), upgrades in place and
-    uninstalls all it made. (No kubelet runs the pods: this is the API side only.)"""
+    """The real install path on a cluster whose CRDs were applied apart (the api fixture's,
+    as with an older chart's crds/ folder): the install adopts them (--take-ownership), helm
+    checks kubeVersion and the schema against the lab's apiserver, creates every object and the
+    pools at once (their kind is served), upgrades in place and uninstalls all it made but the
+    CRDs. (No kubelet runs the pods: this is the API side only.)"""
     release = f"{NAME}-rel"
     pool = f"{release}-lan"
 
@@ -285,15 +290,20 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
 
     # Names of their own; the gateway's names come from nameOverride, not the release.
     base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
-    base += ["--set", "crds.enabled=false", "--set", f"pools[0].name={pool}"]
+    base += ["--set", f"pools[0].name={pool}"]
     base += ["--set", "pools[0].addresses[0]=198.18.40.32/28"]
     label = f"app.kubernetes.io/instance={release}"
     try:
         typo = helm("install", release, str(CHART), *base, "--set", "nodeAgent.helthPort=1")
         assert typo.returncode != 0 and "helthPort" in typo.stderr
-        proc = helm("install", release, str(CHART), *base)
+        owned = helm("install", release, str(CHART), *base)
+        assert owned.returncode != 0 and "exists and cannot be imported" in owned.stderr
+        proc = helm("install", release, str(CHART), *base, "--take-ownership")
         assert proc.returncode == 0, proc.stderr
         assert "single\npoint of failure" in proc.stdout  # NOTES.txt, as helm prints it
+        owner = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "jsonpath={.metadata}")
+        assert f'"meta.helm.sh/release-name":"{release}"' in owner.stdout
+        assert '"helm.sh/resource-policy":"keep"' in owner.stdout
         assert f"This release created:\n     {pool}: 198.18.40.32/28" in proc.stdout
         assert kubectl(lab, "get", "vippool", pool).returncode == 0
         deploy = kubectl(
@@ -316,14 +326,12 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret"
         left = kubectl(lab, "-n", namespace, "get", kinds, "-l", label, "-o", "name")
         assert left.stdout == ""
-        # Not the release's CRDs: left alone.
-        assert kubectl(lab, "get", "crd", "gatewayreports.portico.dev").returncode == 0
+        assert "kept due to the resource policy" in proc.stdout
+        for name in CRD_NAMES:
+            assert kubectl(lab, "get", "crd", name).returncode == 0, name
     finally:
         helm("uninstall", release, "--ignore-not-found")
         kubectl(lab, "delete", "vippool", pool, "--ignore-not-found")
-
-
-CRD_NAMES = sorted(load(path)["metadata"]["name"] for path in CRD_FILES.values())
 
 
 def chart_without_priority(tmp_path: Path) -> Path:
@@ -340,6 +348,20 @@ def chart_without_priority(tmp_path: Path) -> Path:
     ]
     path.write_text(yaml.safe_dump(crd))
     return old
+
+
+def delete_crds(lab: Lab) -> None:
+    """Portico's CRDs deleted, for a cluster that never had Portico. Each is listed first, until
+    the apiserver serves the list: a CRD deleted before its watch cache is ready (as right
+    after the api fixture's apply updated it) can hang in Terminating for minutes, its finalizer
+    told "could not list instances: storage is (re)initializing"."""
+    deadline = time.monotonic() + 30
+    for name in CRD_NAMES:
+        while kubectl(lab, "get", name, "-A", "-o", "name").returncode != 0:
+            assert time.monotonic() < deadline, f"{name} is never listed"
+            time.sleep(0.05)
+    gone = kubectl(lab, "delete", "crd", *CRD_NAMES, "--ignore-not-found", "--timeout=50s")
+    assert gone.returncode == 0, gone.stderr
 
 
 def user_pool(name: str, priority: int) -> str:
@@ -375,8 +397,7 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
     base += ["--set", f"pools[0].name={pool}", "--set", "pools[0].addresses[0]=198.18.40.64/28"]
     old = chart_without_priority(tmp_path)
     try:
-        gone = kubectl(lab, "delete", "crd", *CRD_NAMES, "--ignore-not-found", "--timeout=60s")
-        assert gone.returncode == 0, gone.stderr
+        delete_crds(lab)
         proc = helm("install", release, str(old), *base)
         assert proc.returncode == 0, proc.stderr
         assert "The pools in `pools` are NOT created yet" in proc.stdout
