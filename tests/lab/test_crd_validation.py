@@ -9,13 +9,15 @@ the Valid and Conflicting conditions."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 from kubernetes.client.exceptions import ApiException
 from portico_operator.pools import parse_pool
 
-from .operator_harness import GROUP, VERSION, Api
+from .operator_harness import CRDS, GROUP, VERSION, Api
 
 NOT_ADDRESS = "is not a CIDR (198.18.32.0/24, fd00:18::a:0/112), an address or a range first-last"
 
@@ -136,3 +138,9 @@ def test_bounds_and_selectors(api: Api) -> None:
             spec = {**base, selector: {"matchExpressions": [expr]}}
             assert parse_pool("sel", spec).errors == ()
             assert dry_run(api, spec) is None, expr
+
+
+def test_the_example_pool_is_accepted(api: Api) -> None:
+    example = yaml.safe_load(Path(CRDS / "examples" / "vippool.yaml").read_text())
+    assert parse_pool("example", example["spec"]).errors == ()
+    assert dry_run(api, example["spec"]) is None

@@ -744,6 +744,19 @@ def test_pools_wait_for_their_api(helm):
     assert proc.returncode != 0 and "name" in proc.stderr
 
 
+def test_notes_say_where_the_pools_are_and_what_uninstall_keeps(helm, tmp_path):
+    from .test_gateway_chart import notes
+
+    pool = ["--set", "pools[0].name=lan", "--set", "pools[0].addresses[0]=198.18.32.0/24"]
+    text = notes(helm, tmp_path / "new", *pool)
+    assert "NOT created yet" in text and "--reuse-values" in text
+    assert "leaves Portico's CRDs" in text
+    text = notes(helm, tmp_path / "served", *pool, *SERVED, "--set", "crds.keep=false")
+    assert "This release created:\n     lan: 198.18.32.0/24" in text
+    assert "NOT created" not in text
+    assert "deletes Portico's CRDs (crds.keep=false)" in text
+
+
 def test_vippool_addresses_have_cel_rules_within_cost_bounds():
     """The rules the apiserver runs on each address (tests/lab/test_crd_validation.py runs
     them); the bounds keep their estimated cost under the apiserver's limit."""
