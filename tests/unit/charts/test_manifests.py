@@ -755,6 +755,8 @@ def test_notes_say_where_the_pools_are_and_what_uninstall_keeps(helm, tmp_path):
     assert "This release created:\n     lan: 198.18.32.0/24" in text
     assert "NOT created" not in text
     assert "deletes Portico's CRDs (crds.keep=false)" in text
+    text = notes(helm, tmp_path / "apart", *pool, "--set", "crds.enabled=false")
+    assert "the cluster does not serve VIPPool" in text and "kubectl apply" in text
 
 
 def test_vippool_addresses_have_cel_rules_within_cost_bounds():
