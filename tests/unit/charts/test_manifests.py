@@ -733,6 +733,33 @@ def test_crds_are_templates_upgraded_with_the_release(helm):
     assert proc.returncode != 0 and "enabeld" in proc.stderr
 
 
+def test_packaged_chart_carries_the_crds(helm, tmp_path):
+    """`helm package` follows the files/crds link: the archive holds the CRD files (not the
+    examples) and renders the same CRDs."""
+    import tarfile
+
+    proc = subprocess.run(
+        [str(helm), "package", str(CHART), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("portico-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = {n for n in tar.getnames() if "/files/" in n}
+    assert names == {f"portico/files/crds/{p.name}" for p in CRD_FILES.values()}
+    argv = [str(helm), "template", "portico", str(archive), "--kube-version", KUBE_VERSION]
+    proc = subprocess.run(
+        [*argv, "-f", str(BASE_VALUES)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    crds = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"].startswith("Custom")]
+    assert sorted(d["metadata"]["name"] for d in crds) == sorted(
+        load(p)["metadata"]["name"] for p in CRD_FILES.values()
+    )
+
+
 def test_pools_wait_for_their_api(helm):
     """Helm maps every object to an API before it creates any: a VIPPool is rendered only where
     the cluster serves the kind (not in the install that creates its CRD); a bad pool fails
