@@ -200,8 +200,8 @@ def documented_rbac_render(lab: Lab) -> list[str]:
     lines = [ln for ln in DOC.read_text().splitlines() if ln.startswith("helm template ")]
     assert len(lines) == 1, lines
     argv = shlex.split(lines[0].partition(">")[0])
-    assert argv[2] == "charts/portico" and "--kube-version" in argv, argv
-    argv[0], argv[2] = str(lab.bin_dir / "helm"), str(CHART)
+    assert argv[3] == "charts/portico" and "--kube-version" in argv, argv
+    argv[0], argv[3] = str(lab.bin_dir / "helm"), str(CHART)
     argv[argv.index("--kube-version") + 1] = KUBE_VERSION
     return argv
 
