@@ -11,9 +11,12 @@ from typing import Any
 
 import pytest
 from portico_common.flagenv import EnvArgumentParser, env_var_for, env_vars_of, parse_bool
+from portico_lab.binaries import bin_dir
 from portico_lbnode.main import parse_args as gateway_args
 from portico_nodeagent.main import parse_args as agent_args
 from portico_operator.main import parse_args as operator_args
+
+from ..charts.test_manifests import render
 
 
 def test_the_variable_of_a_flag() -> None:
@@ -258,3 +261,22 @@ def test_the_node_agents_settings_from_the_environment(monkeypatch: pytest.Monke
     settings = agent_args([])
     assert (settings.node_name, settings.health_port) == ("node-1", 10300)
     assert (settings.log_level, settings.once) == ("debug", True)
+
+
+def chart_helm() -> Path:
+    path = bin_dir() / "helm"
+    assert path.is_file(), f"{path} is missing: run hack/build-controlplane.sh"
+    return path
+
+
+def test_the_charts_pods_take_no_service_link_variables() -> None:
+    """The kubelet gives a pod <SERVICE>_PORT=tcp://... for every Service in its namespace: one
+    named portico-metrics (fullnameOverride=portico makes the operator's metrics Service that)
+    would stop every program there with a bad PORTICO_METRICS_PORT. The chart turns them off."""
+    docs = render(chart_helm(), "--set", "fullnameOverride=portico")
+    services = {d["metadata"]["name"] for d in docs if d["kind"] == "Service"}
+    assert "portico-metrics" in services  # the collision the setting is there for
+    pods = [d for d in docs if d["kind"] in ("Deployment", "DaemonSet", "StatefulSet")]
+    assert {d["kind"] for d in pods} == {"Deployment", "DaemonSet", "StatefulSet"}
+    for d in pods:
+        assert d["spec"]["template"]["spec"].get("enableServiceLinks") is False, d["kind"]
