@@ -201,9 +201,12 @@ class EnvArgumentParser(argparse.ArgumentParser):
             raise ValueError(f"invalid choice (choose from {choices})")
         return value
 
-    def _from_env(self, environ: Mapping[str, str]) -> dict[str, _FromEnv]:
-        """dest -> the value its variable gives, for every variable set and not empty."""
+    def _from_env(self, environ: Mapping[str, str]) -> tuple[dict[str, _FromEnv], list[str]]:
+        """dest -> the value its variable gives, for every variable set and not empty; and what
+        is wrong with the others (reported after the command line, so that --help still
+        answers with a broken environment)."""
         found: dict[str, _FromEnv] = {}
+        errors: list[str] = []
         for action in self._actions:
             for var in env_vars_of(action):
                 raw = environ.get(var, "")
@@ -212,17 +215,18 @@ class EnvArgumentParser(argparse.ArgumentParser):
                 try:
                     value = value_from_env(action, var, raw, self._convert)
                 except EnvValueError as e:
-                    self.error(str(e))
+                    errors.append(str(e))
+                    continue
                 if action.dest in found and found[action.dest].var != var:
-                    self.error(f"set only one of {found[action.dest].var} and {var}")
+                    errors.append(f"set only one of {found[action.dest].var} and {var}")
                 found[action.dest] = _FromEnv(var, value)
-        return found
+        return found, errors
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
         self._annotate()
-        from_env = self._from_env(os.environ if self.environ is None else self.environ)
+        from_env, errors = self._from_env(os.environ if self.environ is None else self.environ)
         # Which flags the command line gives: a marker in the namespace, which argparse keeps
         # (it fills in a default only where the namespace has nothing) and a flag replaces.
         ns = argparse.Namespace() if namespace is None else namespace
@@ -235,6 +239,8 @@ class EnvArgumentParser(argparse.ArgumentParser):
                 setattr(ns, action.dest, None if lists else _NOT_GIVEN)
                 marked.setdefault(action.dest, action)
         ns, extras = super().parse_known_args(args, ns)
+        if errors:
+            self.error(errors[0])
         given = {d for d, a in marked.items() if not _unset(a, getattr(ns, d, _NOT_GIVEN))}
 
         for group in self._mutually_exclusive_groups:

@@ -280,3 +280,10 @@ def test_the_charts_pods_take_no_service_link_variables() -> None:
     assert {d["kind"] for d in pods} == {"Deployment", "DaemonSet", "StatefulSet"}
     for d in pods:
         assert d["spec"]["template"]["spec"].get("enableServiceLinks") is False, d["kind"]
+
+
+def test_help_answers_with_a_broken_environment(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as stopped:
+        parse({"PORTICO_PORT": "abc"}, "--help")
+    assert stopped.value.code == 0
+    assert "[env PORTICO_PORT]" in capsys.readouterr().out
