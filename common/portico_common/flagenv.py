@@ -233,10 +233,8 @@ class EnvArgumentParser(argparse.ArgumentParser):
         marked: dict[str, argparse.Action] = {}
         for action in self._actions:
             if env_vars_of(action) and not hasattr(ns, action.dest):
-                lists = _kind(action) in (_LIST, _COUNT) or isinstance(
-                    action, argparse._AppendConstAction
-                )
-                setattr(ns, action.dest, None if lists else _NOT_GIVEN)
+                # A flag that adds to what is there starts from None (argparse's own start).
+                setattr(ns, action.dest, None if _accumulates(action) else _NOT_GIVEN)
                 marked.setdefault(action.dest, action)
         ns, extras = super().parse_known_args(args, ns)
         if errors:
@@ -280,8 +278,10 @@ class EnvArgumentParser(argparse.ArgumentParser):
         return ns, extras
 
 
+def _accumulates(action: argparse.Action) -> bool:
+    """Whether each use of the flag adds to its value (append, extend, count, append_const)."""
+    return _kind(action) in (_LIST, _COUNT) or isinstance(action, argparse._AppendConstAction)
+
+
 def _unset(action: argparse.Action, value: Any) -> bool:
-    if value is _NOT_GIVEN:
-        return True
-    lists = _kind(action) in (_LIST, _COUNT) or isinstance(action, argparse._AppendConstAction)
-    return lists and value is None
+    return value is _NOT_GIVEN or (_accumulates(action) and value is None)
