@@ -30,12 +30,12 @@ from .nftresult import NftError
 __all__ = ["Libnftables", "trim"]
 
 
-def _handle(terse: bool = False, handles: bool = False) -> Any:
+def _handle(terse: bool = False) -> Any:
     import nftables  # Debian's python3-nftables, on the venv's path
 
     nft = nftables.Nftables()
     nft.set_json_output(True)
-    nft.set_handle_output(handles)
+    nft.set_handle_output(False)
     nft.set_terse_output(terse)
     return nft
 
@@ -94,10 +94,11 @@ class Libnftables:
             for k, v in item.get("map", {}).get("elem") or ():
                 yield canon(k), canon(v)
 
-    def counters(self, family: str, table: str) -> dict[str, Any] | None:
-        """The named counters of one table with their values and handles (``nft -j -a list
-        counters table``), or None when the table does not exist; in a handle of its own."""
-        return _list(f"list counters table {family} {table}", False, handles=True)
+    def counters(self, family: str, table: str) -> dict[str, Any]:
+        """The named counters of one table with their values and handles, as ``nft -j -a list
+        counters table`` gives them (none when the table does not exist). From netlink
+        (``nftnetlink.counters``): libnftables would fetch the whole table first."""
+        return {"nftables": [{"counter": c} for c in nftnetlink.counters(family, table)]}
 
     def set_elements(self, family: str, table: str, name: str) -> list[Any]:
         """The elements of one named set, as nft lists them (JSON values), in a handle of its
@@ -117,8 +118,8 @@ def _of(item: Mapping[str, Any], family: str, table: str) -> bool:
     return obj.get("name" if kind == "table" else "table") == table
 
 
-def _list(cmd: str, terse: bool, handles: bool = False) -> dict[str, Any] | None:
-    nft = _handle(terse, handles)
+def _list(cmd: str, terse: bool) -> dict[str, Any] | None:
+    nft = _handle(terse)
     rc, out, err = nft.cmd(cmd)
     del nft  # its cache goes with it
     if rc != 0:
