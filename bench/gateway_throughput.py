@@ -12,8 +12,12 @@ the VIP with SYNs (``portico_lab.synflood``, bounded in count and time): the new
 under a flood, and the pins the flood left (none is the goal: SYNs are never pinned).
 
     .venv/bin/python bench/gateway_throughput.py [--reps 3] [--seconds 5] [--pins 1000000]
+    .venv/bin/python bench/gateway_throughput.py --counting-ab [--reps 5] [--seconds 3]
 (``--pins``: the flows map holds that many pins of made-up clients first: the path with a
-full-sized map.)
+full-sized map.) ``--counting-ab`` measures instead what the per-VIP counter costs
+(``vipstats``): iperf3 and wrk through the gateway with the VIP's counter rules, and with them
+deleted by hand just before the run (interleaved; a run during which the gateway's verify put
+them back is done again, bounded).
 (gateway_e2e.py runs this as its part C in its own lab.)
 """
 
@@ -34,6 +38,7 @@ from kubernetes.client.exceptions import ApiException
 from portico_lab import synflood
 from portico_lab.lab import Lab
 from portico_lab.procs import Proc
+from portico_lbnode.vipstats import counter_name
 
 NS = "default"
 NAME = "gwb-tput"
@@ -237,6 +242,88 @@ def run(
                     raise
 
 
+def counter_rules(lab: Lab, vip: str) -> list[tuple[str, int]]:
+    """The (chain, handle) of each rule of the gateway's table that is only the VIP's counter."""
+    argv = ["nft", "-a", "-j", "list", "table", "netdev", "portico-gw"]
+    out = lab.exec(lab.plan.gateway(1).name, argv, check=True).stdout
+    want = [{"counter": counter_name(ipaddress.ip_address(vip))}]
+    return [
+        (r["chain"], int(r["handle"]))
+        for r in (i["rule"] for i in json.loads(out)["nftables"] if "rule" in i)
+        if r["expr"] == want
+    ]
+
+
+def counting_ab(lab: Lab, reps: int, seconds: int) -> dict[str, dict[str, list[float]]]:
+    """iperf3 -P 1 and wrk through the gateway, with and without the VIP's counter rules."""
+    core = client.CoreV1Api(lab.api)
+    disc = client.DiscoveryV1Api(lab.api)
+    svc, eps = _service_and_slice(lab)
+    gw = lab.plan.gateway(1).name
+    iperf = Proc(
+        "gwb-iperf3",
+        ["iperf3", "-s", "-p", str(IPERF_TARGET)],
+        lab.workdir / "logs" / "gwb-iperf3.log",
+        netns=lab.netns_of(POD),
+    ).start()
+    core.create_namespaced_service(NS, svc)
+    disc.create_namespaced_endpoint_slice(NS, eps)
+    out = {k: {"counted": [], "uncounted": []} for k in ("iperf3 -P 1", "wrk conn/s")}
+    try:
+
+        def ingress() -> str:
+            st = core.read_namespaced_service(NAME, NS).status.load_balancer
+            return st.ingress[0].ip if st and st.ingress else ""
+
+        vip = wait_until(ingress, f"{NAME} ingress", 30)
+        wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
+        wait_until(lambda: counter_rules(lab, vip), "the counter rules", 30, 0.2)
+        for _ in range(reps):
+            for mode in ("counted", "uncounted"):
+                for _attempt in range(5):  # the verify puts deleted rules back within 10 s
+                    if mode == "uncounted":
+                        for chain, handle in counter_rules(lab, vip):
+                            argv = ["nft", "delete", "rule", "netdev", "portico-gw", chain]
+                            lab.exec(gw, [*argv, "handle", str(handle)], check=True)
+                    bps = iperf_bps(lab, vip, 1, seconds)
+                    rps, _errs = wrk_rps(lab, vip, seconds)
+                    present = bool(counter_rules(lab, vip))
+                    if present == (mode == "counted"):
+                        out["iperf3 -P 1"][mode].append(bps)
+                        out["wrk conn/s"][mode].append(rps)
+                        break
+                wait_until(lambda: counter_rules(lab, vip), "the counter rules back", 30, 0.2)
+        return out
+    finally:
+        iperf.stop()
+        for delete in (
+            lambda: disc.delete_namespaced_endpoint_slice(f"{NAME}-1", NS),
+            lambda: core.delete_namespaced_service(NAME, NS),
+        ):
+            try:
+                delete()
+            except ApiException as e:
+                if e.status != 404:
+                    raise
+
+
+def print_ab_table(res: dict[str, dict[str, list[float]]]) -> None:
+    print("| per-VIP counter | with (median) | without (median) | with / without |")
+    print("|---|---|---|---|")
+    for test, unit in (
+        ("iperf3 -P 1", lambda x: f"{x / 1e9:.2f} Gbit/s"),
+        ("wrk conn/s", lambda x: f"{x:.0f}/s"),
+    ):
+        c, u = res[test]["counted"], res[test]["uncounted"]
+        if not c or not u:
+            print(f"| {test} | {len(c)} runs | {len(u)} runs | |")
+            continue
+        mc, mu = statistics.median(c), statistics.median(u)
+        print(f"| {test} | {unit(mc)} | {unit(mu)} | {mc / mu:.3f} |")
+        runs = ", ".join(map(unit, c)) + " | " + ", ".join(map(unit, u))
+        print(f"|   runs (with / without) | {runs} | |")
+
+
 def print_table(res: dict[str, dict[str, list[float]]]) -> None:
     print(
         "| C. through the gateway vs direct to node-1 | gateway (median) | direct (median) "
@@ -284,6 +371,7 @@ def main() -> int:
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--pins", type=int, default=0, help="pins written in the map first")
+    ap.add_argument("--counting-ab", action="store_true", help="the per-VIP counter's cost instead")
     args = ap.parse_args()
     cfg = LabConfig(nodes=3, pods_per_node=2, zones=2, gateways=1, clients=2)
     with Lab.up(cfg) as lab:
@@ -295,6 +383,11 @@ def main() -> int:
             0.2,
         )
         t = time.time()
+        if args.counting_ab:
+            ab = counting_ab(lab, args.reps, args.seconds)
+            print(f"(took {time.time() - t:.0f} s)")
+            print_ab_table(ab)
+            return 0
         res = run(lab, args.reps, args.seconds, args.pins)
         print(f"(part C took {time.time() - t:.0f} s)")
     print_table(res)

@@ -94,6 +94,12 @@ class Libnftables:
             for k, v in item.get("map", {}).get("elem") or ():
                 yield canon(k), canon(v)
 
+    def counters(self, family: str, table: str) -> dict[str, Any]:
+        """The named counters of one table with their values and handles, as ``nft -j -a list
+        counters table`` gives them (none when the table does not exist). From netlink
+        (``nftnetlink.counters``): libnftables would fetch the whole table first."""
+        return {"nftables": [{"counter": c} for c in nftnetlink.counters(family, table)]}
+
     def set_elements(self, family: str, table: str, name: str) -> list[Any]:
         """The elements of one named set, as nft lists them (JSON values), in a handle of its
         own; nothing when the set is not there."""

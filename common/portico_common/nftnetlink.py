@@ -8,7 +8,10 @@ calling thread:
 * **a map's elements** (``map_elements``), dumped (NFT_MSG_GETSETELEM) one map at a time and
   decoded here into the JSON nft lists them in: libnftables holds ~1.8 KiB for every element it
   lists (+141 MiB for one map of 60,000), this holds one map's netlink messages (~50 bytes an
-  element). ``decodable`` says which maps it reads (``nfthandle`` lists the others).
+  element). ``decodable`` says which maps it reads (``nfthandle`` lists the others);
+* **a table's named counters** (``counters``, NFT_MSG_GETOBJ): libnftables' ``list counters
+  table`` fetches the whole table first (seconds and 240 MiB for a table of 200,000 elements);
+  this dumps the counter objects alone.
 """
 
 from __future__ import annotations
@@ -23,12 +26,12 @@ from typing import Any
 
 from .nftresult import NftError
 
-__all__ = ["canon", "decodable", "generation", "map_elements"]
+__all__ = ["canon", "counters", "decodable", "generation", "map_elements"]
 
 
 NETLINK_NETFILTER = 12
 _NFT = 10 << 8  # NFNL_SUBSYS_NFTABLES, the high byte of a message's type
-_GETSETELEM, _NEWGEN, _GETGEN = 13, 15, 16
+_GETSETELEM, _NEWGEN, _GETGEN, _GETOBJ = 13, 15, 16, 19
 _REQUEST, _DUMP = 0x1, 0x300  # NLM_F_REQUEST, NLM_F_ROOT | NLM_F_MATCH
 _DUMP_INTR = 0x10  # NLM_F_DUMP_INTR: a transaction was committed while the dump ran
 _ERROR, _DONE = 2, 3  # NLMSG_ERROR, NLMSG_DONE
@@ -39,6 +42,9 @@ _SET_ELEM_LIST_TABLE, _SET_ELEM_LIST_SET, _SET_ELEM_LIST_ELEMENTS = 1, 2, 3
 _SET_ELEM_KEY, _SET_ELEM_DATA, _SET_ELEM_FLAGS = 1, 2, 3
 _DATA_VALUE, _DATA_VERDICT = 1, 2
 _VERDICT_CODE, _VERDICT_CHAIN = 1, 2
+_OBJ_TABLE, _OBJ_NAME, _OBJ_TYPE, _OBJ_DATA, _OBJ_HANDLE = 1, 2, 3, 4, 6  # NFTA_OBJ_*
+_OBJECT_COUNTER = 1  # NFT_OBJECT_COUNTER
+_COUNTER_BYTES, _COUNTER_PACKETS = 1, 2  # NFTA_COUNTER_*
 _FAMILIES = {"inet": 1, "ip": 2, "arp": 3, "netdev": 5, "bridge": 7, "ip6": 10}
 _DUMP_TRIES = 10
 
@@ -211,6 +217,44 @@ def generation() -> int | None:
     except (OSError, NftError):
         pass
     return None
+
+
+def counters(family: str, table: str) -> list[dict[str, Any]]:
+    """The named counters of one table as nft lists them (name, handle, packets, bytes);
+    none when the table does not exist. One dump of the counter objects alone."""
+    attrs = _attr(_OBJ_TABLE, table.encode() + b"\0")
+    attrs += _attr(_OBJ_TYPE, struct.pack("!I", _OBJECT_COUNTER))
+    try:
+        messages = _dump(_request(_GETOBJ, _REQUEST | _DUMP, _FAMILIES[family], attrs))
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise NftError(f"listing the counters of {family} {table}: {e}") from e
+    out = []
+    for msg in messages:
+        a = _attrs(msg, _NFGENMSG, len(msg))
+        if not {_OBJ_TABLE, _OBJ_NAME, _OBJ_TYPE, _OBJ_DATA} <= set(a):
+            continue
+
+        def raw(where: tuple[int, int], buf: bytes = msg) -> bytes:
+            return buf[where[0] : where[1]]
+
+        if raw(a[_OBJ_TABLE]).split(b"\0", 1)[0].decode() != table:
+            continue  # a kernel that ignores the dump's filter
+        if int.from_bytes(raw(a[_OBJ_TYPE]), "big") != _OBJECT_COUNTER:
+            continue
+        data = _attrs(msg, *a[_OBJ_DATA])
+        obj: dict[str, Any] = {
+            "family": family,
+            "name": raw(a[_OBJ_NAME]).split(b"\0", 1)[0].decode(),
+            "table": table,
+        }
+        if _OBJ_HANDLE in a:
+            obj["handle"] = int.from_bytes(raw(a[_OBJ_HANDLE]), "big")
+        obj["packets"] = int.from_bytes(raw(data[_COUNTER_PACKETS]), "big")
+        obj["bytes"] = int.from_bytes(raw(data[_COUNTER_BYTES]), "big")
+        out.append(obj)
+    return out
 
 
 def decodable(decl: Mapping[str, Any]) -> bool:

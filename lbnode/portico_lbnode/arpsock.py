@@ -56,10 +56,19 @@ ETH_P_ALL = 0x0003
 _PACKET_MREQ = struct.Struct("iHH8s")  # ifindex, type, address length, address
 
 FRAMES = Counter(
-    "portico_lbnode_announce_frames",
+    "portico_gateway_announce_frames_total",
     "Frames the ARP/NDP announcer received or sent, by result and drop reason",
     ["result", "reason"],
 )
+# One series per VIP, protocol and kind the process has sent for (VIPs that left keep theirs,
+# so a VIP that comes back does not reset it).
+NEIGHBOUR_REPLIES = Counter(
+    "portico_gateway_vip_neighbour_replies_total",
+    "ARP replies and NDP neighbour advertisements sent for the VIP: kind=answer to a request "
+    "or solicitation, kind=gratuitous for the announcements of a newly served VIP",
+    ["vip", "protocol", "kind"],
+)
+NEIGHBOUR_PROTOCOL = {4: "arp", 6: "ndp"}
 
 # Classic BPF opcodes (linux/filter.h).
 _LD_W_ABS = 0x20  # A <- u32 at k
@@ -207,6 +216,7 @@ class Announcer:
 
     async def _announce(self, vip: IP) -> None:
         frames = announcements(vip, self.mac)
+        replies = NEIGHBOUR_REPLIES.labels(str(vip), NEIGHBOUR_PROTOCOL[vip.version], "gratuitous")
         # At 0, 1.1, ... up to the duration: 5 bursts with MetalLB's figures.
         bursts = int(self._duration / self._interval) + 1
         try:
@@ -215,6 +225,7 @@ class Announcer:
                     if self._send(frame):
                         self.stats["announced"] += 1
                         FRAMES.labels("announced", "").inc()
+                        replies.inc()
                 if i + 1 < bursts:
                     await asyncio.sleep(self._interval)
         finally:
@@ -249,6 +260,8 @@ class Announcer:
             if self._send(result.frame):
                 self.stats["answered"] += 1
                 FRAMES.labels("answered", "").inc()
+                vip = result.vip
+                NEIGHBOUR_REPLIES.labels(str(vip), NEIGHBOUR_PROTOCOL[vip.version], "answer").inc()
         else:
             self.stats[result.reason.value] += 1
             FRAMES.labels("dropped", result.reason.value).inc()

@@ -33,8 +33,9 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
 
     Order: (1) flush chains that go or change, so no rule refers to what goes; (2) delete
     elements, among them vmap elements that point at chains that go; (3) delete those chains,
-    sets and maps; (4) add new sets and maps, then chains (elements and rules refer to them);
-    (5) add elements; (6) add rules."""
+    sets, maps and counters; (4) add new sets, maps and counters, then chains (elements and
+    rules refer to them); (5) add elements; (6) add rules. A counter kept is not touched (its
+    values stay, ``vipstats``)."""
     redefined_colls = {
         n for n, c in new.collections.items() if n in old.collections and old.collections[n] != c
     }
@@ -73,11 +74,17 @@ def diff_fwd(old: FwdRules, new: FwdRules) -> list[Json]:
     cmds += [{"delete": {"chain": {**WHERE, "name": n}}} for n in gone_chains]
     for n in gone_colls:
         cmds.append({"delete": {old.collections[n].kind: {**WHERE, "name": n}}})
+    cmds += [
+        {"delete": {"counter": {**WHERE, "name": n}}} for n in sorted(old.counters - new.counters)
+    ]
     added_colls = [n for n in new.collections if n not in old.collections or n in redefined_colls]
     added_chains = [n for n in new.chains if n not in old.chains or n in redefined_chains]
     for n in added_colls:
         c = new.collections[n]
         cmds.append({"add": {c.kind: c.json(n)}})
+    cmds += [
+        {"add": {"counter": {**WHERE, "name": n}}} for n in sorted(new.counters - old.counters)
+    ]
     cmds += [{"add": {"chain": chain_json(n, new.chains[n])}} for n in added_chains]
     for name, new_elems in new.elements.items():
         base = {} if name in added_colls else old.elements.get(name, {})
@@ -102,6 +109,9 @@ def parse_listing(listing: Mapping[str, Any]) -> FwdRules:
     for item in listing.get("nftables") or []:
         kind, obj = next(iter(item.items()))
         if kind in ("metainfo", "table"):
+            continue
+        if kind == "counter":  # its values are read at scrape time (``vipcollect``)
+            out.counters.add(obj["name"])
             continue
         if kind == "chain":
             if "hook" in obj:

@@ -46,12 +46,20 @@ Data path (direct server return at L2; every packet is looked at, there is no co
 * per Service port a chain ``svc-<id>``::
 
       ip saddr != @src-<id> drop                      # only with sourceRanges
+      counter name "forwarded-<VIP>"                  # what follows is forwarded (``vipstats``)
       <pinned flow, its node in @est-<x>: goto pin-refresh / pin-close>   # ``flowrules``
       tcp flags syn / syn,ack  meta mark set jhash ip saddr . th sport mod M seed 0x… \
           meta mark set meta mark map @slots-<x>  fwd ip to meta mark map @nodes4 device iif
       (the same for an unpinned FIN or RST)
       meta mark set jhash … meta mark set meta mark map @slots-<x>  goto pin-add
       (or "drop" when the port has no healthy node)
+
+  The counter rule (one per VIP, ``vipstats``) stands where every packet that reaches it is
+  forwarded: a port with healthy nodes forwards all it gets past the source ranges (a new
+  flow by the hash, a pinned one to its node), a NAT mode port hands it all to the IP stack;
+  a port with only draining nodes counts in a rule that matches pinned flows alone
+  (``<pinned flow, its node in @est-<x>> counter name ...``), and a port with no node at all
+  counts nothing. A named counter rather than one in the rule: it outlives the chain's rewrites.
 
   ClientIP affinity hashes ``ip saddr`` alone. Two deviations from the obvious form, both
   forced by nft 1.0.6's JSON parser: it cannot declare a ``typeof`` map and refuses an
@@ -109,6 +117,7 @@ from .flowrules import (
     node_ids,
 )
 from .fwdmemo import RenderMemo
+from .vipstats import counter_name
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -236,6 +245,7 @@ class FwdRules:
     rules: dict[str, tuple[str, ...]] = field(default_factory=dict)
     collections: dict[str, Collection] = field(default_factory=dict)
     elements: dict[str, dict[str, str | None]] = field(default_factory=dict)  # key -> value
+    counters: set[str] = field(default_factory=set)  # named counters (``vipstats``)
     skipped: tuple[FwdPort, ...] = ()  # ports whose VIP . protocol . port another one holds
 
     def same_as(self, other: FwdRules) -> bool:
@@ -244,6 +254,7 @@ class FwdRules:
             and self.rules == other.rules
             and self.collections == other.collections
             and self.elements == other.elements
+            and self.counters == other.counters
         )
 
     def slot_maps(self) -> dict[str, tuple[int, tuple[str, ...]]]:
@@ -266,6 +277,7 @@ class FwdRules:
             "maps": sum(1 for c in self.collections.values() if c.kind == "map"),
             "sets": sum(1 for c in self.collections.values() if c.kind == "set"),
             "elements": sum(len(e) for e in self.elements.values()),
+            "counters": len(self.counters),
         }
 
     def to_json_replace(self, current: FwdRules | None = None) -> Json:
@@ -273,10 +285,12 @@ class FwdRules:
         flushed and rebuilt and sets emptied and refilled without deleting the base chains, so
         packets see the old table or the new one. ``current`` (the kernel's listing, when
         known) says what else to delete: objects no longer wanted, and sets or base chains whose
-        definition changed (which ``add`` cannot change)."""
+        definition changed (which ``add`` cannot change). Counters are added, never flushed
+        (an ``add`` of an existing one keeps its values), and deleted when no longer wanted."""
         table = {"family": FAMILY, "name": TABLE}
         cmds: list[Json] = [{"add": {"table": table}}]
         stale_chains: list[str] = []
+        stale_counters: list[str] = []
         if current is not None:
             # Every chain's rules but the pin helpers' (``flowrules``: nft text, kept as is).
             for name in current.chains:
@@ -290,11 +304,15 @@ class FwdRules:
             stale_chains = [
                 n for n, c in current.chains.items() if n not in self.chains or self.chains[n] != c
             ]
+            stale_counters = sorted(current.counters - self.counters)
         for name, c in self.collections.items():
             cmds.append({"add": {c.kind: c.json(name)}})
             if not c.dynamic:  # the flows maps keep their pins
                 cmds.append({"flush": {c.kind: {**WHERE, "name": name}}})
         cmds += [{"delete": {"chain": {**WHERE, "name": n}}} for n in stale_chains]
+        # After the flush of every rule that counted into them.
+        cmds += [{"delete": {"counter": {**WHERE, "name": n}}} for n in stale_counters]
+        cmds += [{"add": {"counter": {**WHERE, "name": n}}} for n in sorted(self.counters)]
         cmds += [{"add": {"chain": chain_json(n, c)}} for n, c in self.chains.items()]
         for name, elems in self.elements.items():
             if elems:
@@ -807,6 +825,9 @@ def render_fwd(
         out.chains[chain] = None
         out.rules[chain], dispatch_key, dispatch_value = made
         out.elements[DISPATCH_MAP[p.family]][dispatch_key] = dispatch_value
+        # Every VIP in the table has its counter, whether its nodes are healthy or not: a
+        # health flap must not make it anew (``vipstats``).
+        out.counters.add(counter_name(p.vip))
     _render_unknown(out, chosen)
     memo.end(out, {name: content for content, name in map_names.items()})
     return out
@@ -831,9 +852,15 @@ def _port_rules(
     rules: list[list[Json]] = []
     if p.source_ranges:
         rules.append(_source_rule(p))
+    count: Json = {"counter": counter_name(p.vip)}
     if p.to_stack:
-        rules.append([{"accept": None}])
+        rules.append([count, {"accept": None}])
     elif est is not None:
+        if slots_map:
+            rules.append([count])  # every packet past here is forwarded
+        else:  # draining nodes only: the pinned flows are forwarded, the others dropped
+            pinned = [*flow_lookup(p.family, p.protocol.lower(), "th"), est_match(est)]
+            rules.append([*pinned, count])
         rules.extend(_pinned_rules(p, size, slots_map, est))
     else:
         # Fail closed: a node that failed its health check would blackhole or reset the

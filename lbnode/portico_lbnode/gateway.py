@@ -49,6 +49,7 @@ from .neighbours import (
     report_status,
 )
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
+from .vipmetrics import VipCounters
 
 log = logging.getLogger("portico.lbnode")
 
@@ -116,6 +117,7 @@ class Gateway:
             lambda status: self.neighbours.carry_over(carried_over(status)),
         )
         self.fwd = FwdTable()
+        self.vip_counters = VipCounters(REGISTRY)  # read from the table at each scrape
         # What the last render made, so a pass renders what changed, not the table (the
         # renders run one at a time: ``reconcile`` awaits each).
         self.fwd_memo = RenderMemo()

@@ -3,7 +3,8 @@ tests (``lbnode/test_fwdrules``, ``nodeagent/test_rulesdiff_props``) and the pac
 (``nfttrace``).
 
 It runs libnftables JSON commands (``add``/``flush``/``delete`` of table, chain, rule, set, map
-and element) and refuses, with :class:`Refused`, what the kernel refuses:
+and element; ``add``/``delete`` of a named counter) and refuses, with :class:`Refused`, what
+the kernel refuses:
 
 * anything in a table that does not exist; a chain, set, map or element that is not there
   (flushed, deleted, added to);
@@ -12,7 +13,8 @@ and element) and refuses, with :class:`Refused`, what the kernel refuses:
 * a rule or element that refers to a chain, set or map that does not exist, or that jumps to a
   base chain;
 * a chain deleted while it has rules or while a rule or a verdict-map element jumps to it; a set
-  or map deleted while a rule or element refers to it;
+  or map deleted while a rule or element refers to it; a counter deleted while a rule counts
+  into it, or a rule that names a counter that does not exist;
 * an element added when its key is there already, or deleted when absent; an interval set's
   element that overlaps another;
 * at the end of a transaction, a NAT statement (dnat, snat, masquerade, redirect) in a chain
@@ -51,13 +53,15 @@ def canon(value: Any) -> str:
 
 
 def refs(value: Any) -> set[str]:
-    """The chains (``chain:<name>``) and sets or maps (``set:<name>``) a JSON expression, rule
-    or verdict refers to."""
+    """The chains (``chain:<name>``), sets or maps (``set:<name>``) and named counters
+    (``counter:<name>``) a JSON expression, rule or verdict refers to."""
     out: set[str] = set()
     if isinstance(value, dict):
         for k, v in value.items():
             if k in ("jump", "goto") and isinstance(v, dict):
                 out.add("chain:" + v["target"])
+            elif k == "counter" and isinstance(v, str):
+                out.add("counter:" + v)
             else:
                 out |= refs(v)
     elif isinstance(value, list):
@@ -69,7 +73,7 @@ def refs(value: Any) -> set[str]:
 
 
 _VERBS = ("add", "flush", "delete")
-_KINDS = ("table", "chain", "rule", "set", "map", "element")
+_KINDS = ("table", "chain", "rule", "set", "map", "element", "counter")
 _NOT_DEFINITION = ("family", "table", "elem", "handle")
 
 
@@ -97,6 +101,7 @@ class Kernel:
         self.rules: dict[str, list[str]] = {}  # chain -> canonical expressions, in order
         self.colls: dict[str, Json] = {}  # set or map name -> definition ("map" key: a map)
         self.elems: dict[str, dict[str, str | None]] = {}  # name -> key -> value (None: set)
+        self.counters: set[str] = set()  # named counters (their values are not modelled)
 
     # -- loading -----------------------------------------------------------------------------
     @classmethod
@@ -114,10 +119,10 @@ class Kernel:
             if kind != "metainfo":
                 by_kind.setdefault(kind, []).append(obj)
         for kind in by_kind:
-            if kind not in ("table", "chain", "set", "map", "rule"):
+            if kind not in ("table", "counter", "chain", "set", "map", "rule"):
                 raise Unsupported(f"listing object {kind!r}")
         # Chains before the elements that jump to them, sets before the rules that use them.
-        for kind in ("table", "chain", "set", "map", "rule"):
+        for kind in ("table", "counter", "chain", "set", "map", "rule"):
             for obj in by_kind.get(kind, []):
                 obj = dict(obj)
                 elem = obj.pop("elem", None)
@@ -145,10 +150,19 @@ class Kernel:
             {k: list(v) for k, v in self.rules.items()},
             dict(self.colls),
             {k: dict(v) for k, v in self.elems.items()},
+            set(self.counters),
         )
 
     def _restore(self, state: tuple[Any, ...]) -> None:
-        self.family, self.name, self.chains, self.rules, self.colls, self.elems = state
+        (
+            self.family,
+            self.name,
+            self.chains,
+            self.rules,
+            self.colls,
+            self.elems,
+            self.counters,
+        ) = state
 
     def _run(self, doc: Mapping[str, Any] | Iterable[Json]) -> None:
         for cmd in doc["nftables"] if isinstance(doc, Mapping) else doc:
@@ -257,6 +271,9 @@ class Kernel:
                     raise Refused(f"{what} refers to missing chain {name}")
                 if "hook" in self.chains[name]:
                     raise Refused(f"{what} jumps to base chain {name}")
+            elif kind == "counter":
+                if name not in self.counters:
+                    raise Refused(f"{what} counts into missing counter {name}")
             elif name not in self.colls:
                 raise Refused(f"{what} refers to missing set {name}")
 
@@ -274,6 +291,20 @@ class Kernel:
             for e in self.elems.values()
             for v in e.values()
         )
+
+    # -- named counters ----------------------------------------------------------------------
+    def add_counter(self, obj: Json) -> None:
+        self._in_table(obj)
+        self.counters.add(obj["name"])  # an existing one is kept as it is
+
+    def delete_counter(self, obj: Json) -> None:
+        self._in_table(obj)
+        n = obj["name"]
+        if n not in self.counters:
+            raise Refused(f"no counter {n}")
+        if self.referred("counter:" + n):
+            raise Refused(f"counter {n} is in use")
+        self.counters.discard(n)
 
     # -- sets and maps -----------------------------------------------------------------------
     def _coll(self, obj: Json, kind: str | None = None) -> str:
@@ -361,6 +392,7 @@ class Kernel:
             return {"nftables": []}
         where = {"family": self.family, "table": self.name}
         out: list[Json] = [{"table": {"family": self.family, "name": self.name}}]
+        out += [{"counter": {**where, "name": n, "packets": 0, "bytes": 0}} for n in self.counters]
         for n, c in self.colls.items():
             elem = [
                 [json.loads(k), json.loads(v)] if v is not None else json.loads(k)

@@ -472,6 +472,9 @@ class Tracer:
             st.updates.append((name, key))
             st.fired.append(f"{where}: {v['op']} @{name} {key}")
             return None
+        if k == "counter" and isinstance(v, str):  # a named counter (the gateway's per VIP)
+            st.fired.append(f"{where}: counter name {v}")
+            return None
         if k == "limit":
             if set(v) - {"rate", "burst", "per", "inv"}:  # a byte rate has "rate_unit"
                 raise UnknownExpression(f"{where}: limit {v!r}")

@@ -337,7 +337,7 @@ def test_kernel_filter_passes_only_arp_requests_and_ns() -> None:
 # -- the Announcer's loop on a socketpair -----------------------------------------------------
 def frames_total(result: str, reason: str) -> float:
     labels = {"result": result, "reason": reason}
-    return REGISTRY.get_sample_value("portico_lbnode_announce_frames_total", labels) or 0.0
+    return REGISTRY.get_sample_value("portico_gateway_announce_frames_total", labels) or 0.0
 
 
 async def recv_frame(peer: socket.socket, timeout: float = 2.0) -> bytes:
@@ -403,6 +403,48 @@ def test_withdrawn_vip_stops_its_announcements() -> None:
             assert ann.stats["announced"] == 2
             with pytest.raises(BlockingIOError):
                 peer.recv(2048)
+        finally:
+            ann.close()
+            await asyncio.wait_for(runner, 2)
+            peer.close()
+
+    asyncio.run(asyncio.wait_for(scenario(), 10))
+
+
+def neighbour_replies(vip: str, protocol: str, kind: str) -> float:
+    labels = {"vip": vip, "protocol": protocol, "kind": kind}
+    value = REGISTRY.get_sample_value("portico_gateway_vip_neighbour_replies_total", labels)
+    return value or 0.0
+
+
+def test_replies_are_counted_per_vip_protocol_and_kind() -> None:
+    v4, other, v6 = "198.18.213.1", "198.18.213.2", "fd00:213::1"
+
+    async def scenario() -> None:
+        ours, peer = socket.socketpair(socket.AF_UNIX, socket.SOCK_DGRAM)
+        peer.setblocking(False)
+        ann = Announcer("test0", sock=ours, mac=MAC, garp_interval=0.02, garp_duration=0.0)
+        runner = asyncio.create_task(ann.run())
+        try:
+            ann.set_vips({ipaddress.ip_address(v) for v in (v4, other, v6)})
+            # one burst: the two ARP forms for each IPv4 VIP, one NA for the IPv6 one
+            for _ in range(5):
+                await recv_frame(peer)
+            await wait_for(lambda: not ann._bursts)
+            assert neighbour_replies(v4, "arp", "gratuitous") == 2
+            assert neighbour_replies(v6, "ndp", "gratuitous") == 1
+            for _ in range(3):
+                peer.send(who_has(v4))
+                await recv_frame(peer)
+            peer.send(ns_frame(v6))
+            await recv_frame(peer)
+            peer.send(who_has("198.18.213.9"))  # not served: no answer, no count
+            await wait_for(lambda: ann.stats["not_ours"] == 1)
+            assert neighbour_replies(v4, "arp", "answer") == 3
+            assert neighbour_replies(other, "arp", "answer") == 0
+            assert neighbour_replies(v6, "ndp", "answer") == 1
+            assert neighbour_replies(v6, "arp", "answer") == 0
+            assert neighbour_replies("198.18.213.9", "arp", "answer") == 0
         finally:
             ann.close()
             await asyncio.wait_for(runner, 2)

@@ -157,6 +157,7 @@ def test_small_render_as_data() -> None:
     ]
     syn = {"match": {"op": "==", "left": {"&": [tcp("flags"), ["syn", "ack"]]}, "right": "syn"}}
     assert rules_of(r, svc) == [
+        [{"counter": "forwarded-198.18.211.10"}],  # everything past it is forwarded (vipstats)
         [
             {"match": {"op": "!", "left": tcp("flags"), "right": ["fin", "rst"]}},
             *pinned,
@@ -440,7 +441,7 @@ def test_without_previous_a_changed_slot_list_is_a_new_map_and_chain_rewrites() 
     kinds = [next(iter(next(iter(c.values())))) for c in cmds]
     # one flush + one rule for the Service's chain, the new map and its elements; the old map is
     # still used by ns/b and stays
-    assert sorted(kinds) == ["chain", "element", "element", "map", *["rule"] * 5, "set"]
+    assert sorted(kinds) == ["chain", "element", "element", "map", *["rule"] * 6, "set"]
     assert len(slot_maps(new)) == 2
     assert simulate(old, cmds).same_as(new)
 
@@ -497,6 +498,7 @@ def test_removing_a_service_removes_its_chain_elements_and_unused_map() -> None:
         {"delete": {"set": {**w, "name": gone_est}}},
         {"delete": {"set": {**w, "name": source_set(gone)}}},
         {"delete": {"set": {**w, "name": admit_set(gone.vip)}}},
+        {"delete": {"counter": {**w, "name": "forwarded-198.18.212.2"}}},  # its VIP went
     ]
     assert simulate(old, cmds).same_as(new)
     # a map another port still uses stays
@@ -627,7 +629,11 @@ def test_every_slot_list_is_held_by_exactly_one_map(a: list[FwdPort], b: list[Fw
 def test_a_nat_mode_port_is_handed_to_the_ip_stack_after_its_source_check() -> None:
     p = FwdPort("ns/nat", VIP, "TCP", 80, False, (net("198.18.1.0/24"),), (), to_stack=True)
     r = render_fwd([p], ["eth0"], 3)
-    assert rules_of(r, service_chain(p))[-1] == [{"accept": None}]
+    # counted, then handed over (``vipstats``)
+    assert rules_of(r, service_chain(p))[-1] == [
+        {"counter": "forwarded-198.18.211.10"},
+        {"accept": None},
+    ]
     assert len(rules_of(r, service_chain(p))) == 2  # the source range check stays first
     assert slot_maps(r) == {}
     # Back to direct server return: the chain's verdict changes, in place.
