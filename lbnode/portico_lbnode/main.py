@@ -149,9 +149,12 @@ def main(argv: list[str] | None = None) -> int:
         log.info("removed tables netdev portico-gw and inet portico-gw-nat")
         return 0
     if args.metrics_port:
-        from prometheus_client import start_http_server
+        from portico_common.metrics import program_registry, serve
+        from prometheus_client import REGISTRY
 
-        start_http_server(args.metrics_port)
+        # The default registry: the prober's metrics (gateway.py) and the announcer's
+        # module-level counters are there; it carries the runtime collectors already.
+        serve(program_registry("gateway", REGISTRY), args.metrics_port)
     log.info("portico-lbnode %s starting on %s (pid %d)", args.name, args.interface, os.getpid())
     return asyncio.run(run(args))
 
