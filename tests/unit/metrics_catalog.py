@@ -3,6 +3,7 @@ programs' own code, and the names docs/metrics.md lists for each."""
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -23,6 +24,7 @@ HISTOGRAM_SUFFIXES = ("_bucket", "_sum", "_count")
 # prober's registered by Gateway.__init__): built in a fresh interpreter, as portico-lbnode's
 # main does, so no test's registrations and no other test's import order count.
 _GATEWAY_REGISTRY = """
+import functools
 import json
 from portico_common.metrics import program_registry
 from portico_lbnode.gateway import Gateway, GatewaySettings
@@ -42,6 +44,7 @@ def families(registry: CollectorRegistry) -> dict[str, str]:
     return {m.name: m.type for m in registry.collect()}
 
 
+@functools.cache
 def registered(program: str) -> dict[str, str]:
     """What ``program`` registers: {exposed name: type}."""
     if program == "operator":
@@ -88,3 +91,49 @@ def documented(text: str | None = None) -> dict[str, set[str]]:
             for p in owners:
                 out[p].add(m.group(1))
     return out
+
+
+# PromQL words that are not metric names (functions are told apart by their "(").
+KEYWORDS = {
+    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
+    "and", "or", "unless", "offset", "inf", "nan",
+}  # fmt: skip
+
+
+def metric_names(expr: str) -> set[str]:
+    """The metric names a PromQL expression reads."""
+    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
+    expr = re.sub(r"\{[^}]*\}", "", expr)  # matchers
+    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges, $__rate_interval
+    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
+    names = set()
+    for m in re.finditer(r"(?<![\w$.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
+        if not m.group(2) and m.group(1).lower() not in KEYWORDS:
+            names.add(m.group(1))
+    return names
+
+
+def known_names() -> set[str]:
+    """Every name a scrape of a Portico program can show (a histogram's with its suffixes)."""
+    names = set()
+    for program in PROGRAMS:
+        for name, kind in registered(program).items():
+            names.add(name)
+            if kind == "histogram":
+                names.update(name + s for s in HISTOGRAM_SUFFIXES)
+    return names
+
+
+def promql_examples(text: str | None = None) -> list[str]:
+    """The queries of docs/metrics.md's promql blocks (an indented line continues the last)."""
+    text = METRICS_DOC.read_text() if text is None else text
+    exprs: list[str] = []
+    for block in re.findall(r"```promql\n(.*?)```", text, re.DOTALL):
+        for line in block.splitlines():
+            if not line.strip() or line.lstrip().startswith("#"):
+                continue
+            if line[0].isspace() and exprs:
+                exprs[-1] += " " + line.strip()
+            else:
+                exprs.append(line.strip())
+    return exprs

@@ -5,7 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from .metrics_catalog import PROGRAMS, documented, registered
+from .metrics_catalog import (
+    PROGRAMS,
+    documented,
+    known_names,
+    metric_names,
+    promql_examples,
+    registered,
+)
 
 PREFIX = {
     "operator": "portico_operator_",
@@ -57,3 +64,17 @@ def test_sections_are_read_by_program():
         "nodeagent": {"process_x"},
         "gateway": {"process_x", "portico_gateway_vip_b_total"},
     }
+
+
+def test_promql_examples_name_registered_metrics():
+    examples = promql_examples()
+    assert len(examples) >= 10
+    known = known_names()
+    for expr in examples:
+        assert metric_names(expr), expr
+        assert metric_names(expr) <= known, expr
+
+
+def test_promql_examples_are_read_whole():
+    text = "```promql\n# a comment\nsum(a)\n  / sum(b)\n\nc\n```\n"
+    assert promql_examples(text) == ["sum(a) / sum(b)", "c"]

@@ -5,13 +5,12 @@ behind grafanaDashboard.enabled."""
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from ..metrics_catalog import HISTOGRAM_SUFFIXES, PROGRAMS, registered
+from ..metrics_catalog import known_names, metric_names
 from .test_manifests import CHART, helm, render
 
 __all__ = ["helm"]  # the fixture, used by name
@@ -26,24 +25,6 @@ PER_VIP = {
     "portico_gateway_vip_bytes_total",
     "portico_gateway_vip_neighbour_replies_total",
 }
-# PromQL words that are not metric names (functions are told apart by their "(").
-KEYWORDS = {
-    "by", "without", "on", "ignoring", "group_left", "group_right", "bool",
-    "and", "or", "unless", "offset", "inf", "nan",
-}  # fmt: skip
-
-
-def metric_names(expr: str) -> set[str]:
-    """The metric names a PromQL expression reads."""
-    expr = re.sub(r'"(?:[^"\\]|\\.)*"', '""', expr)  # label values
-    expr = re.sub(r"\{[^}]*\}", "", expr)  # matchers
-    expr = re.sub(r"\[[^\]]*\]", "", expr)  # ranges, $__rate_interval
-    expr = re.sub(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\([^)]*\)", "", expr)
-    names = set()
-    for m in re.finditer(r"(?<![\w$.])([a-zA-Z_:][a-zA-Z0-9_:]*)(\s*\()?", expr):
-        if not m.group(2) and m.group(1).lower() not in KEYWORDS:
-            names.add(m.group(1))
-    return names
 
 
 def panels(items: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
@@ -60,14 +41,7 @@ def dashboard() -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def known() -> set[str]:
-    """Every name a scrape of a Portico program can show."""
-    names = set()
-    for program in PROGRAMS:
-        for name, kind in registered(program).items():
-            names.add(name)
-            if kind == "histogram":
-                names.update(name + s for s in HISTOGRAM_SUFFIXES)
-    return names
+    return known_names()
 
 
 def exprs(dashboard: dict[str, Any]) -> list[str]:
