@@ -208,7 +208,7 @@ class Operator:
         m = self.metrics()
         if m is None:
             return None
-        return sum(v for k, v in m.items() if k.startswith("portico_work_queue_depth{"))
+        return sum(v for k, v in m.items() if k.startswith("portico_operator_work_queue_depth{"))
 
     def log_tail(self, n: int = 30) -> str:
         return self.proc.log_tail(n)

@@ -196,8 +196,9 @@ def part_c(lab: Lab, op: Operator, count: int) -> dict[str, Any]:
 
     before = snapshot()
     m0 = op.metrics() or {}
-    key = 'portico_api_write_bytes_total{kind="noderules"}'
-    wkey = 'portico_api_writes_total{kind="noderules"}'
+    key = 'portico_operator_api_write_bytes_total{kind="noderules"}'
+    # Every result (success, conflict...): the writes sent.
+    wkey = 'portico_operator_api_writes_total{kind="noderules",'
     t1 = time.time()
     disc.patch_namespaced_endpoint_slice(
         "dp-c-0-1",
@@ -232,7 +233,8 @@ def part_c(lab: Lab, op: Operator, count: int) -> dict[str, Any]:
         "services": count,
         "created_s": created,
         "bytes": m1.get(key, 0) - m0.get(key, 0),
-        "writes": m1.get(wkey, 0) - m0.get(wkey, 0),
+        "writes": sum(v for k, v in m1.items() if k.startswith(wkey))
+        - sum(v for k, v in m0.items() if k.startswith(wkey)),
         "change_s": took,
         "shards": len(items),
         "largest": max(sizes),

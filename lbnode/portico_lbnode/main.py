@@ -88,6 +88,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def serve_metrics(port: int) -> None:
+    """Serves the default registry (0: not at all), where the prober's metrics (gateway.py) and
+    the announcer's module-level counters are and prometheus_client put the runtime collectors,
+    with the gateway's build_info."""
+    if port:
+        from portico_common.metrics import program_registry, serve
+        from prometheus_client import REGISTRY
+
+        serve(program_registry("gateway", REGISTRY), port)
+
+
 async def run(args: argparse.Namespace) -> int:
     from .gateway import Gateway, GatewaySettings, rfc3339
 
@@ -114,6 +125,7 @@ async def run(args: argparse.Namespace) -> int:
     )
     kube = KubeClient(load_credentials(args.kubeconfig))
     gw = Gateway(settings, kube)
+    serve_metrics(args.metrics_port)  # once Gateway registered its prober's metrics
     try:
         if await run_until_signalled(
             run_together(
@@ -149,10 +161,6 @@ def main(argv: list[str] | None = None) -> int:
         NatTable().delete()
         log.info("removed tables netdev portico-gw and inet portico-gw-nat")
         return 0
-    if args.metrics_port:
-        from prometheus_client import start_http_server
-
-        start_http_server(args.metrics_port)
     log.info("portico-lbnode %s starting on %s (pid %d)", args.name, args.interface, os.getpid())
     return asyncio.run(run(args))
 

@@ -50,8 +50,9 @@ class PoolStatus:
             pool, obj, used, self.alloc.conflicts.get(pool.name) or [], now()
         )
         for f in (4, 6):
-            for state, v in status[f"ipv{f}"].items():
-                self.metrics.pool_addresses.labels(pool.name, f"ipv{f}", state).set(v)
+            family = f"ipv{f}"
+            self.metrics.pool_addresses.labels(pool.name, family).set(pool.capacity(f))
+            self.metrics.pool_addresses_used.labels(pool.name, family).set(used[f])
         return status
 
     async def reconcile(self, name: str) -> None:

@@ -160,7 +160,8 @@ class NodeRulesWriter:
                 body: dict[str, Any] = {"spec": {"services": patch}}
                 self._count(body)
                 try:
-                    reply = await self.kube.patch(rulesdoc.path(shard), body)
+                    with self.metrics.api_write("noderules"):
+                        reply = await self.kube.patch(rulesdoc.path(shard), body)
                 except ApiError as e:
                     if e.status != 404:
                         raise
@@ -177,7 +178,8 @@ class NodeRulesWriter:
                     "spec": {"services": {k: v for k, v in services.items() if v is not None}},
                 }
                 self._count(body)
-                reply = await self.kube.create(rulesdoc.path(), body)
+                with self.metrics.api_write("noderules"):
+                    reply = await self.kube.create(rulesdoc.path(), body)
                 self.shards.add(shard)
             gen = int((reply.get("metadata") or {}).get("generation") or 0)
             for key, entry in changes.items():
@@ -194,7 +196,6 @@ class NodeRulesWriter:
 
     def _count(self, body: Any) -> None:
         self.sent += 1
-        self.metrics.api_writes.labels("noderules").inc()
         self.metrics.api_write_bytes.labels("noderules").inc(len(json.dumps(body)))
 
     # -- the agents' reports -----------------------------------------------------------------

@@ -1,8 +1,8 @@
 """Every write the leader makes to the API, and the Events it reports.
 
 Writes go through ``GatedKube``, which refuses them once this replica's Lease may have passed to
-another; each is counted by kind. Our own writes' answers update the caches at once (the watch
-brings them again). What an Event says is pure (``event_body``).
+another; each is counted by kind and result. Our own writes' answers update the caches at once
+(the watch brings them again). What an Event says is pure (``event_body``).
 """
 
 from __future__ import annotations
@@ -125,10 +125,10 @@ class Writes:
         self, view: ServiceView, status: Mapping[str, Any]
     ) -> dict[str, Any]:
         body = {"metadata": {"resourceVersion": view.resource_version}, "status": status}
-        self.metrics.api_writes.labels("service_status").inc()
-        return await self.kube.patch(
-            core_path("services", view.namespace, view.name) + "/status", body
-        )
+        with self.metrics.api_write("service_status"):
+            return await self.kube.patch(
+                core_path("services", view.namespace, view.name) + "/status", body
+            )
 
     def observed(self, obj: Mapping[str, Any]) -> ServiceView:
         """Takes our own write's answer as the newest view (the watch brings it again)."""
@@ -142,8 +142,8 @@ class Writes:
                 "finalizers": [*view.finalizers, FINALIZER],
             }
         }
-        self.metrics.api_writes.labels("service_finalizer").inc()
-        updated = await self.kube.patch(core_path("services", view.namespace, view.name), body)
+        with self.metrics.api_write("service_finalizer"):
+            updated = await self.kube.patch(core_path("services", view.namespace, view.name), body)
         self.observed(updated)
 
     async def remove_finalizer(self, view: ServiceView) -> None:
@@ -153,9 +153,9 @@ class Writes:
                 "finalizers": [f for f in view.finalizers if f != FINALIZER],
             }
         }
-        self.metrics.api_writes.labels("service_finalizer").inc()
         try:
-            await self.kube.patch(core_path("services", view.namespace, view.name), body)
+            with self.metrics.api_write("service_finalizer"):
+                await self.kube.patch(core_path("services", view.namespace, view.name), body)
         except ApiError as e:
             if e.status != 404:
                 raise
@@ -163,34 +163,34 @@ class Writes:
     # -- LoadBalancer CRs --------------------------------------------------------------------
     async def apply_lb_spec(self, view: ServiceView, spec: Mapping[str, Any]) -> dict[str, Any]:
         """Server-side apply of the CR's spec; returns (and caches) the slim answer."""
-        self.metrics.api_writes.labels("loadbalancer_spec").inc()
-        applied = await self.kube.patch(
-            lb_path(view.namespace, view.name),
-            lb_spec_body(view, spec),
-            kind="apply",
-            field_manager=FIELD_MANAGER,
-            force=True,
-        )
+        with self.metrics.api_write("loadbalancer_spec"):
+            applied = await self.kube.patch(
+                lb_path(view.namespace, view.name),
+                lb_spec_body(view, spec),
+                kind="apply",
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
         current = self.cache.lbs[view.key] = slim(applied)
         return current
 
     async def apply_lb_status(
         self, view: ServiceView, generation: int | None, conditions: list[dict[str, Any]]
     ) -> None:
-        self.metrics.api_writes.labels("loadbalancer_status").inc()
-        applied = await self.kube.patch(
-            lb_path(view.namespace, view.name) + "/status",
-            lb_status_body(view, generation, conditions),
-            kind="apply",
-            field_manager=FIELD_MANAGER,
-            force=True,
-        )
+        with self.metrics.api_write("loadbalancer_status"):
+            applied = await self.kube.patch(
+                lb_path(view.namespace, view.name) + "/status",
+                lb_status_body(view, generation, conditions),
+                kind="apply",
+                field_manager=FIELD_MANAGER,
+                force=True,
+            )
         self.cache.lbs[view.key] = slim(applied)
 
     async def delete_lb(self, namespace: str, name: str) -> None:
         try:
-            await self.kube.delete(lb_path(namespace, name))
-            self.metrics.api_writes.labels("loadbalancer_delete").inc()
+            with self.metrics.api_write("loadbalancer_delete"):
+                await self.kube.delete(lb_path(namespace, name))
         except ApiError as e:
             if e.status != 404:
                 raise
@@ -200,11 +200,11 @@ class Writes:
     async def patch_pool_status(
         self, name: str, resource_version: str, status: Mapping[str, Any]
     ) -> dict[str, Any]:
-        self.metrics.api_writes.labels("vippool_status").inc()
-        updated = await self.kube.patch(
-            pool_path(name) + "/status",
-            {"metadata": {"resourceVersion": resource_version}, "status": status},
-        )
+        with self.metrics.api_write("vippool_status"):
+            updated = await self.kube.patch(
+                pool_path(name) + "/status",
+                {"metadata": {"resourceVersion": resource_version}, "status": status},
+            )
         self.cache.pool_objs[name] = updated
         return updated
 

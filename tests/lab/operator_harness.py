@@ -148,9 +148,9 @@ class OperatorProcess:
         return out
 
     def leading(self) -> bool:
-        """portico_leader is 1: this replica says it allocates."""
+        """portico_operator_leader is 1: this replica says it allocates."""
         try:
-            return self.alive() and self.metrics().get("portico_leader") == 1.0
+            return self.alive() and self.metrics().get("portico_operator_leader") == 1.0
         except OSError:
             return False
 

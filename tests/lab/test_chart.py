@@ -69,6 +69,8 @@ VALUE_SETS = {
         "nodeAgent.metricsPort=9470",
         "--set",
         "gateway.metricsPort=0",
+        "--set",
+        "grafanaDashboard.enabled=true",
     ],
     "crds-apart": ["--set", "crds.enabled=false"],
     "probes-off-one-replica-pools": [
@@ -150,6 +152,8 @@ def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
     assert (
         "clusterrole.rbac.authorization.k8s.io" in kinds
     ) and "role.rbac.authorization.k8s.io" in kinds
+    if values == "own-ports":  # the Grafana dashboard's ConfigMap, accepted
+        assert f"configmap/{NAME}-dashboard" in objects, objects
     if values == "gateway-outside":
         assert f"secret/{NAME}-gateway-token" in objects
         assert f"statefulset.apps/{NAME}-gateway" not in objects

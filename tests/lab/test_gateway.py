@@ -9,15 +9,18 @@ from __future__ import annotations
 
 import ipaddress
 import json
+import platform
 import re
 import sys
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from portico_common.metrics import package_version
 from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
+from ..unit.metrics_catalog import documented
 from .dataplane_harness import (
     AGENT_PORT,
     BESIDE,
@@ -484,6 +487,34 @@ def probe_counts(lab: Lab) -> dict[tuple[str, str], float]:
     ):
         out[(m[1], m[2])] = float(m[3])
     return out
+
+
+def metrics_page(lab: Lab) -> dict[str, Any] | None:
+    """The gateway's answer on its metrics port, once it serves one."""
+    r = http(lab, GATEWAY, "127.0.0.1", GATEWAY_METRICS, "/metrics")
+    return r if r.get("status") == 200 else None
+
+
+def created_families(names: set[str]) -> set[str]:
+    """The ``_created`` families of the counters (``_total``) and histograms in ``names``."""
+    return {
+        n
+        for n in names
+        if n.endswith("_created") and {n[: -len("_created")] + s for s in ("_total", "")} & names
+    }
+
+
+def test_the_gateway_serves_what_docs_metrics_lists(lab: Lab, gateway: Proc) -> None:
+    """What portico-lbnode serves on --metrics-port, wherever in its code a metric is registered:
+    exactly the gateway's sections of docs/metrics.md, with its build_info."""
+    r = wait_for(lambda: metrics_page(lab), "the gateway serves its metrics", 30)
+    served = set(re.findall(r"^# TYPE (\S+) ", r["body"], re.MULTILINE))
+    # prometheus_client's <family>_created beside each counter and histogram (docs/metrics.md).
+    assert served - created_families(served) == documented()["gateway"]
+    build = re.findall(r"^portico_gateway_build_info\{(.*)\} 1\.0$", r["body"], re.MULTILINE)
+    assert [dict(re.findall(r'(\w+)="([^"]*)"', labels)) for labels in build] == [
+        {"version": package_version(), "python_version": platform.python_version()}
+    ]
 
 
 @pytest.mark.parametrize("beside", [KUBE_PROXY], indirect=True)

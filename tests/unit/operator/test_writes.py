@@ -6,9 +6,10 @@ from __future__ import annotations
 import asyncio
 
 import pytest
+from portico_common.kube import ApiError
 from portico_operator.cache import ClusterCache
 from portico_operator.errors import NotLeading
-from portico_operator.metrics import Metrics
+from portico_operator.metrics import Metrics, write_result
 from portico_operator.service import parse_service
 from portico_operator.writes import GatedKube, Writes, event_body, pool_ref, service_ref
 
@@ -76,3 +77,47 @@ def test_deleting_a_cr_that_is_gone_already_is_no_error() -> None:
         assert "shop/web" not in writes.cache.lbs
 
     asyncio.run(go())
+
+
+def test_each_write_is_counted_once_with_its_result() -> None:
+    def counted(metrics: Metrics) -> dict[tuple[str, str], float]:
+        (family,) = [m for m in metrics.registry.collect() if m.name.endswith("api_writes")]
+        return {
+            (s.labels["kind"], s.labels["result"]): s.value
+            for s in family.samples
+            if s.name.endswith("_total")
+        }
+
+    async def go() -> None:
+        api = FakeKube()
+        lease = {"valid": True}
+        metrics = Metrics()
+        writes = Writes(GatedKube(api, lambda: lease["valid"]), ClusterCache(), metrics, "me")  # type: ignore[arg-type]
+        api.put("services", dict(SERVICE))
+        view = parse_service(api.get_obj("services", "shop/web") or {})
+        await writes.add_finalizer(view)  # success; view's resourceVersion is now stale
+        with pytest.raises(ApiError):
+            await writes.patch_service_status(view, {"loadBalancer": {}})  # 409
+        await writes.delete_lb("shop", "gone")  # 404, which delete_lb lets pass
+        lease["valid"] = False
+        with pytest.raises(NotLeading):
+            await writes.remove_finalizer(writes.cache.services["shop/web"])
+        assert counted(metrics) == {
+            ("service_finalizer", "success"): 1,
+            ("service_status", "conflict"): 1,
+            ("loadbalancer_delete", "not_found"): 1,
+            ("service_finalizer", "not_leading"): 1,
+        }
+
+    asyncio.run(go())
+
+
+def test_write_results() -> None:
+    assert write_result(None) == "success"
+    assert write_result(ApiError(409, "{}")) == "conflict"
+    assert write_result(ApiError(404, "{}")) == "not_found"
+    assert write_result(ApiError(422, "{}")) == "invalid"
+    assert write_result(ApiError(503, "{}")) == "error"
+    assert write_result(NotLeading("patch")) == "not_leading"
+    assert write_result(asyncio.CancelledError()) == "cancelled"
+    assert write_result(OSError("reset")) == "error"
