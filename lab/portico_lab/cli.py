@@ -101,7 +101,7 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _print_ready(lab: Lab) -> None:
+def _print_ready(lab: Lab, bare: bool) -> None:
     p = lab.plan
     t = lab.timings or lab.state.timings
     print(
@@ -116,11 +116,17 @@ def _print_ready(lab: Lab) -> None:
         print(f"  {n:<10}  {p.node(i).ipv4}  pods {p.pod_cidr_v4(i)}")
     print("Try:")
     print('  eval "$(portico-lab env)"; kubectl get nodes,pods,endpointslices -o wide')
-    print(
-        "  portico-lab exec client-1 -- python3 -c 'import urllib.request as u; "
-        f'print(u.urlopen("http://{p.pod(1, 1).ipv4}:8080/").read().decode())\''
-    )
+    if bare:  # no Portico: a pod's own address (with Portico, the VIP is shown below)
+        print(f"  {_ask(f'{p.pod(1, 1).ipv4}:8080')}")
     sys.stdout.flush()
+
+
+def _ask(where: str) -> str:
+    """The command that makes client-1 send one HTTP request to ``where``."""
+    return (
+        "portico-lab exec client-1 -- python3 -c 'import urllib.request as u; "
+        f'print(u.urlopen("http://{where}/").read().decode())\''
+    )
 
 
 def _cmd_up(args: argparse.Namespace) -> int:
@@ -143,7 +149,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     lab = Lab.up(cfg)
     try:
-        _print_ready(lab)
+        _print_ready(lab, bare=args.no_portico)
         from . import portico
 
         if args.kube_proxy:
@@ -164,6 +170,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             print("  " + answer)
             portico.wait_gateway_status(lab, "default", "echo-lb")
             print(lab.kubectl("get", "vippools,loadbalancers", "-A").stdout)
+            print("Try (through the gateway, as above):")
+            print(f"  {_ask(ip)}")
             print("  portico-lab kubectl describe loadbalancer echo-lb")
         print(READY_LINE, flush=True)
         while True:

@@ -2,12 +2,16 @@
 `kubectl apply --dry-run=server` (admission, schemas, the CRDs' validation), and the chart's
 RBAC, applied for real, lets each ServiceAccount do exactly what its code does (the apiserver's
 RBAC authorizer decides, through `kubectl auth can-i`). The outside gateway's kubeconfig is made
-with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret."""
+with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret. The
+CRDs are templates of the release: installed on a cluster without them, upgraded to a chart
+that adds a field, kept (with the user's VIPPools) by `helm uninstall`."""
 
 from __future__ import annotations
 
 import ipaddress
+import json
 import os
+import shutil
 import subprocess
 import time
 from collections.abc import Iterator
@@ -17,10 +21,23 @@ from pathlib import Path
 import pytest
 import yaml
 from portico_lab.lab import Lab
-from portico_lab.portico import SYSTEM_NAMESPACE, gateway_names, wait_gateway_status
+from portico_lab.portico import (
+    SYSTEM_NAMESPACE,
+    gateway_names,
+    install_crds,
+    wait_gateway_status,
+)
 
 from ..unit.charts.test_gateway_chart import GATEWAY_ACCESS, notes
-from ..unit.charts.test_manifests import BASE_VALUES, CHART, KUBE_VERSION, NODE_AGENT_ACCESS
+from ..unit.charts.test_manifests import (
+    BASE_VALUES,
+    CHART,
+    CRD_FILES,
+    KUBE_VERSION,
+    NODE_AGENT_ACCESS,
+    SERVED,
+    load,
+)
 from .dataplane_harness import (
     answered,
     create,
@@ -37,6 +54,7 @@ NAME = "chart-test"
 OPERATOR_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-operator"
 AGENT_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-node-agent"
 GATEWAY_SA = f"system:serviceaccount:{NAMESPACE}:{NAME}-gateway"
+CRD_NAMES = sorted(load(path)["metadata"]["name"] for path in CRD_FILES.values())
 
 VALUE_SETS = {
     "default": [],
@@ -52,6 +70,7 @@ VALUE_SETS = {
         "--set",
         "gateway.metricsPort=0",
     ],
+    "crds-apart": ["--set", "crds.enabled=false"],
     "probes-off-one-replica-pools": [
         "--set",
         "nodeAgent.healthPort=0",
@@ -72,17 +91,20 @@ VALUE_SETS = {
 
 
 def helm_template(lab: Lab, *args: str, crds: bool = True) -> str:
+    """`helm template` as `helm install` renders it here: the lab serves VIPPool (the api
+    fixture's CRDs), so the pools are rendered (--api-versions, as Helm's discovery would)."""
     argv = [str(lab.bin_dir / "helm"), "template", NAME, str(CHART), "--namespace", NAMESPACE]
     argv += [
         "--kube-version",
         KUBE_VERSION,
+        *SERVED,
         "-f",
         str(BASE_VALUES),
         "--set",
         f"nameOverride={NAME}",
     ]
     proc = subprocess.run(
-        [*argv, *(["--include-crds"] if crds else []), *args],
+        [*argv, *([] if crds else ["--set", "crds.enabled=false"]), *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -109,7 +131,7 @@ def namespace(lab: Lab, api: object) -> Iterator[str]:
             "delete",
             "clusterrole,clusterrolebinding",
             "-l",
-            f"app.kubernetes.io/instance in ({NAME},{NAME}-rel)",
+            f"app.kubernetes.io/instance in ({NAME},{NAME}-rel,{NAME}-crd)",
             "--wait=false",
         )
         kubectl(lab, "delete", "namespace", NAMESPACE, "--wait=false")
@@ -241,11 +263,8 @@ def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_pat
     assert refused.returncode != 0 and "forbidden" in refused.stderr
 
 
-def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
-    """The real install path: helm checks kubeVersion and the schema against the lab's
-    apiserver, creates every object, upgrades in place and uninstalls all but the CRDs. (No
-    kubelet runs the pods: this is the API side only.)"""
-    release = f"{NAME}-rel"
+def run_helm(lab: Lab, tmp_path: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """helm against the lab, in the test's namespace, with caches of the test's own."""
     env = {
         **os.environ,
         "KUBECONFIG": str(lab.kubeconfig),
@@ -253,20 +272,40 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         "HELM_CONFIG_HOME": str(tmp_path / "config"),
         "HELM_DATA_HOME": str(tmp_path / "data"),
     }
+    argv = [str(lab.bin_dir / "helm"), *args, "--namespace", NAMESPACE]
+    return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
+    """The real install path on a cluster whose CRDs were applied apart (the api fixture's,
+    as with an older chart's crds/ folder): the install adopts them (--take-ownership), helm
+    checks kubeVersion and the schema against the lab's apiserver, creates every object and the
+    pools at once (their kind is served), upgrades in place and uninstalls all it made but the
+    CRDs. (No kubelet runs the pods: this is the API side only.)"""
+    release = f"{NAME}-rel"
+    pool = f"{release}-lan"
 
     def helm(*args: str) -> subprocess.CompletedProcess[str]:
-        argv = [str(lab.bin_dir / "helm"), *args, "--namespace", namespace]
-        return subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+        return run_helm(lab, tmp_path, *args)
 
     # Names of their own; the gateway's names come from nameOverride, not the release.
     base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
+    base += ["--set", f"pools[0].name={pool}"]
+    base += ["--set", "pools[0].addresses[0]=198.18.40.32/28"]
     label = f"app.kubernetes.io/instance={release}"
     try:
         typo = helm("install", release, str(CHART), *base, "--set", "nodeAgent.helthPort=1")
         assert typo.returncode != 0 and "helthPort" in typo.stderr
-        proc = helm("install", release, str(CHART), *base)
+        owned = helm("install", release, str(CHART), *base)
+        assert owned.returncode != 0 and "exists and cannot be imported" in owned.stderr
+        proc = helm("install", release, str(CHART), *base, "--take-ownership")
         assert proc.returncode == 0, proc.stderr
         assert "single\npoint of failure" in proc.stdout  # NOTES.txt, as helm prints it
+        owner = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "jsonpath={.metadata}")
+        assert f'"meta.helm.sh/release-name":"{release}"' in owner.stdout
+        assert '"helm.sh/resource-policy":"keep"' in owner.stdout
+        assert f"This release created:\n     {pool}: 198.18.40.32/28" in proc.stdout
+        assert kubectl(lab, "get", "vippool", pool).returncode == 0
         deploy = kubectl(
             lab, "-n", namespace, "get", "sts", f"{release}-gateway", "-o", "jsonpath={.spec}"
         )
@@ -280,15 +319,126 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         assert "REVISION: 2" in proc.stdout
         proc = helm("uninstall", release, "--wait", "--timeout", "30s")
         assert proc.returncode == 0, proc.stderr
-        left = kubectl(lab, "get", "clusterrole,clusterrolebinding", "-l", label, "-o", "name")
+        left = kubectl(
+            lab, "get", "clusterrole,clusterrolebinding,vippool", "-l", label, "-o", "name"
+        )
         assert left.stdout == ""
         kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret"
         left = kubectl(lab, "-n", namespace, "get", kinds, "-l", label, "-o", "name")
         assert left.stdout == ""
-        # Helm never deletes CRDs (nor the objects in them).
-        assert kubectl(lab, "get", "crd", "gatewayreports.portico.dev").returncode == 0
+        assert "kept due to the resource policy" in proc.stdout
+        for name in CRD_NAMES:
+            assert kubectl(lab, "get", "crd", name).returncode == 0, name
     finally:
         helm("uninstall", release, "--ignore-not-found")
+        kubectl(lab, "delete", "vippool", pool, "--ignore-not-found")
+
+
+def chart_without_priority(tmp_path: Path) -> Path:
+    """A copy of the chart (links followed) whose VIPPool CRD lacks spec.priority: an older
+    chart for the upgrade to bring the field."""
+    old = tmp_path / "old-chart"
+    shutil.copytree(CHART, old)
+    path = old / "files" / "crds" / CRD_FILES["VIPPool"].name
+    crd = yaml.safe_load(path.read_text())
+    (version,) = crd["spec"]["versions"]
+    del version["schema"]["openAPIV3Schema"]["properties"]["spec"]["properties"]["priority"]
+    version["additionalPrinterColumns"] = [
+        c for c in version["additionalPrinterColumns"] if c["jsonPath"] != ".spec.priority"
+    ]
+    path.write_text(yaml.safe_dump(crd))
+    return old
+
+
+def delete_crds(lab: Lab) -> None:
+    """Portico's CRDs deleted, for a cluster that never had Portico. Each is listed first, until
+    the apiserver serves the list: a CRD deleted before its watch cache is ready (as right
+    after the api fixture's apply updated it) can hang in Terminating for minutes, its finalizer
+    told "could not list instances: storage is (re)initializing"."""
+    deadline = time.monotonic() + 30
+    for name in CRD_NAMES:
+        while kubectl(lab, "get", name, "-A", "-o", "name").returncode != 0:
+            assert time.monotonic() < deadline, f"{name} is never listed"
+            time.sleep(0.05)
+    gone = kubectl(lab, "delete", "crd", *CRD_NAMES, "--ignore-not-found", "--timeout=50s")
+    assert gone.returncode == 0, gone.stderr
+
+
+def user_pool(name: str, priority: int) -> str:
+    return yaml.safe_dump(
+        {
+            "apiVersion": "portico.dev/v1alpha1",
+            "kind": "VIPPool",
+            "metadata": {"name": name},
+            "spec": {"addresses": ["198.18.40.48/28"], "priority": priority},
+        }
+    )
+
+
+def test_crds_install_upgrade_and_stay_on_uninstall(
+    lab: Lab, namespace: str, tmp_path: Path
+) -> None:
+    """On a cluster without Portico's CRDs: the install creates them (and defers the pools,
+    whose kind it is creating); `helm upgrade` to a chart whose VIPPool CRD has a new field
+    updates the CRD in the apiserver (the field refused before, kept after) and creates the
+    pools; `helm uninstall` keeps the CRDs and the user's VIPPool, and deletes the release's."""
+    release = f"{NAME}-crd"
+    pool, mine = f"{release}-lan", f"{release}-user"
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_helm(lab, tmp_path, *args)
+
+    def priority_of(name: str) -> str:
+        got = kubectl(lab, "get", "vippool", name, "-o", "jsonpath={.spec.priority}")
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+
+    base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
+    base += ["--set", f"pools[0].name={pool}", "--set", "pools[0].addresses[0]=198.18.40.64/28"]
+    old = chart_without_priority(tmp_path)
+    try:
+        delete_crds(lab)
+        proc = helm("install", release, str(old), *base)
+        assert proc.returncode == 0, proc.stderr
+        assert "The pools in `pools` are NOT created yet" in proc.stdout
+        for name in CRD_NAMES:
+            established = kubectl(lab, "wait", "--for=condition=Established", f"crd/{name}")
+            assert established.returncode == 0, established.stderr
+        assert kubectl(lab, "get", "vippool", pool).returncode != 0
+        # The old CRD has no priority: refused (kubectl's strict field validation), or pruned.
+        refused = kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5))
+        assert refused.returncode != 0 and 'unknown field "spec.priority"' in refused.stderr
+        pruned = kubectl(lab, "apply", "--validate=false", "-f", "-", stdin=user_pool(mine, 5))
+        assert pruned.returncode == 0, pruned.stderr
+        assert priority_of(mine) == ""
+
+        proc = helm("upgrade", release, str(CHART), "--reuse-values")
+        assert proc.returncode == 0, proc.stderr
+        assert f"This release created:\n     {pool}: 198.18.40.64/28" in proc.stdout
+        schema = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "json")
+        spec = json.loads(schema.stdout)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        assert "priority" in spec["properties"]["spec"]["properties"]
+        # The apiserver serves the new schema a moment after the update.
+        deadline = time.monotonic() + 20
+        while kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5)).returncode != 0:
+            assert time.monotonic() < deadline, "the upgraded CRD never took spec.priority"
+            time.sleep(0.05)
+        assert priority_of(mine) == "5"
+        label = kubectl(lab, "get", "vippool", pool, "-o", "jsonpath={.metadata.labels}")
+        assert f'"app.kubernetes.io/instance":"{release}"' in label.stdout
+
+        proc = helm("uninstall", release, "--wait", "--timeout", "30s")
+        assert proc.returncode == 0, proc.stderr
+        assert "kept due to the resource policy" in proc.stdout
+        for name in CRD_NAMES:
+            assert kubectl(lab, "get", "crd", name).returncode == 0, name
+        assert priority_of(mine) == "5"  # the user's pool, untouched
+        assert kubectl(lab, "get", "vippool", pool).returncode != 0  # the release's, deleted
+    finally:
+        helm("uninstall", release, "--ignore-not-found")
+        kubectl(lab, "delete", "vippool", mine, pool, "--ignore-not-found")
+        # The session's CRDs back for the tests after this one (kubectl's, as the api fixture's).
+        install_crds(lab)
 
 
 # --- Portico under the chart's ServiceAccount tokens -----------------------------------------

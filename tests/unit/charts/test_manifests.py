@@ -576,6 +576,8 @@ def render(helm: Path, *args: str) -> list[dict[str, Any]]:
 # The lab's Kubernetes version: the chart's kubeVersion refuses helm's offline default (v1.20
 # for a helm built without release flags, as the pinned one is).
 KUBE_VERSION = "1.34.2"
+# The pools are rendered only where the cluster serves VIPPool (templates/vippools.yaml).
+SERVED = ("--api-versions", f"{GROUP}/{VERSION}/VIPPool")
 # gateway.interface has no default and is required while gateway.enabled (the default): the
 # tests start from a values file that sets it (before their own -f and --set).
 BASE_VALUES = Path(__file__).with_name("base-values.yaml")
@@ -608,10 +610,13 @@ def one(docs: list[dict[str, Any]], kind: str, component: str | None = None) -> 
 
 
 def test_chart_crds_are_the_top_level_ones():
-    link = CHART / "crds"
-    assert link.is_symlink(), "charts/portico/crds must link to the top-level crds/"
+    # One source: templates/crds.yaml reads files/crds, a link to the top-level crds/. No
+    # crds/ folder in the chart: Helm would install it before the templates and never upgrade it.
+    link = CHART / "files" / "crds"
+    assert link.is_symlink(), "charts/portico/files/crds must link to the top-level crds/"
     assert link.resolve() == CRDS.resolve()
-    assert "crds/examples/" in (CHART / ".helmignore").read_text().split()
+    assert not (CHART / "crds").exists()
+    assert "files/crds/examples/" in (CHART / ".helmignore").read_text().split()
     chart = load(CHART / "Chart.yaml")
     assert (chart["apiVersion"], chart["name"], chart["version"]) == ("v2", "portico", "0.1.0")
     assert str(chart["appVersion"]) == "0.1.0"
@@ -647,7 +652,7 @@ def test_render_defaults(helm):
         }
     )
     crds = {d["spec"]["names"]["kind"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
-    assert crds == {kind: load(path) for kind, path in CRD_FILES.items()}
+    assert crds == {kind: kept(load(path)) for kind, path in CRD_FILES.items()}
 
     deploy = one(docs, "Deployment", "operator")
     assert deploy["metadata"]["name"] == "portico-operator"
@@ -703,6 +708,102 @@ def test_render_defaults(helm):
     svc = one(docs, "Service")
     assert svc["spec"]["selector"] == selector
     assert [(p["name"], p["port"]) for p in svc["spec"]["ports"]] == [("metrics", 9464)]
+
+
+def kept(crd: dict[str, Any]) -> dict[str, Any]:
+    """A CRD file as the chart renders it: the same, with helm.sh/resource-policy: keep."""
+    crd["metadata"]["annotations"] = {"helm.sh/resource-policy": "keep"}
+    return crd
+
+
+def test_crds_are_templates_upgraded_with_the_release(helm):
+    """The CRDs are ordinary templates (so `helm upgrade` updates them) and only they: no
+    crds/ folder Helm would install apart. crds.keep=false drops the keep policy (uninstall
+    deletes them); crds.enabled=false renders none (the user manages them)."""
+    proc = template(helm, "--skip-crds")
+    assert proc.returncode == 0, proc.stderr
+    docs = [d for d in yaml.safe_load_all(proc.stdout) if d]
+    assert len([d for d in docs if d["kind"] == "CustomResourceDefinition"]) == len(CRD_FILES)
+    docs = render(helm, "--set", "crds.keep=false")
+    crds = [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    assert crds and all("annotations" not in d["metadata"] for d in crds)
+    docs = render(helm, "--set", "crds.enabled=false")
+    assert not [d for d in docs if d["kind"] == "CustomResourceDefinition"]
+    proc = template(helm, "--set", "crds.enabeld=false")
+    assert proc.returncode != 0 and "enabeld" in proc.stderr
+
+
+def test_packaged_chart_carries_the_crds(helm, tmp_path):
+    """`helm package` follows the files/crds link: the archive holds the CRD files (not the
+    examples) and renders the same CRDs."""
+    import tarfile
+
+    proc = subprocess.run(
+        [str(helm), "package", str(CHART), "-d", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    (archive,) = tmp_path.glob("portico-*.tgz")
+    with tarfile.open(archive) as tar:
+        names = {n for n in tar.getnames() if "/files/" in n}
+    assert names == {f"portico/files/crds/{p.name}" for p in CRD_FILES.values()}
+    argv = [str(helm), "template", "portico", str(archive), "--kube-version", KUBE_VERSION]
+    proc = subprocess.run(
+        [*argv, "-f", str(BASE_VALUES)], capture_output=True, text=True, timeout=120
+    )
+    assert proc.returncode == 0, proc.stderr
+    crds = [d for d in yaml.safe_load_all(proc.stdout) if d and d["kind"].startswith("Custom")]
+    assert sorted(d["metadata"]["name"] for d in crds) == sorted(
+        load(p)["metadata"]["name"] for p in CRD_FILES.values()
+    )
+
+
+def test_pools_wait_for_their_api(helm):
+    """Helm maps every object to an API before it creates any: a VIPPool is rendered only where
+    the cluster serves the kind (not in the install that creates its CRD); a bad pool fails
+    either way."""
+    pool = ["--set", "pools[0].name=lan", "--set", "pools[0].addresses[0]=198.18.32.0/24"]
+    assert not [d for d in render(helm, *pool) if d["kind"] == "VIPPool"]
+    assert one(render(helm, *pool, *SERVED), "VIPPool")["metadata"]["name"] == "lan"
+    proc = template(helm, "--set", "pools[0].addresses[0]=198.18.32.0/24")
+    assert proc.returncode != 0 and "name" in proc.stderr
+
+
+def test_notes_say_where_the_pools_are_and_what_uninstall_keeps(helm, tmp_path):
+    from .test_gateway_chart import notes
+
+    pool = ["--set", "pools[0].name=lan", "--set", "pools[0].addresses[0]=198.18.32.0/24"]
+    text = notes(helm, tmp_path / "new", *pool)
+    assert "NOT created yet" in text and "--reuse-values" in text
+    assert "leaves Portico's CRDs" in text
+    text = notes(helm, tmp_path / "served", *pool, *SERVED, "--set", "crds.keep=false")
+    assert "This release created:\n     lan: 198.18.32.0/24" in text
+    assert "NOT created" not in text
+    assert "deletes Portico's CRDs (crds.keep=false)" in text
+    text = notes(helm, tmp_path / "apart", *pool, "--set", "crds.enabled=false")
+    assert "the cluster does not serve VIPPool" in text and "kubectl apply" in text
+
+
+def test_vippool_addresses_have_cel_rules_within_cost_bounds():
+    """The rules the apiserver runs on each address (tests/lab/test_crd_validation.py runs
+    them); the bounds keep their estimated cost under the apiserver's limit."""
+    spec = schema_of(load(CRD_FILES["VIPPool"]))["properties"]["spec"]
+    addresses = spec["properties"]["addresses"]
+    assert addresses["maxItems"] == 256
+    item = addresses["items"]
+    longest = "ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255"  # 45 characters
+    assert item["maxLength"] == 100 >= len(f"{longest}-{longest}")
+    rules = [r["rule"] for r in item["x-kubernetes-validations"]]
+    assert any("isCIDR(self)" in r and "isIP(self)" in r for r in rules)
+    assert any("masked()" in r for r in rules)
+    assert any("family()" in r for r in rules)
+    for sel in ("serviceSelector", "namespaceSelector"):
+        exprs = resolve(spec, f".{sel}.matchExpressions")
+        assert exprs["maxItems"] == 64
+        assert len(exprs["items"]["x-kubernetes-validations"]) == 2
+        assert exprs["items"]["properties"]["key"]["maxLength"] == 317
 
 
 def allowed(rules: list[dict[str, Any]], group: str, resource: str, verb: str) -> bool:
@@ -812,6 +913,7 @@ def test_render_with_pool_and_replicas(helm):
         "pools[0].name=lan",
         "--set",
         "pools[0].addresses[0]=198.18.32.0/24",
+        *SERVED,
     )
     assert one(docs, "Deployment", "operator")["spec"]["replicas"] == 3
     pool = one(docs, "VIPPool")
@@ -842,7 +944,7 @@ def test_render_pool_with_every_field(helm, tmp_path):
     }
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(pools))
-    docs = render(helm, "-f", str(values))
+    docs = render(helm, "-f", str(values), *SERVED)
     rendered = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "VIPPool"}
     assert rendered == {
         p["name"]: {k: v for k, v in p.items() if k != "name"} for p in pools["pools"]
