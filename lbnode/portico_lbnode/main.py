@@ -23,6 +23,7 @@ import socket
 import sys
 import time
 
+from portico_common.flagenv import EnvArgumentParser
 from portico_common.kube import KubeClient, load_credentials
 from portico_common.logs import setup_json_logging
 from portico_common.ports import AGENT_HEALTH_PORT, KUBE_PROXY_HEALTHZ_PORT
@@ -37,7 +38,7 @@ log = logging.getLogger("portico.lbnode")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(
+    p = EnvArgumentParser(
         prog="portico-lbnode",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -83,7 +84,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--cleanup", action="store_true", help="remove the table and exit")
     args = p.parse_args(argv)
     if not args.cleanup and not args.interface:
-        p.error("--interface is required")
+        p.error("--interface (or PORTICO_INTERFACE) is required")
     return args
 
 

@@ -47,6 +47,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from portico_common.flagenv import EnvArgumentParser
 from portico_common.logs import setup_json_logging
 from portico_common.model import NodeRulesError
 
@@ -61,7 +62,7 @@ DEFAULTS = AgentSettings()
 
 
 def parse_args(argv: list[str] | None = None) -> AgentSettings:
-    p = argparse.ArgumentParser(
+    p = EnvArgumentParser(
         prog="portico-node-agent",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -152,7 +153,10 @@ def parse_args(argv: list[str] | None = None) -> AgentSettings:
         log_level=args.log_level,
     )
     if settings.from_cluster and not settings.node_name:
-        p.error("--node-name (or $NODE_NAME) is required to take rules from the cluster")
+        p.error(
+            "--node-name (or PORTICO_NODE_NAME or NODE_NAME) is required to take rules from "
+            "the cluster"
+        )
     return settings
 
 

@@ -18,6 +18,7 @@ import sys
 from collections.abc import Callable
 
 import kopf
+from portico_common.flagenv import EnvArgumentParser
 from portico_common.kube import KubeClient, load_credentials
 from portico_common.logs import setup_json_logging
 
@@ -29,7 +30,7 @@ from .settings import DEFAULT_CLASS, OperatorSettings
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(
+    ap = EnvArgumentParser(
         prog="portico-operator", description=__doc__, formatter_class=argparse.RawTextHelpFormatter
     )
     ap.add_argument("--kubeconfig", default=None, help="default: $KUBECONFIG or in-cluster")

@@ -60,6 +60,8 @@ def test_each_program_starts(venv: Path, script: str) -> None:
     # kubectl runs kubectl-portico as `kubectl portico`, and its usage says so.
     name = "kubectl portico" if script == "kubectl-portico" else script
     assert result.stdout.startswith(f"usage: {name} ")
+    if script != "kubectl-portico":  # the programs' flags are also PORTICO_ variables
+        assert "[env PORTICO_LOG_LEVEL]" in result.stdout
 
 
 @pytest.mark.parametrize("script", ["portico-node-agent", "portico-lbnode"])
