@@ -6,6 +6,7 @@ Traffic from client-1 to VIPs of this module's own pool.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import re
 import socket
@@ -15,6 +16,7 @@ from collections.abc import Iterator
 import pytest
 from portico_lab.lab import Lab
 from portico_lab.procs import Proc
+from portico_lbnode.vipstats import counter_name
 from scapy.layers.inet6 import ICMPv6ND_NS, ICMPv6NDOptSrcLLAddr, IPv6
 from scapy.layers.l2 import ARP, Ether
 from scapy.utils6 import in6_getnsma, in6_getnsmac
@@ -151,6 +153,43 @@ def test_forwarded_packets_and_bytes_are_counted_per_vip(
     for v in (a, six):
         assert after[v][1] - before[v][1] >= n * (size + header[v]), (v, before[v], after[v])
     assert after[b] == before[b]  # nothing was sent to the other VIP
+
+
+def kernel_counter(lab: Lab, vip: str) -> tuple[int, int]:
+    """The handle and packets of the VIP's counter object in the gateway's table."""
+    name = counter_name(ipaddress.ip_address(vip))
+    argv = ["nft", "-a", "-j", "list", "counter", "netdev", "portico-gw", name]
+    out = json.loads(lab.exec(GATEWAY, argv, check=True).stdout)
+    (obj,) = [i["counter"] for i in out["nftables"] if "counter" in i]
+    return int(obj["handle"]), int(obj["packets"])
+
+
+def ingress_rules(lab: Lab) -> int:
+    argv = ["nft", "-j", "list", "chain", "netdev", "portico-gw", "ingress-eth0"]
+    out = json.loads(lab.exec(GATEWAY, argv, check=True).stdout)
+    return sum(1 for i in out["nftables"] if "rule" in i)
+
+
+def test_a_full_replace_keeps_the_kernel_counter(
+    lab: Lab, api: Api, gateway: Proc, services: list[str]
+) -> None:
+    create(api, services, "vs-keep")
+    vip = api.wait_ips("vs-keep")[0]
+    wait_for(lambda: answered(lab, CLIENT, vip, "udp"), "vs-keep answers", 60)
+    argv = [sys.executable, "-S", "-c", _DATAGRAMS, vip, "50", "100"]
+    assert lab.exec(CLIENT, argv, timeout=10).returncode == 0
+
+    def counted() -> tuple[int, int] | None:
+        c = kernel_counter(lab, vip)
+        return c if c[1] >= 50 else None
+
+    handle, packets = wait_for(counted, "the datagrams counted", 10)
+    # Someone flushes a chain of the table: the gateway's verify (every 10 s) puts the whole
+    # table back by a full replace, which must leave the counter object as it was.
+    lab.exec(GATEWAY, ["nft", "flush", "chain", "netdev", "portico-gw", "ingress-eth0"], check=True)
+    wait_for(lambda: ingress_rules(lab), "the table restored", 30)
+    after = kernel_counter(lab, vip)
+    assert after[0] == handle and after[1] >= packets, (handle, packets, after)
 
 
 def test_arp_and_ndp_answers_are_counted_per_vip(
