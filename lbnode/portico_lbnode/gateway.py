@@ -47,6 +47,7 @@ from .neighbours import (
     NeighbourSettings,
     NodeVerdict,
     carried_over,
+    probe_targets,
     report_status,
 )
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
@@ -329,7 +330,7 @@ class Gateway:
             else self.services
         )
         self.neighbours.set_targets(
-            {n: t.address for n, t in targets.items() if t.address not in self.local_addresses}
+            probe_targets({n: t.address for n, t in targets.items()}, self.local_addresses)
         )
         wanted = plan.vips_to_announce(served)
         announced_before = self.announced

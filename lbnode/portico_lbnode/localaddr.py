@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
 
 from pyroute2 import IPRoute
 
@@ -19,7 +20,14 @@ IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
 def local_addresses(devices: Iterable[str]) -> frozenset[IP]:
-    """Every IPv4 and IPv6 address on ``devices`` (a device that does not exist: none)."""
+    """Every IPv4 and IPv6 address on ``devices`` (a device that does not exist: none). In a
+    thread of its own: pyroute2's synchronous IPRoute runs an event loop of its own, which
+    it cannot do in a thread whose loop runs (the gateway's)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(_read, tuple(devices)).result()
+
+
+def _read(devices: tuple[str, ...]) -> frozenset[IP]:
     out: set[IP] = set()
     with IPRoute() as ipr:
         for dev in devices:
