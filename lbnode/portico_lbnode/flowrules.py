@@ -70,6 +70,10 @@ Json = dict[str, Any]
 PIN_PROTOCOLS = ("tcp", "udp", "sctp")
 FLOW_MAP = {(fam, proto): f"flows{fam}-{proto}" for fam in (4, 6) for proto in PIN_PROTOCOLS}
 NODES_MAP = {4: "nodes4", 6: "nodes6"}  # node id : node address
+# The ids of the nodes that are this gateway's own host (a gateway with hostNetwork on a node):
+# they are in no ``nodes`` map, so their ``fwd`` misses and breaks the rule, and the rule
+# after it hands the packet to the host's IP stack, where the node's own rules take the VIP.
+LOCAL_SET = "local-nodes"
 EST_SET_PREFIX = "est-"  # the node ids that may carry a port's established flows
 HELPER_PREFIX = "pin-"
 # Idle timeouts (seconds) of a pin: TCP and UDP as AWS NLB's idle timeouts (350 s, 120 s);
@@ -146,6 +150,20 @@ def est_match(est_set: str) -> Json:
     return {"match": {"op": "==", "left": MARK, "right": "@" + est_set}}
 
 
+def deliver_locally(*conditions: Json) -> list[Json]:
+    """The rule after a ``fwd``: reached only when the fwd's ``nodes`` lookup missed, i.e. the
+    mark names this gateway's own node. ``fwd`` cannot send a packet to the host it runs on
+    (the host never answers its own neighbour solicitation), so the packet is accepted into the
+    host's IP stack instead, with the mark cleared: the node's NAT rules (Portico's agent, or
+    kube-proxy, whose masquerade bit 0x4000 a node id could carry) must see a plain packet."""
+    return [
+        *conditions,
+        {"match": {"op": "==", "left": MARK, "right": "@" + LOCAL_SET}},
+        {"mangle": {"key": MARK, "value": 0}},
+        {"accept": None},
+    ]
+
+
 def fwd_to_node(family: int) -> Json:
     to = {"map": {"key": MARK, "data": "@" + NODES_MAP[family]}}
     return {"fwd": {"dev": {"meta": {"key": "iif"}}, "family": _IP[family], "addr": to}}
@@ -190,24 +208,29 @@ def helper_statement(kind: str, family: int, proto: str) -> str:
     return f"{op} @{name} {{ {_key_text(family)}{timeout} : meta mark }}"
 
 
-def helpers() -> dict[str, tuple[int, str, str]]:
-    """Every helper chain and its two rules as nft text: the map statement, then the ``fwd``
+LOCAL_TEXT = f"meta mark @{LOCAL_SET} meta mark set 0x00000000 accept"
+
+
+def helpers() -> dict[str, tuple[int, str, str, str]]:
+    """Every helper chain and its three rules as nft text: the map statement, then the ``fwd``
     to the node the mark names (the helpers are reached by ``goto``: a verdict ends a rule, so
-    the forwarding cannot follow a jump in the rule that jumped)."""
+    the forwarding cannot follow a jump in the rule that jumped), then the gateway's own node
+    (``deliver_locally``; reached only when the fwd missed)."""
     out = {}
     for fam in (4, 6):
         fwd = f"fwd {_IP[fam]} to meta mark map @{NODES_MAP[fam]} device meta iif"
         for proto in PIN_PROTOCOLS:
             kinds = ("add", "refresh", "close") if proto == "tcp" else ("add", "refresh")
             for kind in kinds:
-                out[helper(kind, fam, proto)] = (fam, helper_statement(kind, fam, proto), fwd)
+                stmt = helper_statement(kind, fam, proto)
+                out[helper(kind, fam, proto)] = (fam, stmt, fwd, LOCAL_TEXT)
     return out
 
 
 def helper_rules(chain: str) -> tuple[list[Any], ...]:
     """A helper chain's rules as the kernel lists them (nft lists the map statement as text)."""
-    fam, stmt, _fwd = helpers()[chain]
-    return ([stmt], [fwd_to_node(fam)])
+    fam, stmt, _fwd, _local = helpers()[chain]
+    return ([stmt], [fwd_to_node(fam)], deliver_locally())
 
 
 def is_helper(chain: str) -> bool:

@@ -103,9 +103,11 @@ from .flowrules import (
     FLOW_KEY_TYPE,
     FLOW_MAP,
     FLOW_TIMEOUT,
+    LOCAL_SET,
     NODES_MAP,
     NOT_CLOSING,
     SYN_ONLY,
+    deliver_locally,
     est_match,
     flow_lookup,
     fwd_to_node,
@@ -591,9 +593,12 @@ def _hash_stmts(port: FwdPort, size: int, slots_map: str, l4: str) -> list[Json]
     return [{"mangle": {"key": _MARK, "value": jhash}}, {"mangle": {"key": _MARK, "value": to}}]
 
 
-def _pinned_rules(port: FwdPort, size: int, slots_map: str | None, est: str) -> list[list[Json]]:
+def _pinned_rules(
+    port: FwdPort, size: int, slots_map: str | None, est: str, local: bool = False
+) -> list[list[Json]]:
     """A port's forwarding with flow pinning (``flowrules``); no ``slots_map``: no node takes
-    new flows (they are dropped), established ones still go to their node."""
+    new flows (they are dropped), established ones still go to their node. ``local``: this
+    gateway runs on a node (``deliver_locally`` after each inline ``fwd``)."""
     fam, proto = port.family, port.protocol.lower()
     rules: list[list[Json]] = []
     if proto == "tcp":
@@ -605,7 +610,11 @@ def _pinned_rules(port: FwdPort, size: int, slots_map: str | None, est: str) -> 
             # RST (one that ends; a flood's SYN-ACKs draw the RSTs of the spoofed client).
             new = [*_hash_stmts(port, size, slots_map, "tcp"), fwd_to_node(fam)]
             rules.append([SYN_ONLY, *new])
+            if local:  # the same condition: the mark is the one this SYN was just given
+                rules.append(deliver_locally(SYN_ONLY))
             rules.append([CLOSING, *new])
+            if local:
+                rules.append(deliver_locally(CLOSING))
     else:
         lookup = flow_lookup(fam, proto, "th")
         rules.append([*lookup, est_match(est), goto(helper("refresh", fam, proto))])
@@ -710,10 +719,15 @@ def render_fwd(
     previous: FwdRules | None = None,
     flow_limit: int = DEFAULT_FLOW_LIMIT,
     memo: RenderMemo | None = None,
+    local_nodes: frozenset[IP] = frozenset(),
 ) -> FwdRules:
     """The whole table for ``ports`` on LAN ``devices`` with Maglev tables of ``size`` slots.
     ``memo``: the same one each time, to render only what changed since its last render
     (``fwdmemo``; the result is the same without).
+
+    ``local_nodes``: this gateway host's own addresses. When one is a node's (hostNetwork on a
+    node), a flow given to that node is accepted into the host's IP stack instead of forwarded
+    (``flowrules.deliver_locally``); otherwise the Service chains are as without them.
 
     ``previous`` (the rules in force) only chooses slot map names, so that a changed slot list
     is an in-place change of the map it replaces. Should two ports claim one
@@ -785,8 +799,14 @@ def render_fwd(
     for fam in (4, 6):
         out.collections[NODES_MAP[fam]] = Collection(SLOT_KEY_TYPE, ADDR_TYPE[fam])
         out.elements[NODES_MAP[fam]] = {
-            canon(n): canon(str(a)) for a, n in ids.items() if a.version == fam
+            canon(n): canon(str(a))
+            for a, n in ids.items()
+            if a.version == fam and a not in local_nodes
         }
+    # Always there (the pin helpers name it); it holds an id only on a gateway on a node.
+    out.collections[LOCAL_SET] = Collection(SLOT_KEY_TYPE)
+    out.elements[LOCAL_SET] = {canon(n): None for a, n in ids.items() if a in local_nodes}
+    local = bool(out.elements[LOCAL_SET])  # the Service chains' extra rules: only then
     for content, name in map_names.items():
         out.collections[name] = Collection(SLOT_KEY_TYPE, SLOT_VALUE_TYPE)
         out.elements[name] = _slot_elements(content, id_text, memo)
@@ -818,10 +838,10 @@ def render_fwd(
         est = est_names.get(chain)
         # Everything the port's rules and dispatch element are made of.
         made_of: tuple[Any, ...] = (chain, p.vip, p.protocol, p.port, p.affinity)
-        made_of += (bool(p.source_ranges), p.to_stack, slots_map, est, size)
+        made_of += (bool(p.source_ranges), p.to_stack, slots_map, est, size, local)
         made = memo.port_rules.get(made_of)
         if made is None:
-            made = memo.port_rules.put(made_of, _port_rules(p, chain, size, slots_map, est))
+            made = memo.port_rules.put(made_of, _port_rules(p, chain, size, slots_map, est, local))
         out.chains[chain] = None
         out.rules[chain], dispatch_key, dispatch_value = made
         out.elements[DISPATCH_MAP[p.family]][dispatch_key] = dispatch_value
@@ -846,7 +866,7 @@ def _source_elements(p: FwdPort, memo: RenderMemo) -> dict[str, str | None]:
 
 
 def _port_rules(
-    p: FwdPort, chain: str, size: int, slots_map: str | None, est: str | None
+    p: FwdPort, chain: str, size: int, slots_map: str | None, est: str | None, local: bool = False
 ) -> tuple[tuple[str, ...], str, str]:
     """A port's chain's rules, and its dispatch element's key and value."""
     rules: list[list[Json]] = []
@@ -861,7 +881,7 @@ def _port_rules(
         else:  # draining nodes only: the pinned flows are forwarded, the others dropped
             pinned = [*flow_lookup(p.family, p.protocol.lower(), "th"), est_match(est)]
             rules.append([*pinned, count])
-        rules.extend(_pinned_rules(p, size, slots_map, est))
+        rules.extend(_pinned_rules(p, size, slots_map, est, local))
     else:
         # Fail closed: a node that failed its health check would blackhole or reset the
         # flow anyway, and forwarding to it would hide the outage. Whether some unhealthy

@@ -36,6 +36,7 @@ from .fwdrules import render_fwd
 from .gwreport import ReportWriter
 from .healthstate import NOT_APPLIED_MESSAGE, TargetHealth
 from .lbstatus import render_status, status_differs
+from .localaddr import local_addresses
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
 from .natnft import NatTable
@@ -46,6 +47,7 @@ from .neighbours import (
     NeighbourSettings,
     NodeVerdict,
     carried_over,
+    probe_targets,
     report_status,
 )
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
@@ -123,6 +125,11 @@ class Gateway:
         self.fwd_memo = RenderMemo()
         self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
+        # The host's own addresses: when it is a node too, its flows go to its own stack and
+        # it is never ARP-probed (``localaddr``).
+        self.local_addresses = local_addresses(settings.interfaces)
+        if self.local_addresses:
+            log.info("own addresses: %s", ", ".join(sorted(map(str, self.local_addresses))))
         self.announced: frozenset[Any] = frozenset()
         self.programmed_once = False
         # key -> wall time the CR (with VIPs) was first seen, until its first healthy node is
@@ -269,6 +276,7 @@ class Gateway:
             self.fwd.applied,
             self.settings.flow_limit,
             memo=self.fwd_memo,
+            local_nodes=self.local_addresses,
         )
         self._pass_times["rendered"] = time.time()
         result = self.fwd.apply(rules)
@@ -321,7 +329,9 @@ class Gateway:
             if waiting
             else self.services
         )
-        self.neighbours.set_targets({n: t.address for n, t in targets.items()})
+        self.neighbours.set_targets(
+            probe_targets({n: t.address for n, t in targets.items()}, self.local_addresses)
+        )
         wanted = plan.vips_to_announce(served)
         announced_before = self.announced
         # Withdraw first: a VIP going away is never answered for while its rules go.

@@ -22,6 +22,7 @@ outstanding.
 from __future__ import annotations
 
 import datetime as dt
+import ipaddress
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
@@ -96,6 +97,16 @@ def carried_over(status: object) -> dict[str, Neighbour]:
             continue
         out[name] = Neighbour(reachable=n["reachable"], since=at.timestamp())
     return out
+
+
+def probe_targets(
+    addresses: Mapping[str, str], own: Iterable[ipaddress.IPv4Address | ipaddress.IPv6Address]
+) -> dict[str, str]:
+    """The nodes to probe (node -> address), by name: every node but the gateway host itself
+    (a gateway with hostNetwork on a node), which never hears its own probe. Probed, it would
+    be judged unreachable, or alive only when the host happened to send ARP of its own."""
+    mine = set(own)
+    return {node: a for node, a in addresses.items() if ipaddress.ip_address(a) not in mine}
 
 
 def unreachable(states: Mapping[str, Neighbour]) -> frozenset[str]:

@@ -27,9 +27,10 @@ CLIENT, CLIENT6 = "203.0.113.5", "2001:db8::5"
 ACK = ("ack",)
 
 
-def gateway(*ports: FwdPort) -> Tracer:
-    """The table as ``FwdTable`` leaves it after a replace: the JSON, then the helper chains."""
-    cmds = render_fwd(ports, ["eth0"], 3).to_json_replace()["nftables"]
+def gateway(*ports: FwdPort, local: frozenset[Any] = frozenset()) -> Tracer:
+    """The table as ``FwdTable`` leaves it after a replace: the JSON, then the helper chains.
+    ``local``: the gateway host's own addresses (a gateway on a node)."""
+    cmds = render_fwd(ports, ["eth0"], 3, local_nodes=local).to_json_replace()["nftables"]
     w = {"family": "netdev", "table": "portico-gw"}
     cmds += [
         {"add": {"rule": {**w, "chain": c, "expr": list(r)}}}
@@ -119,6 +120,43 @@ def test_udp_and_ipv6_pin_too_and_a_port_without_new_flow_nodes_keeps_its_pins()
     pin(only, "tcp", 40000, A)
     assert only.trace(Packet(CLIENT, str(VIP), sport=40000, tcp_flags=ACK)).outcome.fwd == str(A)
     assert only.trace(Packet(CLIENT, str(VIP), sport=40001)).outcome.verdict == "drop"
+
+
+def test_a_gateway_on_a_node_hands_that_nodes_flows_to_its_own_stack() -> None:
+    """``fwd`` cannot reach the host the gateway runs on (hostNetwork on a node): every flow
+    the hash or a pin gives to that node is accepted into the host's stack, mark cleared (the
+    node's NAT rules take the VIP there), in every path: SYN, unpinned FIN, first ACK (pinned
+    to it), pinned packets, UDP, IPv6; the other nodes' flows are forwarded as before."""
+    local = frozenset({A, A6})
+    t = gateway(port((A, B, C)), local=local)
+    seen = {"accept": 0, "fwd": 0}
+    for sport in range(40000, 40060):
+        syn = t.trace(Packet(CLIENT, str(VIP), sport=sport))
+        ack = t.trace(Packet(CLIENT, str(VIP), sport=sport, tcp_flags=ACK), commit=True)
+        fin = t.trace(Packet(CLIENT, str(VIP), sport=sport, tcp_flags=("fin", "ack")))
+        for tr in (syn, ack, fin):
+            assert tr.outcome.verdict == syn.outcome.verdict, (syn.fired, tr.fired)
+            if tr.outcome.verdict == "accept":
+                assert tr.outcome.fwd is None and tr.mark == 0, tr.fired
+            else:
+                assert tr.outcome.fwd in (str(B), str(C)) and tr.outcome.fwd == syn.outcome.fwd
+        assert syn.updates == [] and [n for n, _ in ack.updates] == ["flows4-tcp"]
+        seen[syn.outcome.verdict] += 1
+    assert seen["accept"] and seen["fwd"], seen  # the hash gave A some flows, B and C others
+    # a pinned flow of the own node keeps it, and a pin of another node is forwarded
+    pin(t, "tcp", 41000, A)
+    pin(t, "tcp", 41001, B)
+    assert t.trace(Packet(CLIENT, str(VIP), sport=41000, tcp_flags=ACK)).outcome.verdict == "accept"
+    assert t.trace(Packet(CLIENT, str(VIP), sport=41001, tcp_flags=ACK)).outcome.fwd == str(B)
+    # UDP and IPv6 the same way
+    u = gateway(port((A, A, A), protocol="UDP"), local=local)
+    assert u.trace(Packet(CLIENT, str(VIP), "udp", 5353)).outcome.verdict == "accept"
+    t6 = gateway(port((A6, A6, A6), vip=VIP6), local=local)
+    tr6 = t6.trace(Packet(CLIENT6, str(VIP6), sport=40000))
+    assert tr6.outcome.verdict == "accept" and tr6.mark == 0, tr6.fired
+    # a gateway of its own: the same table forwards to A (the rules stay, the set is empty)
+    apart = gateway(port((A, A, A)))
+    assert apart.trace(Packet(CLIENT, str(VIP), sport=40000)).outcome.fwd == str(A)
 
 
 def test_node_ids_are_stable_distinct_and_never_zero() -> None:

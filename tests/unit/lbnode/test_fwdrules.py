@@ -176,10 +176,17 @@ def test_small_render_as_data() -> None:
         ],
         [*hashed("th"), {"goto": {"target": "pin-add4-tcp"}}],  # not pinned (yet): pin it
     ]
+    local = [
+        {"match": {"op": "==", "left": mark, "right": "@local-nodes"}},
+        {"mangle": {"key": mark, "value": 0}},
+        {"accept": None},
+    ]
     assert rules_of(r, "pin-add4-tcp") == [
         ["add @flows4-tcp { ip saddr . th sport . ip daddr . th dport : meta mark }"],
         [fwd],
+        local,  # reached only when the fwd missed: this gateway's own node (none here)
     ]
+    assert r.elements["local-nodes"] == {}
     assert rules_of(r, "pin-close4-tcp")[0] == [
         "update @flows4-tcp { ip saddr . th sport . ip daddr . th dport timeout 10s : meta mark }"
     ]
@@ -206,6 +213,7 @@ def test_small_render_as_data() -> None:
         "nodes4": Collection("mark", "ipv4_addr"),
         "nodes6": Collection("mark", "ipv6_addr"),
         est: Collection("mark"),
+        "local-nodes": Collection("mark"),  # empty: this gateway is no node
         **{n: r.collections[n] for n in r.collections if n.startswith("flows")},
     }
     decoded = {

@@ -4,6 +4,8 @@ count (the caller reads before it judges)."""
 
 from __future__ import annotations
 
+import ipaddress
+
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from portico_lbnode.neighbours import (
@@ -12,6 +14,7 @@ from portico_lbnode.neighbours import (
     NodeVerdict,
     answered,
     judge,
+    probe_targets,
     report_status,
     sent,
     unreachable,
@@ -107,7 +110,6 @@ def test_report_status_lists_unreachable_nodes() -> None:
 
 
 def test_arp_probe_frames_and_replies() -> None:
-    import ipaddress
 
     from portico_lbnode.arpprobe import BROADCAST, probe_frame, reply_sender
 
@@ -172,7 +174,6 @@ def test_carried_verdicts_are_reported_until_the_targets_are_known() -> None:
 
 
 def test_ndp_solicitations_and_advertisements() -> None:
-    import ipaddress
 
     from portico_lbnode.arpprobe import advertised_target, solicitation, solicited_node
 
@@ -185,3 +186,12 @@ def test_ndp_solicitations_and_advertisements() -> None:
     na = bytes([136, 0, 0, 0, 0x60, 0, 0, 0]) + target.packed + b"\x02\x01" + mac
     assert advertised_target(na) == target
     assert advertised_target(na[:20]) is None
+
+
+def test_the_gateway_host_itself_is_never_probed() -> None:
+    """A gateway on a node (hostNetwork) never hears its own ARP or NDP probe: its own
+    addresses, either family, are left out of the targets; every other node stays."""
+    own = {ipaddress.ip_address("198.18.0.11"), ipaddress.ip_address("fd00::11")}
+    nodes = {"node-1": "198.18.0.11", "node-2": "198.18.0.12", "node-6": "fd00::11"}
+    assert probe_targets(nodes, own) == {"node-2": "198.18.0.12"}
+    assert probe_targets(nodes, ()) == nodes
