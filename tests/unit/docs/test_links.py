@@ -10,9 +10,6 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[3]
 PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
-# Pages other branches of this session write (issue 19: metrics, bare-metal gateway); a link to
-# them is allowed before they exist. Once they do, they are checked like any other.
-PENDING = {REPO / "docs" / "metrics.md", REPO / "docs" / "gateway-baremetal.md"}
 
 LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)\)")
 FENCE = re.compile(r"^(```|~~~).*?^\1", re.S | re.M)
@@ -56,8 +53,7 @@ def test_links_stay_in_the_repository_and_resolve(page: Path) -> None:
         if not dest.is_relative_to(REPO):
             bad.append(f"{target}: outside the repository")
         elif not dest.exists():
-            if dest not in PENDING:
-                bad.append(f"{target}: no such file")
+            bad.append(f"{target}: no such file")
         elif frag and dest.suffix == ".md" and frag not in anchors(dest):
             bad.append(f"{target}: no heading or anchor #{frag} in {dest.relative_to(REPO)}")
     assert not bad, f"{page.relative_to(REPO)}: " + "; ".join(bad)

@@ -25,8 +25,9 @@ from portico_lbnode.maglev import (
 M = DEFAULT_TABLE_SIZE
 # Random name sets at M=4093, N <= 20: typically <= 3% of the survivors' slots change hands on
 # a removal (bench/gateway_maglev.py), but Maglev bounds this by no theorem and hypothesis has
-# found name sets at 6%; modulo hashing changes ~(N-2)/(N-1) of them (>= 50% from N = 3).
-SURVIVOR_CHURN = 0.10
+# found name sets at 6% and at 10.007%; modulo hashing changes ~(N-2)/(N-1) of them (>= 50%
+# from N = 3), so a bound of 15% still tells the two apart.
+SURVIVOR_CHURN = 0.15
 
 
 def distinct_skips(names: list[str]) -> bool:
