@@ -18,6 +18,7 @@ from collections.abc import Iterator
 
 import pytest
 from portico_lab.lab import Lab
+from portico_lab.portico import gateway_argv
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
@@ -48,20 +49,9 @@ def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
 @pytest.fixture(scope="module")
 def gateway(lab: Lab, operator: OperatorProcess) -> Iterator[Proc]:
     """lbnode in node-1's namespace, on its LAN device, as a hostNetwork pod there runs it."""
-    argv = [
-        sys.executable,
-        "-m",
-        "portico_lbnode",
-        "--kubeconfig",
-        str(lab.kubeconfig),
-        "--name",
-        GATEWAY,
-        "--interface",
-        "eth0",
-    ]
     proc = Proc(
         f"portico-lbnode-{GATEWAY}",
-        argv,
+        gateway_argv(lab, GATEWAY),  # its LAN device is eth0 there too
         lab.workdir / "logs" / f"lbnode-{GATEWAY}.log",
         netns=lab.netns_of(NODE),
     )
