@@ -115,16 +115,21 @@ def _print_ready(lab: Lab, bare: bool) -> None:
         i = int(n.split("-")[1])
         print(f"  {n:<10}  {p.node(i).ipv4}  pods {p.pod_cidr_v4(i)}")
     print("Try:")
-    print('  eval "$(portico-lab env)"; kubectl get nodes,pods,endpointslices -o wide')
+    print(f'  eval "$({_prog(p.slot)} env)"; kubectl get nodes,pods,endpointslices -o wide')
     if bare:  # no Portico: a pod's own address (with Portico, the VIP is shown below)
-        print(f"  {_ask(f'{p.pod(1, 1).ipv4}:8080')}")
+        print(f"  {_ask(f'{p.pod(1, 1).ipv4}:8080', p.slot)}")
     sys.stdout.flush()
 
 
-def _ask(where: str) -> str:
+def _prog(slot: int) -> str:
+    """The command that reaches lab ``slot`` (the others default to slot 0)."""
+    return "portico-lab" if slot == 0 else f"portico-lab --slot {slot}"
+
+
+def _ask(where: str, slot: int) -> str:
     """The command that makes client-1 send one HTTP request to ``where``."""
     return (
-        "portico-lab exec client-1 -- python3 -c 'import urllib.request as u; "
+        f"{_prog(slot)} exec client-1 -- python3 -c 'import urllib.request as u; "
         f'print(u.urlopen("http://{where}/").read().decode())\''
     )
 
@@ -171,8 +176,8 @@ def _cmd_up(args: argparse.Namespace) -> int:
             portico.wait_gateway_status(lab, "default", "echo-lb")
             print(lab.kubectl("get", "vippools,loadbalancers", "-A").stdout)
             print("Try (through the gateway, as above):")
-            print(f"  {_ask(ip)}")
-            print("  portico-lab kubectl describe loadbalancer echo-lb")
+            print(f"  {_ask(ip, lab.plan.slot)}")
+            print(f"  {_prog(lab.plan.slot)} kubectl describe loadbalancer echo-lb")
         print(READY_LINE, flush=True)
         while True:
             time.sleep(3600)
