@@ -528,6 +528,63 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
         # The user's pool, untouched.
         assert not made_from_values(mine)
         assert pool_field(mine, "{.spec.addresses}") == '["198.18.40.48/28"]'
+
+        # A changed pool is updated, and a field the values drop goes (server-side apply).
+        def set_pools(listed: object) -> None:
+            body = json.dumps({"data": {"pools.yaml": yaml.safe_dump(listed)}})
+            patched = kubectl(
+                lab,
+                "-n",
+                namespace,
+                "patch",
+                "cm",
+                f"{release}-pools",
+                "--type",
+                "merge",
+                "-p",
+                body,
+            )
+            assert patched.returncode == 0, patched.stderr
+
+        set_pools([{"name": other, "addresses": ["198.18.40.80/29"], "priority": 7}])
+        wait_for(lambda: pool_field(other, "{.spec.priority}") == "7", f"{other} updated", 20)
+        assert pool_field(other, "{.spec.addresses}") == '["198.18.40.80/29"]'
+        set_pools([{"name": other, "addresses": ["198.18.40.80/29"]}])
+        wait_for(lambda: pool_field(other, "{.spec.priority}") == "", "priority removed", 20)
+        assert made_from_values(other)
+
+        # A list that does not parse: an Event, and every pool stays.
+        broken = kubectl(
+            lab,
+            "-n",
+            namespace,
+            "patch",
+            "cm",
+            f"{release}-pools",
+            "--type",
+            "merge",
+            "-p",
+            json.dumps({"data": {"pools.yaml": "- name: [unclosed\n"}}),
+        )
+        assert broken.returncode == 0, broken.stderr
+        wait_for(
+            lambda: (
+                kubectl(
+                    lab,
+                    "-n",
+                    namespace,
+                    "get",
+                    "events",
+                    "--field-selector",
+                    f"involvedObject.name={release}-pools,reason=InvalidPools",
+                    "-o",
+                    "name",
+                ).stdout
+            ),
+            "an InvalidPools Event on the ConfigMap",
+            20,
+        )
+        assert made_from_values(other)
         # The chart's RBAC let it do all that (after the uninstall, its Lease Role is gone).
         assert "forbidden" not in op_log(log_start).lower()
 
