@@ -10,8 +10,9 @@ valid (``writes.GatedKube``).
 
 The workers' jobs have modules of their own: ``allocating`` (stage one: addresses and the
 Service status), ``publishing`` (stage two: the finalizer, the LoadBalancer CR, the node rules),
-``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the VIPPools' status) and
-``rules_writer`` (the NodeRules shards). What to decide is pure (decisions, withdrawals, ipam,
+``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the VIPPools' status),
+``rules_writer`` (the NodeRules shards) and ``values_sync`` (the chart's pools ConfigMap, made
+VIPPools). What to decide is pure (decisions, withdrawals, ipam,
 restore, resync, service, lbspec, noderules_push).
 """
 
