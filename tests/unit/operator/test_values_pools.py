@@ -122,3 +122,19 @@ def test_plan_properties(desired, existing):
     after += [Existing(n, True, "2") for n in p.create]
     again = plan(desired, after)
     assert not again.create and not again.delete and again.taken == p.taken
+
+
+def test_the_flag_and_its_variable_name_one_configmap(monkeypatch):
+    from portico_operator.main import parse_args
+    from portico_operator.values_sync import parse_configmap_ref
+
+    assert parse_configmap_ref("portico-system/portico-pools") == (
+        "portico-system",
+        "portico-pools",
+    )
+    for bad in ("portico-pools", "/x", "ns/", "a/b/c"):
+        with pytest.raises(ValueError, match="NAMESPACE/NAME"):
+            parse_configmap_ref(bad)
+    assert parse_args([]).pools_configmap == ""
+    monkeypatch.setenv("PORTICO_POOLS_CONFIGMAP", "ns/cm")
+    assert parse_args([]).pools_configmap == "ns/cm"
