@@ -10,8 +10,9 @@ valid (``writes.GatedKube``).
 
 The workers' jobs have modules of their own: ``allocating`` (stage one: addresses and the
 Service status), ``publishing`` (stage two: the finalizer, the LoadBalancer CR, the node rules),
-``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the VIPPools' status) and
-``rules_writer`` (the NodeRules shards). What to decide is pure (decisions, withdrawals, ipam,
+``withdrawing`` (a Service gone or no longer ours), ``pool_status`` (the VIPPools' status),
+``rules_writer`` (the NodeRules shards) and ``values_sync`` (the chart's pools ConfigMap, made
+VIPPools). What to decide is pure (decisions, withdrawals, ipam,
 restore, resync, service, lbspec, noderules_push).
 """
 
@@ -38,6 +39,7 @@ from .restore import build_allocator
 from .rules_writer import NodeRulesWriter
 from .settings import OperatorSettings
 from .term import Term
+from .values_sync import ValuesPools
 from .withdrawing import Withdrawing
 from .workers import run_worker
 from .workqueue import WorkQueue
@@ -84,6 +86,12 @@ class Controller:
         self._want_lead = False
         # Gateway -> when its report was last written (this replica's monotonic clock).
         self.report_seen: dict[str, float] = {}
+        # The chart's pools (--pools-configmap), made VIPPools by the leader.
+        self.values_pools = (
+            ValuesPools(kube, self.writes, settings.pools_configmap)
+            if settings.pools_configmap
+            else None
+        )
 
     def _start_term(self, alloc: ipam.Allocator) -> None:
         """A new term, and the workers' jobs bound to it."""
@@ -237,6 +245,8 @@ class Controller:
                 log.info("resync: %d objects the watches had missed", len(changed))
                 if self.leading:
                     self.enqueue_all()  # cheap: reconciles that change nothing write nothing
+            if self.leading and self.values_pools is not None:
+                self.values_pools.poke()  # a values pool deleted by hand comes back
 
     # =========================================================================================
     # triggers
@@ -359,6 +369,7 @@ class Controller:
             self._pool_flusher(),
             self.rules.flusher(),
             self._reachability_ticker(),
+            *([] if self.values_pools is None else [self.values_pools.run()]),
         )
 
     async def _worker(

@@ -27,6 +27,7 @@ from .handlers import build_registry
 from .leader import LeaderElector
 from .metrics import Metrics
 from .settings import DEFAULT_CLASS, OperatorSettings
+from .values_sync import parse_configmap_ref
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -63,6 +64,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=300.0,
         help="full relist that prunes what a watch gap hid (default 300)",
     )
+    ap.add_argument(
+        "--pools-configmap",
+        default="",
+        metavar="NAMESPACE/NAME",
+        help="a ConfigMap whose pools.yaml lists VIPPools to keep in the cluster (the chart's "
+        "`pools`): the leader creates, updates and deletes the pools it made from it "
+        "(label portico.dev/managed-by-values=true) and never touches others (default: none)",
+    )
     ap.add_argument("--log-level", default="info")
     ap.add_argument(
         "--trace-timings",
@@ -83,6 +92,7 @@ async def run(args: argparse.Namespace) -> None:
         workers=args.workers,
         metrics_port=args.metrics_port,
         resync_seconds=args.resync_seconds,
+        pools_configmap=args.pools_configmap,
     )
     creds = load_credentials(args.kubeconfig)
     kube = KubeClient(creds)
@@ -159,6 +169,12 @@ async def _own_signals(on_signal: Callable[[], object]) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.pools_configmap:
+        try:
+            parse_configmap_ref(args.pools_configmap)
+        except ValueError as e:
+            print(f"portico-operator: {e}", file=sys.stderr)
+            return 2
     setup_json_logging(args.log_level)
     # kopf logs every handler call at INFO: at thousands of Services that is most of the CPU.
     logging.getLogger("kopf").setLevel(logging.WARNING)

@@ -9,6 +9,8 @@ from portico_common import API_GROUP
 DEFAULT_CLASS = f"{API_GROUP}/lb"
 FINALIZER = f"{API_GROUP}/load-balancer"
 FIELD_MANAGER = "portico-operator"
+# Owns the fields of the VIPPools made from the chart's values (server-side apply).
+VALUES_FIELD_MANAGER = "portico-operator-values"
 
 # Service annotations (what users write).
 ANN_IPS = f"{API_GROUP}/load-balancer-ips"  # "198.18.32.10,fd00:18::a:10"
@@ -43,3 +45,5 @@ class OperatorSettings:
     workers: int = 8
     metrics_port: int = 0  # 0: no metrics server
     resync_seconds: float = 300.0  # full relist that prunes what a watch gap hid
+    # "namespace/name" of the ConfigMap with the chart's pools (values_sync); "": none.
+    pools_configmap: str = ""

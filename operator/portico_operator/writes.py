@@ -22,7 +22,7 @@ from .errors import NotLeading
 from .lbspec import lb_spec_body, lb_status_body
 from .metrics import Metrics
 from .service import ServiceView, parse_service
-from .settings import FIELD_MANAGER, FINALIZER
+from .settings import FIELD_MANAGER, FINALIZER, VALUES_FIELD_MANAGER
 
 log = logging.getLogger("portico.operator")
 
@@ -208,7 +208,39 @@ class Writes:
         self.cache.pool_objs[name] = updated
         return updated
 
+    async def create_pool(self, body: dict[str, Any]) -> None:
+        """A VIPPool of the chart's values; a 409 (the name was taken meanwhile) goes on."""
+        with self.metrics.api_write("vippool"):
+            await self.kube.create(pool_path(), body)
+
+    async def apply_pool(self, name: str, body: dict[str, Any]) -> None:
+        """Server-side apply of the whole pool: a field the values no longer give goes away."""
+        with self.metrics.api_write("vippool"):
+            await self.kube.patch(
+                pool_path(name), body, kind="apply", field_manager=VALUES_FIELD_MANAGER, force=True
+            )
+
+    async def delete_pool(self, name: str) -> None:
+        try:
+            with self.metrics.api_write("vippool"):
+                await self.kube.delete(pool_path(name))
+        except ApiError as e:
+            if e.status != 404:
+                raise
+
     # -- Events ------------------------------------------------------------------------------
+    def object_event(self, obj: Mapping[str, Any], kind: str, reason: str, message: str) -> None:
+        """An Event about any namespaced object (the values' pools ConfigMap)."""
+        meta = obj["metadata"]
+        involved = {
+            "apiVersion": obj.get("apiVersion", "v1"),
+            "kind": obj.get("kind", "ConfigMap"),
+            "name": meta["name"],
+            "namespace": meta["namespace"],
+            "uid": meta.get("uid"),
+        }
+        self._event(involved, meta["namespace"], kind, reason, message)
+
     def service_event(self, view: ServiceView, kind: str, reason: str, message: str) -> None:
         self._event(service_ref(view), view.namespace, kind, reason, message)
 

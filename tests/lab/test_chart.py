@@ -4,7 +4,10 @@ RBAC, applied for real, lets each ServiceAccount do exactly what its code does (
 RBAC authorizer decides, through `kubectl auth can-i`). The outside gateway's kubeconfig is made
 with the steps NOTES.txt prints, from the token the cluster put in the chart's Secret. The
 CRDs are templates of the release: installed on a cluster without them, upgraded to a chart
-that adds a field, kept (with the user's VIPPools) by `helm uninstall`."""
+that adds a field, kept (with the user's VIPPools) by `helm uninstall`. The pools of `pools`
+come with that same first install: the operator, as the chart runs it and under its token,
+makes them from the chart's ConfigMap, deletes one an upgrade drops, leaves a user's pool of
+a listed name alone (an Event), and keeps them when the release goes."""
 
 from __future__ import annotations
 
@@ -35,7 +38,6 @@ from ..unit.charts.test_manifests import (
     CRD_FILES,
     KUBE_VERSION,
     NODE_AGENT_ACCESS,
-    SERVED,
     load,
 )
 from .dataplane_harness import (
@@ -93,13 +95,11 @@ VALUE_SETS = {
 
 
 def helm_template(lab: Lab, *args: str, crds: bool = True) -> str:
-    """`helm template` as `helm install` renders it here: the lab serves VIPPool (the api
-    fixture's CRDs), so the pools are rendered (--api-versions, as Helm's discovery would)."""
+    """`helm template` as `helm install` renders it here."""
     argv = [str(lab.bin_dir / "helm"), "template", NAME, str(CHART), "--namespace", NAMESPACE]
     argv += [
         "--kube-version",
         KUBE_VERSION,
-        *SERVED,
         "-f",
         str(BASE_VALUES),
         "--set",
@@ -159,8 +159,9 @@ def test_server_dry_run(lab: Lab, namespace: str, values: str) -> None:
         assert f"statefulset.apps/{NAME}-gateway" not in objects
     else:
         assert f"statefulset.apps/{NAME}-gateway" in objects
-    if values.endswith("pools"):
-        assert "vippool.portico.dev/chart-test-lan" in objects
+    # The pools go into a ConfigMap (the operator makes them VIPPools), never a VIPPool.
+    assert f"configmap/{NAME}-pools" in objects, objects
+    assert not [o for o in objects if o.startswith("vippool")]
     # Nothing was made.
     assert kubectl(lab, "-n", namespace, "get", "deploy,ds,role", "-o", "name").stdout == ""
 
@@ -204,6 +205,15 @@ def test_rbac_applied_allows_what_the_code_does(lab: Lab, namespace: str) -> Non
         assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", verb, "-n", "default")
     assert not may(lab, OPERATOR_SA, "coordination.k8s.io", "leases", "delete", "-n", namespace)
     assert may(lab, OPERATOR_SA, "portico.dev", "gatewayreports", "watch", "-A")
+
+    # The pools ConfigMap: that one, in the release namespace, read only.
+    for verb in ("get", "list", "watch"):
+        assert can_i(lab, verb, f"configmaps/{NAME}-pools", "--as", OPERATOR_SA, "-n", namespace)
+        assert not can_i(lab, verb, "configmaps/other", "--as", OPERATOR_SA, "-n", namespace)
+        assert not can_i(lab, verb, f"configmaps/{NAME}-pools", "--as", OPERATOR_SA)
+    assert not can_i(
+        lab, "update", f"configmaps/{NAME}-pools", "--as", OPERATOR_SA, "-n", namespace
+    )
 
 
 def test_outside_gateway_kubeconfig_from_notes(lab: Lab, namespace: str, tmp_path: Path) -> None:
@@ -283,9 +293,9 @@ def run_helm(lab: Lab, tmp_path: Path, *args: str) -> subprocess.CompletedProces
 def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path) -> None:
     """The real install path on a cluster whose CRDs were applied apart (the api fixture's,
     as with an older chart's crds/ folder): the install adopts them (--take-ownership), helm
-    checks kubeVersion and the schema against the lab's apiserver, creates every object and the
-    pools at once (their kind is served), upgrades in place and uninstalls all it made but the
-    CRDs. (No kubelet runs the pods: this is the API side only.)"""
+    checks kubeVersion and the schema against the lab's apiserver, creates every object (the
+    pools' ConfigMap for the operator, no VIPPool), upgrades in place and uninstalls all it made
+    but the CRDs. (No kubelet runs the pods: this is the API side only.)"""
     release = f"{NAME}-rel"
     pool = f"{release}-lan"
 
@@ -308,8 +318,14 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
         owner = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "jsonpath={.metadata}")
         assert f'"meta.helm.sh/release-name":"{release}"' in owner.stdout
         assert '"helm.sh/resource-policy":"keep"' in owner.stdout
-        assert f"This release created:\n     {pool}: 198.18.40.32/28" in proc.stdout
-        assert kubectl(lab, "get", "vippool", pool).returncode == 0
+        assert f"from the ConfigMap {release}-pools" in proc.stdout
+        listed = kubectl(
+            lab, "-n", namespace, "get", "cm", f"{release}-pools", "-o", "jsonpath={.data}"
+        )
+        assert listed.returncode == 0, listed.stderr
+        assert yaml.safe_load(json.loads(listed.stdout)["pools.yaml"]) == [
+            {"name": pool, "addresses": ["198.18.40.32/28"]}
+        ]
         deploy = kubectl(
             lab, "-n", namespace, "get", "sts", f"{release}-gateway", "-o", "jsonpath={.spec}"
         )
@@ -327,7 +343,7 @@ def test_helm_install_upgrade_uninstall(lab: Lab, namespace: str, tmp_path: Path
             lab, "get", "clusterrole,clusterrolebinding,vippool", "-l", label, "-o", "name"
         )
         assert left.stdout == ""
-        kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret"
+        kinds = "deploy,ds,sa,role,rolebinding,pdb,svc,secret,cm"
         left = kubectl(lab, "-n", namespace, "get", kinds, "-l", label, "-o", "name")
         assert left.stdout == ""
         assert "kept due to the resource policy" in proc.stdout
@@ -379,84 +395,10 @@ def user_pool(name: str, priority: int) -> str:
     )
 
 
-def test_crds_install_upgrade_and_stay_on_uninstall(
-    lab: Lab, namespace: str, tmp_path: Path
-) -> None:
-    """On a cluster without Portico's CRDs: the install creates them (and defers the pools,
-    whose kind it is creating); `helm upgrade` to a chart whose VIPPool CRD has a new field
-    updates the CRD in the apiserver (the field refused before, kept after) and creates the
-    pools; `helm uninstall` keeps the CRDs and the user's VIPPool, and deletes the release's."""
-    release = f"{NAME}-crd"
-    pool, mine = f"{release}-lan", f"{release}-user"
-
-    def helm(*args: str) -> subprocess.CompletedProcess[str]:
-        return run_helm(lab, tmp_path, *args)
-
-    def priority_of(name: str) -> str:
-        got = kubectl(lab, "get", "vippool", name, "-o", "jsonpath={.spec.priority}")
-        assert got.returncode == 0, got.stderr
-        return got.stdout
-
-    base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
-    base += ["--set", f"pools[0].name={pool}", "--set", "pools[0].addresses[0]=198.18.40.64/28"]
-    old = chart_without_priority(tmp_path)
-    try:
-        delete_crds(lab)
-        proc = helm("install", release, str(old), *base)
-        assert proc.returncode == 0, proc.stderr
-        assert "The pools in `pools` are NOT created yet" in proc.stdout
-        for name in CRD_NAMES:
-            established = kubectl(lab, "wait", "--for=condition=Established", f"crd/{name}")
-            assert established.returncode == 0, established.stderr
-        assert kubectl(lab, "get", "vippool", pool).returncode != 0
-        # The old CRD has no priority: refused (kubectl's strict field validation), or pruned.
-        refused = kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5))
-        assert refused.returncode != 0 and 'unknown field "spec.priority"' in refused.stderr
-        pruned = kubectl(lab, "apply", "--validate=false", "-f", "-", stdin=user_pool(mine, 5))
-        assert pruned.returncode == 0, pruned.stderr
-        assert priority_of(mine) == ""
-
-        proc = helm("upgrade", release, str(CHART), "--reuse-values")
-        assert proc.returncode == 0, proc.stderr
-        assert f"This release created:\n     {pool}: 198.18.40.64/28" in proc.stdout
-        schema = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "json")
-        spec = json.loads(schema.stdout)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
-        assert "priority" in spec["properties"]["spec"]["properties"]
-        # The apiserver serves the new schema a moment after the update.
-        deadline = time.monotonic() + 20
-        while kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5)).returncode != 0:
-            assert time.monotonic() < deadline, "the upgraded CRD never took spec.priority"
-            time.sleep(0.05)
-        assert priority_of(mine) == "5"
-        label = kubectl(lab, "get", "vippool", pool, "-o", "jsonpath={.metadata.labels}")
-        assert f'"app.kubernetes.io/instance":"{release}"' in label.stdout
-
-        proc = helm("uninstall", release, "--wait", "--timeout", "30s")
-        assert proc.returncode == 0, proc.stderr
-        assert "kept due to the resource policy" in proc.stdout
-        for name in CRD_NAMES:
-            assert kubectl(lab, "get", "crd", name).returncode == 0, name
-        assert priority_of(mine) == "5"  # the user's pool, untouched
-        assert kubectl(lab, "get", "vippool", pool).returncode != 0  # the release's, deleted
-    finally:
-        helm("uninstall", release, "--ignore-not-found")
-        kubectl(lab, "delete", "vippool", mine, pool, "--ignore-not-found")
-        # The session's CRDs back for the tests after this one (kubectl's, as the api fixture's).
-        install_crds(lab)
-
-
-# --- Portico under the chart's ServiceAccount tokens -----------------------------------------
-
-E2E = "chart-e2e"  # nameOverride: ServiceAccounts and ClusterRoles of their own
-E2E_BLOCK = 144  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
-
-
-def token_kubeconfig(lab: Lab, account: str, path: Path) -> str:
-    """A kubeconfig with the lab's server and CA and a TokenRequest token of ``account`` (in
-    portico-system), as the kubelet would mount it in the chart's pod."""
-    token = kubectl(
-        lab, "-n", SYSTEM_NAMESPACE, "create", "token", f"{E2E}-{account}", "--duration", "1h"
-    )
+def token_kubeconfig(lab: Lab, namespace: str, account: str, path: Path) -> str:
+    """A kubeconfig with the lab's server and CA and a TokenRequest token of the ServiceAccount
+    ``account`` in ``namespace``, as the kubelet would mount it in the chart's pod."""
+    token = kubectl(lab, "-n", namespace, "create", "token", account, "--duration", "1h")
     assert token.returncode == 0, token.stderr
     admin = yaml.safe_load(lab.kubeconfig.read_text())
     cluster = admin["clusters"][0]["cluster"]
@@ -470,6 +412,207 @@ def token_kubeconfig(lab: Lab, account: str, path: Path) -> str:
     }
     path.write_text(yaml.safe_dump(config))
     return str(path)
+
+
+def charts_operator(lab: Lab, release: str, tmp_path: Path) -> OperatorProcess:
+    """A portico-operator with the pools flag as the release's Deployment gives it, under a
+    token of the release's operator ServiceAccount (the chart's RBAC decides)."""
+    deploy = kubectl(lab, "-n", NAMESPACE, "get", "deploy", f"{release}-operator", "-o", "json")
+    assert deploy.returncode == 0, deploy.stderr
+    (container,) = json.loads(deploy.stdout)["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    pools = cmd[cmd.index("--pools-configmap") + 1]
+    assert pools == f"{NAMESPACE}/{release}-pools"
+    kc = token_kubeconfig(lab, NAMESPACE, f"{release}-operator", tmp_path / "operator.kubeconfig")
+    # --namespace: the release's, where the chart's Role lets it hold the Lease.
+    extra = ["--kubeconfig", kc, "--namespace", NAMESPACE, "--pools-configmap", pools]
+    return OperatorProcess(lab, f"op-{release}", *extra)
+
+
+def test_crds_install_upgrade_and_stay_on_uninstall(
+    lab: Lab, namespace: str, tmp_path: Path
+) -> None:
+    """On a cluster without Portico's CRDs: the install creates them, and the operator (as the
+    chart runs it, under its token) the pools of `pools` from the chart's ConfigMap; `helm
+    upgrade` to a chart whose VIPPool CRD has a new field updates the CRD in the apiserver (the
+    field refused before, kept after), and the new values' pools replace the old (one deleted,
+    one created; a user's pool of a listed name left alone, with an Event); `helm uninstall`
+    keeps the CRDs, the user's VIPPool and the release's."""
+    release = f"{NAME}-crd"
+    pool, other, mine = f"{release}-lan", f"{release}-other", f"{release}-user"
+
+    def helm(*args: str) -> subprocess.CompletedProcess[str]:
+        return run_helm(lab, tmp_path, *args)
+
+    def pool_field(name: str, path: str) -> str:
+        got = kubectl(lab, "get", "vippool", name, "-o", f"jsonpath={path}")
+        assert got.returncode == 0, got.stderr
+        return got.stdout
+
+    def made_from_values(name: str) -> bool:
+        got = kubectl(lab, "get", "vippool", name, "-o", "jsonpath={.metadata.labels}")
+        return got.returncode == 0 and '"portico.dev/managed-by-values":"true"' in got.stdout
+
+    base = ["-f", str(BASE_VALUES), "--set", f"nameOverride={release}"]
+    first = [*base, "--set", f"pools[0].name={pool}"]
+    first += ["--set", "pools[0].addresses[0]=198.18.40.64/28"]
+    # The second values: `pool` dropped, `other` new, `mine` a name the user's pool has.
+    second = [*base, "--set", f"pools[0].name={other}"]
+    second += ["--set", "pools[0].addresses[0]=198.18.40.80/28"]
+    second += ["--set", f"pools[1].name={mine}", "--set", "pools[1].addresses[0]=198.18.40.96/28"]
+    old = chart_without_priority(tmp_path)
+    op: OperatorProcess | None = None
+
+    def op_log(start: int) -> str:
+        assert op is not None
+        return op.log.read_bytes()[start:].decode(errors="replace")
+
+    try:
+        delete_crds(lab)
+        proc = helm("install", release, str(old), *first)
+        assert proc.returncode == 0, proc.stderr
+        assert f"     {pool}: 198.18.40.64/28" in proc.stdout
+        for name in CRD_NAMES:
+            established = kubectl(lab, "wait", "--for=condition=Established", f"crd/{name}")
+            assert established.returncode == 0, established.stderr
+        # The old CRD has no priority: refused (kubectl's strict field validation), or pruned.
+        refused = kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5))
+        assert refused.returncode != 0 and 'unknown field "spec.priority"' in refused.stderr
+        pruned = kubectl(lab, "apply", "--validate=false", "-f", "-", stdin=user_pool(mine, 5))
+        assert pruned.returncode == 0, pruned.stderr
+        assert pool_field(mine, "{.spec.priority}") == ""
+
+        # The one install's pools, made by the operator from the chart's ConfigMap.
+        op = charts_operator(lab, release, tmp_path)
+        log_start = op.log.stat().st_size if op.log.exists() else 0
+        op.start()
+        wait_for(lambda: made_from_values(pool), f"the operator to create {pool}", 20)
+        assert pool_field(pool, "{.spec.addresses}") == '["198.18.40.64/28"]'
+
+        proc = helm("upgrade", release, str(CHART), *second)
+        assert proc.returncode == 0, proc.stderr
+        schema = kubectl(lab, "get", "crd", "vippools.portico.dev", "-o", "json")
+        spec = json.loads(schema.stdout)["spec"]["versions"][0]["schema"]["openAPIV3Schema"]
+        assert "priority" in spec["properties"]["spec"]["properties"]
+        # The apiserver serves the new schema a moment after the update.
+        deadline = time.monotonic() + 20
+        while kubectl(lab, "apply", "-f", "-", stdin=user_pool(mine, 5)).returncode != 0:
+            assert time.monotonic() < deadline, "the upgraded CRD never took spec.priority"
+            time.sleep(0.05)
+        assert pool_field(mine, "{.spec.priority}") == "5"
+
+        wait_for(lambda: made_from_values(other), f"the operator to create {other}", 20)
+        wait_for(
+            lambda: kubectl(lab, "get", "vippool", pool).returncode != 0,
+            f"the operator to delete {pool}, no longer in the values",
+            20,
+        )
+        taken = wait_for(
+            lambda: (
+                kubectl(
+                    lab,
+                    "-n",
+                    namespace,
+                    "get",
+                    "events",
+                    "--field-selector",
+                    f"involvedObject.name={release}-pools,reason=PoolNameTaken",
+                    "-o",
+                    "jsonpath={.items[*].message}",
+                ).stdout
+            ),
+            "a PoolNameTaken Event on the ConfigMap",
+            20,
+        )
+        assert f"VIPPool {mine} exists without the label" in taken
+        # The user's pool, untouched.
+        assert not made_from_values(mine)
+        assert pool_field(mine, "{.spec.addresses}") == '["198.18.40.48/28"]'
+
+        # A changed pool is updated, and a field the values drop goes (server-side apply).
+        def set_pools(listed: object) -> None:
+            body = json.dumps({"data": {"pools.yaml": yaml.safe_dump(listed)}})
+            patched = kubectl(
+                lab,
+                "-n",
+                namespace,
+                "patch",
+                "cm",
+                f"{release}-pools",
+                "--type",
+                "merge",
+                "-p",
+                body,
+            )
+            assert patched.returncode == 0, patched.stderr
+
+        set_pools([{"name": other, "addresses": ["198.18.40.80/29"], "priority": 7}])
+        wait_for(lambda: pool_field(other, "{.spec.priority}") == "7", f"{other} updated", 20)
+        assert pool_field(other, "{.spec.addresses}") == '["198.18.40.80/29"]'
+        set_pools([{"name": other, "addresses": ["198.18.40.80/29"]}])
+        wait_for(lambda: pool_field(other, "{.spec.priority}") == "", "priority removed", 20)
+        assert made_from_values(other)
+
+        # A list that does not parse: an Event, and every pool stays.
+        broken = kubectl(
+            lab,
+            "-n",
+            namespace,
+            "patch",
+            "cm",
+            f"{release}-pools",
+            "--type",
+            "merge",
+            "-p",
+            json.dumps({"data": {"pools.yaml": "- name: [unclosed\n"}}),
+        )
+        assert broken.returncode == 0, broken.stderr
+        wait_for(
+            lambda: (
+                kubectl(
+                    lab,
+                    "-n",
+                    namespace,
+                    "get",
+                    "events",
+                    "--field-selector",
+                    f"involvedObject.name={release}-pools,reason=InvalidPools",
+                    "-o",
+                    "name",
+                ).stdout
+            ),
+            "an InvalidPools Event on the ConfigMap",
+            20,
+        )
+        assert made_from_values(other)
+        # The chart's RBAC let it do all that (after the uninstall, its Lease Role is gone).
+        assert "forbidden" not in op_log(log_start).lower()
+
+        proc = helm("uninstall", release, "--wait", "--timeout", "30s")
+        assert proc.returncode == 0, proc.stderr
+        assert "kept due to the resource policy" in proc.stdout
+        wait_for(
+            lambda: "the VIPPools it made are kept" in op_log(log_start),
+            "the operator to see the ConfigMap go",
+            20,
+        )
+        for name in CRD_NAMES:
+            assert kubectl(lab, "get", "crd", name).returncode == 0, name
+        assert pool_field(mine, "{.spec.priority}") == "5"  # the user's pool, untouched
+        assert made_from_values(other)  # the release's, kept too
+    finally:
+        if op is not None:
+            op.stop()
+        helm("uninstall", release, "--ignore-not-found")
+        kubectl(lab, "delete", "vippool", mine, pool, other, "--ignore-not-found")
+        # The session's CRDs back for the tests after this one (kubectl's, as the api fixture's).
+        install_crds(lab)
+
+
+# --- Portico under the chart's ServiceAccount tokens -----------------------------------------
+
+E2E = "chart-e2e"  # nameOverride: ServiceAccounts and ClusterRoles of their own
+E2E_BLOCK = 144  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
 
 
 def test_portico_runs_under_the_charts_service_accounts(
@@ -493,9 +636,9 @@ def test_portico_runs_under_the_charts_service_accounts(
     try:
         applied = kubectl(lab, "apply", "-f", "-", stdin=rendered.stdout)
         assert applied.returncode == 0, applied.stderr
-        op_kc = token_kubeconfig(lab, "operator", tmp_path / "operator.kubeconfig")
-        agent_kc = token_kubeconfig(lab, "node-agent", tmp_path / "agent.kubeconfig")
-        gw_kc = token_kubeconfig(lab, "gateway", tmp_path / "gateway.kubeconfig")
+        op_kc = token_kubeconfig(lab, SYSTEM_NAMESPACE, f"{E2E}-operator", tmp_path / "op.kc")
+        agent_kc = token_kubeconfig(lab, SYSTEM_NAMESPACE, f"{E2E}-node-agent", tmp_path / "a.kc")
+        gw_kc = token_kubeconfig(lab, SYSTEM_NAMESPACE, f"{E2E}-gateway", tmp_path / "gw.kc")
         v4 = ipaddress.ip_network(f"{lab.plan.vip_range_v4.network_address + 32 * E2E_BLOCK}/27")
         api.create_pool(E2E, [str(v4)])
         # Later --kubeconfig arguments win over the harness's admin one.

@@ -105,3 +105,8 @@ app.kubernetes.io/component: gateway
 {{- $tag := default (default .Chart.AppVersion (toString .Values.image.tag)) (toString (default "" $img.tag)) -}}
 {{- printf "%s:%s" $img.repository $tag -}}
 {{- end -}}
+
+{{/* The ConfigMap with the pools of `pools`, which the operator makes VIPPools of. */}}
+{{- define "portico.poolsConfigMapName" -}}
+{{- printf "%s-pools" (include "portico.name" .) | trunc 63 | trimSuffix "-" -}}
+{{- end -}}

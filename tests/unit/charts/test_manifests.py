@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 import yaml
 from portico_lab.binaries import bin_dir
+from portico_operator.values_pools import desired_pools
 
 REPO = Path(__file__).resolve().parents[3]
 CRDS = REPO / "crds"
@@ -576,8 +577,6 @@ def render(helm: Path, *args: str) -> list[dict[str, Any]]:
 # The lab's Kubernetes version: the chart's kubeVersion refuses helm's offline default (v1.20
 # for a helm built without release flags, as the pinned one is).
 KUBE_VERSION = "1.34.2"
-# The pools are rendered only where the cluster serves VIPPool (templates/vippools.yaml).
-SERVED = ("--api-versions", f"{GROUP}/{VERSION}/VIPPool")
 # gateway.interface has no default and is required while gateway.enabled (the default): the
 # tests start from a values file that sets it (before their own -f and --set).
 BASE_VALUES = Path(__file__).with_name("base-values.yaml")
@@ -641,9 +640,10 @@ def test_render_defaults(helm):
             "ServiceAccount": 3,
             "ClusterRole": 3,
             "ClusterRoleBinding": 3,
-            # The operator's Lease, in the release namespace.
-            "Role": 1,
-            "RoleBinding": 1,
+            # The operator's Lease and pools ConfigMap, in the release namespace.
+            "Role": 2,
+            "RoleBinding": 2,
+            "ConfigMap": 1,
             "Deployment": 1,
             "StatefulSet": 1,
             "DaemonSet": 1,
@@ -760,13 +760,33 @@ def test_packaged_chart_carries_the_crds(helm, tmp_path):
     )
 
 
-def test_pools_wait_for_their_api(helm):
-    """Helm maps every object to an API before it creates any: a VIPPool is rendered only where
-    the cluster serves the kind (not in the install that creates its CRD); a bad pool fails
-    either way."""
+def pools_configmap(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (cm,) = [
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-pools")
+    ]
+    return cm
+
+
+def rendered_pools(docs: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """The pools the operator makes of the chart's ConfigMap (its own parser)."""
+    return desired_pools(pools_configmap(docs)["data"])
+
+
+def test_pools_go_into_a_configmap_the_operator_reads(helm):
+    """Helm maps every object to an API before it creates any, so the chart renders no VIPPool
+    (its CRD may be new in the same install): the pools go into a ConfigMap, which the
+    operator's --pools-configmap names; always rendered, so emptying `pools` deletes them."""
     pool = ["--set", "pools[0].name=lan", "--set", "pools[0].addresses[0]=198.18.32.0/24"]
-    assert not [d for d in render(helm, *pool) if d["kind"] == "VIPPool"]
-    assert one(render(helm, *pool, *SERVED), "VIPPool")["metadata"]["name"] == "lan"
+    docs = render(helm, *pool)
+    assert not [d for d in docs if d["kind"] == "VIPPool"]
+    cm = pools_configmap(docs)
+    assert cm["metadata"]["name"] == "portico-pools"
+    assert cm["metadata"]["namespace"] == "portico-system"
+    assert rendered_pools(docs) == {"lan": {"addresses": ["198.18.32.0/24"]}}
+    (container,) = one(docs, "Deployment", "operator")["spec"]["template"]["spec"]["containers"]
+    cmd = container["command"]
+    assert cmd[cmd.index("--pools-configmap") + 1] == "portico-system/portico-pools"
+    assert rendered_pools(render(helm)) == {}
     proc = template(helm, "--set", "pools[0].addresses[0]=198.18.32.0/24")
     assert proc.returncode != 0 and "name" in proc.stderr
 
@@ -776,14 +796,15 @@ def test_notes_say_where_the_pools_are_and_what_uninstall_keeps(helm, tmp_path):
 
     pool = ["--set", "pools[0].name=lan", "--set", "pools[0].addresses[0]=198.18.32.0/24"]
     text = notes(helm, tmp_path / "new", *pool)
-    assert "NOT created yet" in text and "--reuse-values" in text
+    assert "from the ConfigMap portico-pools" in text
+    assert "     lan: 198.18.32.0/24" in text
+    assert "--reuse-values" not in text and "NOT created" not in text
     assert "leaves Portico's CRDs" in text
-    text = notes(helm, tmp_path / "served", *pool, *SERVED, "--set", "crds.keep=false")
-    assert "This release created:\n     lan: 198.18.32.0/24" in text
-    assert "NOT created" not in text
+    assert "kubectl delete vippools -l portico.dev/managed-by-values=true" in text
+    text = notes(helm, tmp_path / "gone", *pool, "--set", "crds.keep=false")
     assert "deletes Portico's CRDs (crds.keep=false)" in text
-    text = notes(helm, tmp_path / "apart", *pool, "--set", "crds.enabled=false")
-    assert "the cluster does not serve VIPPool" in text and "kubectl apply" in text
+    text = notes(helm, tmp_path / "none")
+    assert "This release created none" in text
 
 
 def test_vippool_addresses_have_cel_rules_within_cost_bounds():
@@ -847,12 +868,12 @@ def test_lease_role_is_namespaced(helm):
     """leader.py gets, creates, replaces (update) and watches its Lease in --namespace, the
     release namespace: a Role there, bound to the operator's ServiceAccount."""
     docs = render(helm)
-    role = one(docs, "Role", "operator")
+    role = named(docs, "Role", "portico-operator-lease")
     assert role["metadata"]["namespace"] == "portico-system"
     assert rule_triples(role["rules"]) == {
         ("coordination.k8s.io", "leases", verb) for verb in ("get", "watch", "create", "update")
     }
-    binding = one(docs, "RoleBinding", "operator")
+    binding = named(docs, "RoleBinding", "portico-operator-lease")
     assert binding["metadata"]["namespace"] == "portico-system"
     assert binding["roleRef"] == {
         "apiGroup": "rbac.authorization.k8s.io",
@@ -867,6 +888,32 @@ def test_lease_role_is_namespaced(helm):
     assert container["command"][1:3] == ["--namespace", "$(POD_NAMESPACE)"]
     env = {e["name"]: e.get("valueFrom") for e in container["env"]}
     assert env["POD_NAMESPACE"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+
+def named(docs: list[dict[str, Any]], kind: str, name: str) -> dict[str, Any]:
+    (doc,) = [d for d in docs if d["kind"] == kind and d["metadata"]["name"] == name]
+    return doc
+
+
+def test_pools_configmap_role_is_that_configmap_only(helm):
+    """values_sync.py lists and watches the one ConfigMap (a field selector on its name, which
+    RBAC matches against resourceNames) and nothing else in the release namespace."""
+    docs = render(helm)
+    role = named(docs, "Role", "portico-operator-pools")
+    assert role["metadata"]["namespace"] == "portico-system"
+    assert role["rules"] == [
+        {
+            "apiGroups": [""],
+            "resources": ["configmaps"],
+            "resourceNames": ["portico-pools"],
+            "verbs": ["get", "list", "watch"],
+        }
+    ]
+    binding = named(docs, "RoleBinding", "portico-operator-pools")
+    assert binding["roleRef"]["name"] == "portico-operator-pools"
+    assert binding["subjects"] == [
+        {"kind": "ServiceAccount", "name": "portico-operator", "namespace": "portico-system"}
+    ]
 
 
 def test_operator_pod_disruption_budget(helm):
@@ -913,16 +960,12 @@ def test_render_with_pool_and_replicas(helm):
         "pools[0].name=lan",
         "--set",
         "pools[0].addresses[0]=198.18.32.0/24",
-        *SERVED,
     )
     assert one(docs, "Deployment", "operator")["spec"]["replicas"] == 3
-    pool = one(docs, "VIPPool")
-    assert pool["apiVersion"] == f"{GROUP}/{VERSION}"
-    assert pool["metadata"]["name"] == "lan"
-    assert "namespace" not in pool["metadata"]  # cluster-scoped
-    assert pool["spec"] == {"addresses": ["198.18.32.0/24"]}
+    spec = rendered_pools(docs)["lan"]
+    assert spec == {"addresses": ["198.18.32.0/24"]}
     spec_schema = schema_of(load(CRD_FILES["VIPPool"]))["properties"]["spec"]
-    conforms(pool["spec"], spec_schema, ".spec")
+    conforms(spec, spec_schema, ".spec")
 
 
 def test_render_pool_with_every_field(helm, tmp_path):
@@ -944,8 +987,8 @@ def test_render_pool_with_every_field(helm, tmp_path):
     }
     values = tmp_path / "values.yaml"
     values.write_text(yaml.safe_dump(pools))
-    docs = render(helm, "-f", str(values), *SERVED)
-    rendered = {d["metadata"]["name"]: d["spec"] for d in docs if d["kind"] == "VIPPool"}
+    docs = render(helm, "-f", str(values))
+    rendered = rendered_pools(docs)
     assert rendered == {
         p["name"]: {k: v for k, v in p.items() if k != "name"} for p in pools["pools"]
     }
@@ -1248,8 +1291,9 @@ def test_node_agent_disabled(helm):
             "ServiceAccount": 2,
             "ClusterRole": 2,
             "ClusterRoleBinding": 2,
-            "Role": 1,
-            "RoleBinding": 1,
+            "Role": 2,
+            "RoleBinding": 2,
+            "ConfigMap": 1,
             "Deployment": 1,
             "StatefulSet": 1,
             "Service": 1,

@@ -57,7 +57,8 @@ NOT_REASONS = {
     "LoadBalancers",
     "NodeAgent",
     "GatewayReport",
-    "Lease",  # kinds
+    "Lease",
+    "ConfigMap",  # kinds
     "Namespaces",
     "Nodes",
     "Services",
