@@ -229,3 +229,27 @@ class KubeClient:
         return await self.request(
             "PATCH", path, body=body, params=params or None, content_type=PATCH_TYPES[kind]
         )
+
+
+async def patch_status_creating(
+    kube: KubeClient,
+    collection: str,
+    name: str,
+    kind: str,
+    spec: dict[str, Any],
+    status: dict[str, Any],
+) -> None:
+    """Merge-patches the status of the cluster-scoped object ``collection/name`` (a program's
+    own report: a gateway's GatewayReport, a node agent's NodeAgent); when it does not exist
+    yet, creates it with ``spec`` first. ``collection``: the group path of its resource."""
+    path = f"{collection}/{name}/status"
+    try:
+        await kube.patch(path, {"status": status})
+    except ApiError as e:
+        if e.status != 404:
+            raise
+        api_version = collection.removeprefix("/apis/").rsplit("/", 1)[0]
+        meta = {"name": name}
+        obj = {"apiVersion": api_version, "kind": kind, "metadata": meta, "spec": spec}
+        await kube.create(collection, obj)
+        await kube.patch(path, {"status": status})

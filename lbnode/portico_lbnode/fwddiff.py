@@ -110,7 +110,7 @@ def parse_listing(listing: Mapping[str, Any]) -> FwdRules:
         kind, obj = next(iter(item.items()))
         if kind in ("metainfo", "table"):
             continue
-        if kind == "counter":  # its values are read at scrape time (``vipcollect``)
+        if kind == "counter":  # its values are read at scrape time (``vipmetrics``)
             out.counters.add(obj["name"])
             continue
         if kind == "chain":

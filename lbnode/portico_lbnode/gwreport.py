@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp
 from portico_common import API_GROUP, API_VERSION
 from portico_common.apipaths import group_path
-from portico_common.kube import ApiError, KubeClient
+from portico_common.kube import ApiError, KubeClient, patch_status_creating
 
 from .neighbours import stopped_status
 
@@ -79,21 +79,14 @@ class ReportWriter:
             await asyncio.sleep(MIN_INTERVAL)
 
     async def _write(self) -> None:
-        path = report_path(self.gateway) + "/status"
-        body = {"status": self.status()}
-        try:
-            await self.kube.patch(path, body)
-        except ApiError as e:
-            if e.status != 404:
-                raise
-            obj = {
-                "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                "kind": "GatewayReport",
-                "metadata": {"name": self.gateway},
-                "spec": {"gateway": self.gateway},
-            }
-            await self.kube.create(report_path(), obj)
-            await self.kube.patch(path, body)
+        await patch_status_creating(
+            self.kube,
+            report_path(),
+            self.gateway,
+            "GatewayReport",
+            {"gateway": self.gateway},
+            self.status(),
+        )
 
     async def mark_stopped(self, stopped: str, timeout: float = STOP_TIMEOUT) -> None:
         """A clean stop, after the announcements are withdrawn: the report says the gateway is

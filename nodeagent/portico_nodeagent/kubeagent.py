@@ -13,7 +13,7 @@ from portico_common import API_GROUP, API_VERSION
 from portico_common.apipaths import group_path
 from portico_common.clock import now_rfc3339
 from portico_common.conditions import condition
-from portico_common.kube import ApiError, KubeClient, load_credentials
+from portico_common.kube import ApiError, KubeClient, load_credentials, patch_status_creating
 from portico_common.model import LOCAL, LBService, NodeInfo, NodeRulesError
 from portico_common.tasks import run_together, run_until_signalled
 
@@ -260,19 +260,9 @@ class KubeAgent:
                 applied_at=self.applied_at or now_rfc3339(),
             )
             try:
-                try:
-                    await self.kube.patch(path + "/status", {"status": status})
-                except ApiError as e:
-                    if e.status != 404:
-                        raise
-                    body = {
-                        "apiVersion": f"{API_GROUP}/{API_VERSION}",
-                        "kind": "NodeAgent",
-                        "metadata": {"name": node},
-                        "spec": {"node": node},
-                    }
-                    await self.kube.create(collection, body)
-                    await self.kube.patch(path + "/status", {"status": status})
+                await patch_status_creating(
+                    self.kube, collection, node, "NodeAgent", {"node": node}, status
+                )
                 self.written_status = {k: v for k, v in status.items()}
                 for key in ("applied", "badEntries", "healthPortConflicts"):
                     self.written_status[key] = {
