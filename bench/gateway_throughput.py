@@ -30,6 +30,8 @@ import re
 import statistics
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 from _common import wait_until
@@ -154,22 +156,19 @@ def _answers_from(lab: Lab, vip: str) -> str | None:
     return res.stdout.strip() if res.returncode == 0 else None
 
 
-def run(
-    lab: Lab, reps: int = 3, seconds: int = 5, pins: int = 0
-) -> dict[str, dict[str, list[float]]]:
-    """Measures; returns {test: {"gateway": [...], "direct": [...]}} (bits/s or requests/s).
-    Leaves nothing behind: the Service, the slice, iperf3 and the route go in a finally."""
+@contextmanager
+def served_target(lab: Lab) -> Iterator[str]:
+    """iperf3 in the pod, the Service and its slice; yields the VIP once it answers through the
+    gateway. The Service, the slice and iperf3 go in a finally."""
     core = client.CoreV1Api(lab.api)
     disc = client.DiscoveryV1Api(lab.api)
     svc, eps = _service_and_slice(lab)
-    node1 = str(lab.host("node-1").ipv4)
     iperf = Proc(
         "gwb-iperf3",
         ["iperf3", "-s", "-p", str(IPERF_TARGET)],
         lab.workdir / "logs" / "gwb-iperf3.log",
         netns=lab.netns_of(POD),
     ).start()
-    vip = ""
     core.create_namespaced_service(NS, svc)
     disc.create_namespaced_endpoint_slice(NS, eps)
     try:
@@ -180,56 +179,8 @@ def run(
 
         vip = wait_until(ingress, f"{NAME} ingress", 30)
         wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
-        out: dict[str, dict[str, list[float]]] = {
-            k: {"gateway": [], "direct": []}
-            for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s", "wrk conn/s, SYN flood")
-        }
-        flood_src = str(lab.plan.client(2).ipv4)
-        if pins:
-            took = prefill(lab, vip, pins)
-            print(f"({pins:,} pins written into flows4-tcp in {took:.0f} s)")
-        # Listing a map of a million pins takes nft minutes: the flood's pins are counted only
-        # without --pins.
-        pins_before = 0 if pins else flow_pins(lab, flood_src)
-        flood_sent = 0
-        errors = {"gateway": 0, "direct": 0}
-        route = ["ip", "route", "replace", f"{vip}/32", "via", node1]
-        for _ in range(reps):
-            for path in ("gateway", "direct"):  # ABAB: the machine's noise hits both alike
-                if path == "direct":
-                    lab.exec("client-1", route, check=True)
-                try:
-                    out["iperf3 -P 1"][path].append(iperf_bps(lab, vip, 1, seconds))
-                    out["iperf3 -P 4"][path].append(iperf_bps(lab, vip, 4, seconds))
-                    rps, errs = wrk_rps(lab, vip, seconds)
-                    out["wrk conn/s"][path].append(rps)
-                    errors[path] += errs
-                    argv = [sys.executable, "-S", "-c", synflood.SCRIPT, flood_src, vip]
-                    argv += [str(FLOOD_MAX), str(seconds + 1)]
-                    log = lab.workdir / "logs" / "gwb-flood.log"
-                    log.unlink(missing_ok=True)
-                    flood = Proc("gwb-flood", argv, log, netns=lab.netns_of("client-2")).start()
-                    try:
-                        rps, errs = wrk_rps(lab, vip, seconds)
-                        assert flood.popen is not None
-                        flood.popen.wait(timeout=seconds + 30)  # it prints its count at the end
-                    finally:
-                        flood.stop()
-                    flood_sent += _last_int(log)
-                    out["wrk conn/s, SYN flood"][path].append(rps)
-                finally:
-                    lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
-                    # Back on-link: the next gateway run must ARP the gateway again.
-                    lab.exec("client-1", ["ip", "neigh", "flush", "to", vip])
-        out["_wrk_socket_errors"] = {k: [float(v)] for k, v in errors.items()}
-        out["_flood"] = {
-            "sent": [float(flood_sent)],
-            "pins": [float(flow_pins(lab, flood_src) - pins_before) if not pins else -1.0],
-        }
-        return out
+        yield vip
     finally:
-        if vip:
-            lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
         iperf.stop()
         for delete in (
             lambda: disc.delete_namespaced_endpoint_slice(f"{NAME}-1", NS),
@@ -240,6 +191,71 @@ def run(
             except ApiException as e:
                 if e.status != 404:
                     raise
+
+
+def run(
+    lab: Lab, reps: int = 3, seconds: int = 5, pins: int = 0
+) -> dict[str, dict[str, list[float]]]:
+    """Measures; returns {test: {"gateway": [...], "direct": [...]}} (bits/s or requests/s).
+    Leaves nothing behind: the Service, the slice, iperf3 and the route go in a finally."""
+    node1 = str(lab.host("node-1").ipv4)
+    with served_target(lab) as vip:
+        try:
+            return _measure(lab, vip, node1, reps, seconds, pins)
+        finally:
+            lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
+
+
+def _measure(
+    lab: Lab, vip: str, node1: str, reps: int, seconds: int, pins: int
+) -> dict[str, dict[str, list[float]]]:
+    out: dict[str, dict[str, list[float]]] = {
+        k: {"gateway": [], "direct": []}
+        for k in ("iperf3 -P 1", "iperf3 -P 4", "wrk conn/s", "wrk conn/s, SYN flood")
+    }
+    flood_src = str(lab.plan.client(2).ipv4)
+    if pins:
+        took = prefill(lab, vip, pins)
+        print(f"({pins:,} pins written into flows4-tcp in {took:.0f} s)")
+    # Listing a map of a million pins takes nft minutes: the flood's pins are counted only
+    # without --pins.
+    pins_before = 0 if pins else flow_pins(lab, flood_src)
+    flood_sent = 0
+    errors = {"gateway": 0, "direct": 0}
+    route = ["ip", "route", "replace", f"{vip}/32", "via", node1]
+    for _ in range(reps):
+        for path in ("gateway", "direct"):  # ABAB: the machine's noise hits both alike
+            if path == "direct":
+                lab.exec("client-1", route, check=True)
+            try:
+                out["iperf3 -P 1"][path].append(iperf_bps(lab, vip, 1, seconds))
+                out["iperf3 -P 4"][path].append(iperf_bps(lab, vip, 4, seconds))
+                rps, errs = wrk_rps(lab, vip, seconds)
+                out["wrk conn/s"][path].append(rps)
+                errors[path] += errs
+                argv = [sys.executable, "-S", "-c", synflood.SCRIPT, flood_src, vip]
+                argv += [str(FLOOD_MAX), str(seconds + 1)]
+                log = lab.workdir / "logs" / "gwb-flood.log"
+                log.unlink(missing_ok=True)
+                flood = Proc("gwb-flood", argv, log, netns=lab.netns_of("client-2")).start()
+                try:
+                    rps, errs = wrk_rps(lab, vip, seconds)
+                    assert flood.popen is not None
+                    flood.popen.wait(timeout=seconds + 30)  # it prints its count at the end
+                finally:
+                    flood.stop()
+                flood_sent += _last_int(log)
+                out["wrk conn/s, SYN flood"][path].append(rps)
+            finally:
+                lab.exec("client-1", ["ip", "route", "del", f"{vip}/32"])
+                # Back on-link: the next gateway run must ARP the gateway again.
+                lab.exec("client-1", ["ip", "neigh", "flush", "to", vip])
+    out["_wrk_socket_errors"] = {k: [float(v)] for k, v in errors.items()}
+    out["_flood"] = {
+        "sent": [float(flood_sent)],
+        "pins": [float(flow_pins(lab, flood_src) - pins_before) if not pins else -1.0],
+    }
+    return out
 
 
 def counter_rules(lab: Lab, vip: str) -> list[tuple[str, int]]:
@@ -256,27 +272,11 @@ def counter_rules(lab: Lab, vip: str) -> list[tuple[str, int]]:
 
 def counting_ab(lab: Lab, reps: int, seconds: int) -> dict[str, dict[str, list[float]]]:
     """iperf3 -P 1 and wrk through the gateway, with and without the VIP's counter rules."""
-    core = client.CoreV1Api(lab.api)
-    disc = client.DiscoveryV1Api(lab.api)
-    svc, eps = _service_and_slice(lab)
     gw = lab.plan.gateway(1).name
-    iperf = Proc(
-        "gwb-iperf3",
-        ["iperf3", "-s", "-p", str(IPERF_TARGET)],
-        lab.workdir / "logs" / "gwb-iperf3.log",
-        netns=lab.netns_of(POD),
-    ).start()
-    core.create_namespaced_service(NS, svc)
-    disc.create_namespaced_endpoint_slice(NS, eps)
-    out = {k: {"counted": [], "uncounted": []} for k in ("iperf3 -P 1", "wrk conn/s")}
-    try:
-
-        def ingress() -> str:
-            st = core.read_namespaced_service(NAME, NS).status.load_balancer
-            return st.ingress[0].ip if st and st.ingress else ""
-
-        vip = wait_until(ingress, f"{NAME} ingress", 30)
-        wait_until(lambda: _answers_from(lab, vip) == "node-1", "the VIP answers via gw", 30, 0.2)
+    out: dict[str, dict[str, list[float]]] = {
+        k: {"counted": [], "uncounted": []} for k in ("iperf3 -P 1", "wrk conn/s")
+    }
+    with served_target(lab) as vip:
         wait_until(lambda: counter_rules(lab, vip), "the counter rules", 30, 0.2)
         for _ in range(reps):
             for mode in ("counted", "uncounted"):
@@ -293,18 +293,7 @@ def counting_ab(lab: Lab, reps: int, seconds: int) -> dict[str, dict[str, list[f
                         out["wrk conn/s"][mode].append(rps)
                         break
                 wait_until(lambda: counter_rules(lab, vip), "the counter rules back", 30, 0.2)
-        return out
-    finally:
-        iperf.stop()
-        for delete in (
-            lambda: disc.delete_namespaced_endpoint_slice(f"{NAME}-1", NS),
-            lambda: core.delete_namespaced_service(NAME, NS),
-        ):
-            try:
-                delete()
-            except ApiException as e:
-                if e.status != 404:
-                    raise
+    return out
 
 
 def print_ab_table(res: dict[str, dict[str, list[float]]]) -> None:
