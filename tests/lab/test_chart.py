@@ -530,8 +530,8 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
         assert pool_field(mine, "{.spec.addresses}") == '["198.18.40.48/28"]'
 
         # A changed pool is updated, and a field the values drop goes (server-side apply).
-        def set_pools(listed: object) -> None:
-            body = json.dumps({"data": {"pools.yaml": yaml.safe_dump(listed)}})
+        def set_pools_text(text: str) -> None:
+            body = json.dumps({"data": {"pools.yaml": text}})
             patched = kubectl(
                 lab,
                 "-n",
@@ -546,6 +546,9 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
             )
             assert patched.returncode == 0, patched.stderr
 
+        def set_pools(listed: object) -> None:
+            set_pools_text(yaml.safe_dump(listed))
+
         set_pools([{"name": other, "addresses": ["198.18.40.80/29"], "priority": 7}])
         wait_for(lambda: pool_field(other, "{.spec.priority}") == "7", f"{other} updated", 20)
         assert pool_field(other, "{.spec.addresses}") == '["198.18.40.80/29"]'
@@ -554,19 +557,7 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
         assert made_from_values(other)
 
         # A list that does not parse: an Event, and every pool stays.
-        broken = kubectl(
-            lab,
-            "-n",
-            namespace,
-            "patch",
-            "cm",
-            f"{release}-pools",
-            "--type",
-            "merge",
-            "-p",
-            json.dumps({"data": {"pools.yaml": "- name: [unclosed\n"}}),
-        )
-        assert broken.returncode == 0, broken.stderr
+        set_pools_text("- name: [unclosed\n")
         wait_for(
             lambda: (
                 kubectl(
