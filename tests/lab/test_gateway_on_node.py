@@ -129,3 +129,28 @@ def _answer(lab: Lab, ip: str) -> dict[str, str] | None:
         return request(lab, "client-1", ip, 80)["answer"]  # type: ignore[no-any-return]
     except ConnectionError:
         return None
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cluster_flows_given_to_the_gateways_node_are_answered(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
+) -> None:
+    """The default policy: a flow the hash gives node-1 is DNATed by node-1's own rules to any
+    pod. A pod on the DNATing node sees the client's own address (DSR), one elsewhere the
+    node's: an answer from a node-1 pod with the client's address was DNATed on node-1."""
+    name = named("gw-on-node-cl", family)
+    create(api, services, name, **family_spec(family))
+    ip = api.wait_ips(name)[0]
+    wait_for(
+        lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"},
+        "every node healthy at the gateway, its own included",
+        30,
+    )
+    client = addr(lab.plan.client(1), family)
+    wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    answers = []
+    for _ in range(REQUESTS):
+        answer = _answer(lab, ip)
+        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
+        answers.append((answer["node"], answer["client_ip"] == client))
+    assert (NODE, True) in answers, answers
