@@ -6,7 +6,6 @@ the cluster. And values.schema.json: every value is in it, a typo fails `helm te
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 from collections import Counter
@@ -23,6 +22,7 @@ from .test_manifests import (
     KUBE_VERSION,
     REPO,
     helm,
+    kube_calls,
     one,
     render,
     rule_triples,
@@ -188,11 +188,7 @@ def test_gateway_values(helm, monkeypatch, tmp_path):
 
 
 def test_gateway_kube_calls_are_the_listed_ones():
-    calls: Counter[str] = Counter()
-    for path in LBNODE_SRC.glob("*.py"):
-        text = path.read_text()
-        calls.update(m for m in re.findall(r"\bkube\.(\w+)\(", text) if m != "close")
-        calls.update(re.findall(r"\b(list_and_watch)\(", text))
+    calls = kube_calls(LBNODE_SRC)
     assert calls == GATEWAY_KUBE_CALLS, "update GATEWAY_ACCESS and gateway-rbac.yaml"
 
 
