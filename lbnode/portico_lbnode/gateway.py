@@ -51,6 +51,7 @@ from .neighbours import (
     report_status,
 )
 from .prober import Prober, ProberMetrics, ProbeSettings, targets_from_services
+from .statusqueue import StatusQueue
 from .vipmetrics import VipCounters
 
 log = logging.getLogger("portico.lbnode")
@@ -96,11 +97,9 @@ class Gateway:
         self.invalid: dict[str, str] = {}
         self.synced = asyncio.Event()
         self._dirty = asyncio.Event()
-        self._status_dirty: set[str] = set()
-        # Statuses to write: those marked before the last pass began, so a status never says
-        # more than the table does (a node out while a pass that still forwards to it runs).
-        self._status_ready: set[str] = set()
-        self._status_taken: set[str] = set()  # ... marked before the pass under way began
+        # Statuses to write, each once the pass that programs its change has ended: a status
+        # never says more than the table does (``statusqueue``).
+        self.statuses = StatusQueue()
         self._status_event = asyncio.Event()
         self.maglev = plan.MaglevCache(settings.table_size)
         self.prober = Prober(
@@ -158,15 +157,14 @@ class Gateway:
                 if key not in self.services and self.synced.is_set():
                     self._pending_first.setdefault(key, time.time())
                 self.services[key] = svc
-        self._status_dirty.add(key)
+        self.statuses.mark([key])
 
     def _drop(self, key: str) -> None:
         self._pending_first.pop(key, None)
         self.crs.pop(key, None)
         self.services.pop(key, None)
         self.invalid.pop(key, None)
-        self._status_dirty.discard(key)
-        self._status_ready.discard(key)
+        self.statuses.drop(key)
 
     def on_list(self, items: Sequence[Mapping[str, Any]]) -> None:
         seen = set()
@@ -202,13 +200,13 @@ class Gateway:
         self._dirty.set()
 
     def _health_changed(self, node: str, service_key: str, health: TargetHealth) -> None:
-        self._status_dirty.add(service_key)
+        self.statuses.mark([service_key])
         if service_key in self._pending_first and service_key in self._first_probe_pending():
             return  # a new Service's pass waits for its nodes' answers (``_first_probe_pending``)
         self._dirty.set()
 
     def _neighbour_changed(self, node: str, _state: Neighbour) -> None:
-        self._status_dirty.update(self.crs)
+        self.statuses.mark(self.crs)
         self._dirty.set()
         self.report.dirty.set()
 
@@ -319,8 +317,7 @@ class Gateway:
 
     async def reconcile(self) -> None:
         self._pass_times = {"pass": time.time()}
-        self._status_taken, self._status_dirty = self._status_dirty, set()
-        marked = self._status_taken
+        self.statuses.begin_pass()
         targets = targets_from_services(self.services.values())
         self.prober.set_targets(targets)
         waiting = self._first_probe_pending()
@@ -361,10 +358,11 @@ class Gateway:
         # edits mark theirs as they come). Not every CR's: judging 1,000 statuses after each
         # pass kept the event loop from the next Service's probe answers.
         flipped = announced_before ^ self.announced
-        if flipped:
-            marked.update(k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips))
-        self._status_ready |= marked
-        self._status_taken = set()
+        self.statuses.end_pass(
+            [k for k, svc in self.services.items() if not flipped.isdisjoint(svc.vips)]
+            if flipped
+            else ()
+        )
         self._status_event.set()
 
     def _log_first_served(self, ports: Sequence[Any], t_programmed: float) -> None:
@@ -411,7 +409,7 @@ class Gateway:
                 await self.reconcile()
             except Exception:
                 log.exception("reconcile failed; retrying")
-                self._status_dirty |= self._status_taken  # for the pass that retries
+                self.statuses.pass_failed()
                 await asyncio.sleep(1.0)
                 self._dirty.set()
             ended = time.monotonic()
@@ -456,10 +454,11 @@ class Gateway:
             self._status_event.clear()
             if not self.programmed_once:
                 continue
-            keys, self._status_ready = self._status_ready, set()
-            await asyncio.gather(*(write(k) for k in sorted(keys)))
+            await asyncio.gather(*(write(k) for k in self.statuses.take()))
 
     async def _write_status(self, key: str) -> None:
+        if not self.statuses.writable(key):
+            return  # changed while it waited for a writer: written after the pass that programs it
         desired = self.desired_status(key)
         if desired is None:
             return
@@ -486,12 +485,12 @@ class Gateway:
         except ApiError as e:
             if e.status != 404:
                 log.warning("status of %s: %s (retrying)", key, e)
-                self._status_ready.add(key)
+                self.statuses.retry(key)
                 asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("status of %s: %s (retrying)", key, e)
-            self._status_ready.add(key)
+            self.statuses.retry(key)
             asyncio.get_running_loop().call_later(1.0, self._status_event.set)
             return
         if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):

@@ -1,0 +1,68 @@
+"""Which LoadBalancer statuses the gateway may write now: a status never says more than the
+kernel's forwarding table does.
+
+A status is rendered from the gateway's health view at the moment it is written. A change to
+that view (a probe answer, a neighbour verdict, a CR edit) reaches the kernel only with the next
+reconcile pass, so a status whose Service has such a change pending would announce a node as
+out (or in) while the table still forwards new flows to it (or not yet): a client that trusts
+the status and connects at once lands on the node the status just said was gone. So a key
+marked again after it became ready waits for the pass that programs the change, and is written
+after that pass.
+
+The life of a key: ``mark`` (a change, not yet in any pass) -> ``begin_pass`` takes every marked
+key (the pass under way programs their changes) -> ``end_pass`` makes them ready -> ``take``
+hands the ready keys that no change is pending for to the writers. A key marked while it waits
+to be written is held back until its next pass ends; ``writable`` is asked again just before a
+write, which may come after more changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+
+class StatusQueue:
+    def __init__(self) -> None:
+        self._marked: set[str] = set()  # changed, in no pass yet
+        self._in_pass: set[str] = set()  # changed before the pass under way began
+        self._ready: set[str] = set()  # programmed: to be written
+
+    def mark(self, keys: Iterable[str]) -> None:
+        self._marked.update(keys)
+
+    def drop(self, key: str) -> None:
+        """The CR is gone: nothing to write for it."""
+        self._marked.discard(key)
+        self._in_pass.discard(key)
+        self._ready.discard(key)
+
+    def begin_pass(self) -> None:
+        self._in_pass |= self._marked
+        self._marked = set()
+
+    def end_pass(self, also: Iterable[str] = ()) -> None:
+        """The pass programmed its keys' changes (and changed the statuses of ``also``, e.g.
+        the Services whose announcement it flipped)."""
+        self._ready |= self._in_pass
+        self._ready.update(also)
+        self._in_pass = set()
+
+    def pass_failed(self) -> None:
+        """Nothing of the pass reached the kernel: its keys wait for the pass that retries."""
+        self._marked |= self._in_pass
+        self._in_pass = set()
+
+    def writable(self, key: str) -> bool:
+        """No change of the key waits for a pass: its status would say what the table does."""
+        return key not in self._marked and key not in self._in_pass
+
+    def take(self) -> list[str]:
+        """The keys to write now, sorted; the others come back after their pass."""
+        now = sorted(k for k in self._ready if self.writable(k))
+        self._ready = set()
+        return now
+
+    def retry(self, key: str) -> None:
+        """A write failed: the key is written again (after its pass, if it changed since)."""
+        if self.writable(key):
+            self._ready.add(key)
