@@ -20,7 +20,7 @@ lab-down:           ## tear down every lab, also ones whose owner crashed
 test: install       ## lint, types, unit tests and lab tests (needs root; lab tests fail, never skip, without it)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
-	$(VENV)/bin/mypy common operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode kubectl/portico_kubectl
+	$(VENV)/bin/mypy common lab operator/portico_operator nodeagent/portico_nodeagent lbnode/portico_lbnode kubectl/portico_kubectl
 	$(VENV)/bin/lint-imports --no-cache
 	$(VENV)/bin/hadolint images/Dockerfile
 	$(PY) -m pytest -v

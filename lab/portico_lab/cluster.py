@@ -57,7 +57,7 @@ class Cluster:
 
     # -- nodes ---------------------------------------------------------------------------------
     def register_node(self, host: Host, zone: str, pod_cidrs: list[str]) -> None:
-        body = {
+        body: Any = {
             "apiVersion": "v1",
             "kind": "Node",
             "metadata": {
@@ -129,7 +129,7 @@ class Cluster:
         self.core.patch_node_status(host.name, ops)
 
     def renew_lease(self, node: str) -> None:
-        body = {
+        body: Any = {
             "apiVersion": "coordination.k8s.io/v1",
             "kind": "Lease",
             "metadata": {"name": node, "namespace": "kube-node-lease"},
@@ -147,7 +147,7 @@ class Cluster:
             self.coord.create_namespaced_lease("kube-node-lease", body)
 
     def ensure_service_account(self, name: str, namespace: str) -> None:
-        body = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}
+        body: Any = {"apiVersion": "v1", "kind": "ServiceAccount", "metadata": {"name": name}}
         try:
             self.core.create_namespaced_service_account(namespace, body)
         except ApiException as e:
@@ -156,7 +156,7 @@ class Cluster:
 
     # -- pods ----------------------------------------------------------------------------------
     def create_pod(self, pod: Pod, namespace: str, labels: dict[str, str]) -> None:
-        body = {
+        body: Any = {
             "apiVersion": "v1",
             "kind": "Pod",
             "metadata": {"name": pod.name, "namespace": namespace, "labels": labels},

@@ -364,7 +364,10 @@ class Lab:
                 ep.target_ref.name
                 for s in slices
                 for ep in (s.endpoints or [])
-                if ep.conditions.ready and ep.target_ref is not None
+                if ep.conditions is not None
+                and ep.conditions.ready
+                and ep.target_ref is not None
+                and ep.target_ref.name
             }
             if seen == ready:
                 return [self.api.sanitize_for_serialization(s) for s in slices]
@@ -437,7 +440,7 @@ class Lab:
         self.cluster.set_pod_status(pod, self.plan.node(node_index(pod.node)), POD_NAMESPACE, ready)
 
     def _ensure_echo_service(self) -> None:
-        body = {
+        body: Any = {
             "apiVersion": "v1",
             "kind": "Service",
             "metadata": {"name": ECHO_SERVICE, "namespace": POD_NAMESPACE},
