@@ -265,7 +265,10 @@ class Gateway:
         t0 = time.perf_counter()
         self._pass_times["thread"] = time.time()
         # NAT first: a port handed to the IP stack must find its DNAT there.
-        if self.nat.apply(render_nat(nat, self.settings.table_size)):
+        nat_table = render_nat(
+            nat, self.settings.table_size, self.settings.interfaces, self.local_addresses
+        )
+        if self.nat.apply(nat_table):
             log.info("NAT table: %d ports", len(nat))
         rules = render_fwd(
             ports,
@@ -514,6 +517,21 @@ class Gateway:
                     log.warning("NAT table was deleted behind our back: restored")
             except NftError as e:
                 log.error("verify failed: %s", e)
+            await self.refresh_local_addresses()
+
+    async def refresh_local_addresses(self) -> None:
+        """The host's own addresses, read again: one added or removed after the start (a
+        node's address that DHCP or an operator changed) changes which node's flows go to the
+        host's stack and which nodes are ARP-probed."""
+        try:
+            found = await asyncio.to_thread(local_addresses, self.settings.interfaces)
+        except OSError as e:
+            log.error("reading the host's addresses failed: %s", e)
+            return
+        if found != self.local_addresses:
+            log.info("own addresses: %s", ", ".join(sorted(map(str, found))) or "none")
+            self.local_addresses = found
+            self._dirty.set()
 
     async def withdraw(self) -> None:
         """Stops announcing (a clean stop); the table stays so a restart keeps the flows."""

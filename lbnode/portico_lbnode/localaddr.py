@@ -4,8 +4,8 @@ A gateway with hostNetwork on a cluster node (the chart's gateway, the kind walk
 itself one of the nodes it forwards to. Its own node is special twice: netdev ``fwd`` cannot
 send a packet to the host it runs on (``fwdrules``: such flows are accepted into the host's
 stack instead), and the host never answers its own ARP or NDP probe (the node would look
-unreachable; ``gateway`` does not probe it). Read once at start: an address added later to a
-device is not seen until the gateway restarts.
+unreachable; ``gateway`` does not probe it). Read at start and again at each
+``--verify-interval``: an address added or removed later takes effect within it.
 """
 
 from __future__ import annotations

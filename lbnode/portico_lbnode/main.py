@@ -78,7 +78,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=3,
         help="unanswered ARP requests in a row that make a node unreachable",
     )
-    p.add_argument("--verify-interval", type=float, default=10.0)
+    p.add_argument(
+        "--verify-interval",
+        type=float,
+        default=10.0,
+        help="seconds between checks that the kernel's tables are as rendered (restored if"
+        " not) and re-reads of the host's own addresses",
+    )
     p.add_argument("--metrics-port", type=int, default=0, help="Prometheus metrics (0: off)")
     p.add_argument("--log-level", default="info")
     p.add_argument("--cleanup", action="store_true", help="remove the table and exit")

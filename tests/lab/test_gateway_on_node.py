@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 
 import pytest
 from portico_lab.lab import Lab
@@ -32,12 +33,14 @@ from .dataplane_harness import (
     running_operator,
 )
 from .netcheck import request
-from .operator_harness import Api, OperatorProcess, wait_for
+from .operator_harness import NS, Api, OperatorProcess, wait_for
 
 NODE = "node-1"  # the gateway's host
 GATEWAY = "gw-on-node-1"  # its name (GatewayReport, ownerGateway)
 BLOCK = 216  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
 REQUESTS = 24  # new connections per family: the hash gives node-1 about a third
+POD_REQUESTS = 12  # from a pod on node-1 (NAT mode)
+CLUSTER_REQUESTS = 120  # at most, until one shows node-1's own DNAT (ETP Cluster)
 
 
 @pytest.fixture(scope="module")
@@ -47,22 +50,33 @@ def operator(lab: Lab, api: Api) -> Iterator[OperatorProcess]:
 
 
 @pytest.fixture(scope="module")
-def gateway(lab: Lab, operator: OperatorProcess) -> Iterator[Proc]:
+def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
+    with running_agents(lab) as procs:
+        yield procs
+
+
+@contextmanager
+def gateway_on_node(lab: Lab, *extra: str) -> Iterator[Proc]:
     """lbnode in node-1's namespace, on its LAN device, as a hostNetwork pod there runs it."""
     proc = Proc(
         f"portico-lbnode-{GATEWAY}",
-        gateway_argv(lab, GATEWAY),  # its LAN device is eth0 there too
+        gateway_argv(lab, GATEWAY, *extra),  # its LAN device is eth0 there too
         lab.workdir / "logs" / f"lbnode-{GATEWAY}.log",
         netns=lab.netns_of(NODE),
     )
-    with running_agents(lab):
-        proc.start()
-        try:
-            yield proc
-        finally:
-            proc.stop()
-            lab.exec(NODE, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
-            lab.kubectl("delete", "gatewayreport", GATEWAY, "--ignore-not-found", check=False)
+    proc.start()
+    try:
+        yield proc
+    finally:
+        proc.stop()
+        lab.exec(NODE, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+        lab.kubectl("delete", "gatewayreport", GATEWAY, "--ignore-not-found", check=False)
+
+
+@pytest.fixture(scope="module")
+def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
+    with gateway_on_node(lab) as proc:
+        yield proc
 
 
 @pytest.fixture()
@@ -86,6 +100,56 @@ def report_verdicts(lab: Lab) -> str:
         "jsonpath={range .status.nodes[*]}{.node}={.reachable} {end}",
         check=False,
     ).stdout.strip()
+
+
+# First in the module: it runs a gateway of its own in node-1, before the module's starts there.
+def test_an_address_the_node_gets_after_the_gateway_started_is_its_own(
+    lab: Lab, api: Api, agents: list[Proc], services: list[str]
+) -> None:
+    """node-1's IPv6 address comes after the gateway started (DHCP, an operator's change): the
+    gateway reads its addresses again at each ``--verify-interval``, and node-1's IPv6 flows go
+    to its own stack from then on. Read at start only, node-1 stayed a remote node for IPv6:
+    NDP-probed (a host never hears its own probe) and sent flows by ``fwd`` to itself, where
+    they were lost. IPv6 only: node-1's IPv4 address carries its agent's API connection."""
+    gone = lab.exec(NODE, ["nft", "list", "table", "netdev", "portico-gw"])
+    assert gone.returncode != 0, "another gateway runs in node-1: this test runs before it starts"
+    own = f"{lab.plan.node(1).ipv6}/{lab.plan.lan_v6.prefixlen}"
+    routes = lab.exec(NODE, ["ip", "-6", "route", "show"], check=True).stdout.splitlines()
+    lab.exec(NODE, ["ip", "-6", "addr", "del", own, "dev", "eth0"], check=True)
+    try:
+        with gateway_on_node(lab, "--verify-interval", "1") as gw:
+            v4 = str(lab.plan.node(1).ipv4)
+            wait_for(lambda: f"own addresses: {v4}" in gw.log_tail(), "the start's read", 20)
+            _restore(lab, own, routes)
+            wait_for(
+                lambda: str(lab.plan.node(1).ipv6) in gw.log_tail(),
+                "the gateway sees the address added after its start",
+                10,
+            )
+            name = named("gw-on-node-late", 6)
+            create(api, services, name, externalTrafficPolicy="Local", **family_spec(6))
+            ip = api.wait_ips(name)[0]
+            wait_for(
+                lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"},
+                "every node healthy at the gateway, its own included",
+                30,
+            )
+            wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+            nodes = []
+            for _ in range(REQUESTS):
+                answer = _answer(lab, ip)
+                assert answer is not None, f"a connection through the VIP failed: {gw.log_tail()}"
+                nodes.append(answer["node"])
+            assert NODE in nodes, nodes
+    finally:
+        _restore(lab, own, routes)
+
+
+def _restore(lab: Lab, own: str, routes: list[str]) -> None:
+    """node-1's IPv6 address and every IPv6 route it had (idempotent)."""
+    lab.exec(NODE, ["ip", "-6", "addr", "replace", own, "dev", "eth0", "nodad"], check=True)
+    for route in routes:
+        lab.exec(NODE, ["ip", "-6", "route", "replace", *route.split()])
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -148,9 +212,67 @@ def test_cluster_flows_given_to_the_gateways_node_are_answered(
     )
     client = addr(lab.plan.client(1), family)
     wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    # The hash gives node-1 a third of the flows and node-1 DNATs a third of those to its own
+    # pods: one in nine shows it, so up to CLUSTER_REQUESTS (a miss in all: 1 in 1.4 million).
+    answers = []
+    for _ in range(CLUSTER_REQUESTS):
+        answer = _answer(lab, ip)
+        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
+        answers.append((answer["node"], answer["client_ip"] == client))
+        if answers[-1] == (NODE, True) and len(answers) >= REQUESTS:
+            break
+    assert (NODE, True) in answers, answers
+
+
+@pytest.mark.parametrize("policy", ["Local", "Cluster"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_nat_mode_follows_the_gateways_choice_on_its_own_node(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, policy: str
+) -> None:
+    """NAT mode (``portico.dev/forwarding-mode: nat``) with the gateway on node-1: a flow the
+    gateway gives node-2 or node-3 is DNATed to that node's nodePort and masqueraded (the pod
+    sees node-1's address, the gateway host's); one it gives node-1 is left to node-1's own
+    rules (the pod sees the client). Before, node-1's rules (their DNAT runs first) took every
+    flow whatever the gateway chose: with ETP Local only node-1's pods answered (and none
+    would, had node-1 no endpoint); with Cluster no flow reached another node's nodePort."""
+    name = named(f"gw-on-node-nat-{policy.lower()}", family)
+    create(api, services, name, externalTrafficPolicy=policy, **family_spec(family))
+    api.core.patch_namespaced_service(
+        name, NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": "nat"}}}
+    )
+    ip = api.wait_ips(name)[0]
+    wait_for(
+        lambda: ip in lab.exec(NODE, ["nft", "list", "table", "inet", "portico-gw-nat"]).stdout,
+        "the gateway's NAT table has the VIP",
+    )
+    wait_for(
+        lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"},
+        "every node healthy at the gateway, its own included",
+        30,
+    )
+    wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    client = addr(lab.plan.client(1), family)
+    gateway_host = addr(lab.plan.node(1), family)
+    others = {addr(lab.plan.node(i), family) for i in (2, 3)}
     answers = []
     for _ in range(REQUESTS):
         answer = _answer(lab, ip)
         assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
-        answers.append((answer["node"], answer["client_ip"] == client))
-    assert (NODE, True) in answers, answers
+        answers.append((answer["node"], answer["client_ip"]))
+    if policy == "Local":
+        # Each node's own pods, as the gateway's hash chose the node.
+        assert {n for n, _ in answers} == {"node-1", "node-2", "node-3"}, answers
+        assert all((c == client) == (n == NODE) for n, c in answers), answers
+        assert {c for n, c in answers if n != NODE} == {gateway_host}, answers
+    else:
+        # node-2 or node-3 DNATed some flows (their own address, masquerading toward a pod
+        # elsewhere): only a flow the gateway sent to their nodePort reaches their rules.
+        assert others & {c for _, c in answers}, answers
+    # A pod on node-1 reaching the VIP is node-1's own, as on any node (the gateway's table
+    # takes LAN packets only): DNATed there, masqueraded by node-1 toward a pod elsewhere, so
+    # no pod ever sees node-2's or node-3's address (it would, DNATed at their nodePorts).
+    inside = []
+    for _ in range(POD_REQUESTS):
+        answer = request(lab, "echo-1-1", ip, 80)["answer"]
+        inside.append((answer["node"], answer["client_ip"]))
+    assert not others & {c for _, c in inside}, inside

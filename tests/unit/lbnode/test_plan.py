@@ -10,7 +10,7 @@ from typing import Any
 from portico_lbnode.fwdrules import admit_set, render_fwd, vip_chain
 from portico_lbnode.maglev import maglev_table
 from portico_lbnode.model import service_from_cr
-from portico_lbnode.natrules import render_nat
+from portico_lbnode.natrules import PRIO_DSTNAT, render_nat
 from portico_lbnode.plan import (
     MaglevCache,
     NodeHealth,
@@ -19,6 +19,7 @@ from portico_lbnode.plan import (
     report,
     vips_to_announce,
 )
+from portico_nodeagent.nftnames import PRIO_NAT
 
 SIZE = 251
 
@@ -166,6 +167,39 @@ def test_nat_ports_go_to_the_stack_with_node_ports_as_targets() -> None:
     }
 
 
+def test_nat_slots_of_the_gateways_own_node_are_left_to_its_own_rules() -> None:
+    """A gateway on node 198.18.0.10 (hostNetwork): that node's slots are returned un-NATed
+    (a DNAT to its own nodePort would reach a port nothing listens on), the others DNATed and
+    masqueraded; and the table's DNAT runs before the node agent's, on LAN packets only."""
+    svc = service_from_cr(nat_cr())
+    _, nat = forwarding_and_nat([svc], everyone, MaglevCache(SIZE))
+    own = ipaddress.ip_address("198.18.0.10")
+    text = render_nat(nat, SIZE, ["eth0"], frozenset({own}))
+    n4 = next(n for n in nat if n.vip.version == 4)
+    mine = [i for i, (a, _) in enumerate(n4.targets) if a == own]
+    assert 0 < len(mine) < SIZE
+    sets = [line for line in text.splitlines() if line.strip().startswith("set natlocal-")]
+    assert len(sets) == 1, sets  # the IPv4 slot map's; no IPv6 address of the node is local
+    assert sets[0].endswith(f"elements = {{ {', '.join(map(str, mine))} }}; }}")
+    chain4 = _chain_of(text, "198.18.32.5 . tcp . 80")
+    local_set = sets[0].split()[1]
+    assert chain4.index(f"meta mark @{local_set} meta mark set 0 return") < chain4.index(
+        "ct mark set"
+    )
+    assert "return" not in _chain_of(text, "fd00:18::a:5 . tcp . 80")
+    assert f"priority {PRIO_DSTNAT};" in text and PRIO_DSTNAT < PRIO_NAT
+    assert 'iifname { "eth0" } ip daddr . meta l4proto . th dport vmap @nat4' in text
+    # A gateway of its own (no local node): as before, no set, no return.
+    alone = render_nat(nat, SIZE, ["eth0"])
+    assert "natlocal" not in alone and "return" not in alone
+
+
+def _chain_of(text: str, dispatch_key: str) -> str:
+    """The rules of the chain the NAT dispatch sends ``dispatch_key`` to."""
+    name = text.split(f"{dispatch_key} : goto ", 1)[1].split(",", 1)[0].split()[0]
+    return text.split(f"chain {name} {{", 1)[1].split("}", 1)[0]
+
+
 def test_nat_without_a_healthy_node_is_dropped_at_the_netdev_table() -> None:
     svc = service_from_cr(nat_cr())
     fwd, nat = forwarding_and_nat([svc], lambda n, k: False, MaglevCache(SIZE))
@@ -175,7 +209,7 @@ def test_nat_without_a_healthy_node_is_dropped_at_the_netdev_table() -> None:
 def test_nat_table_text() -> None:
     svc = service_from_cr(nat_cr(sessionAffinity="ClientIP"))
     _, nat = forwarding_and_nat([svc], everyone, MaglevCache(SIZE))
-    text = render_nat(nat, SIZE)
+    text = render_nat(nat, SIZE, ["eth0"])
     assert "198.18.32.5 . tcp . 80 : goto nat-" in text
     assert "fd00:18::a:5 . tcp . 80 : goto nat-" in text
     assert f"jhash ip saddr mod {SIZE} seed 0x5eed1b05" in text  # affinity: address only
@@ -184,5 +218,5 @@ def test_nat_table_text() -> None:
     assert "0 : 198.18.0." in text and ". 30080" in text
     assert "ct mark 0x50470001 masquerade" in text
     # Nothing in NAT mode: the table stays, empty, so its hooks are always ours to replace.
-    empty = render_nat([], SIZE)
+    empty = render_nat([], SIZE, ["eth0"])
     assert "goto" not in empty and "masquerade" in empty
