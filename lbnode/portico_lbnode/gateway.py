@@ -525,7 +525,7 @@ class Gateway:
         host's stack and which nodes are ARP-probed."""
         try:
             found = await asyncio.to_thread(local_addresses, self.settings.interfaces)
-        except OSError as e:
+        except Exception as e:  # pyroute2's NetlinkError is no OSError; the loop goes on
             log.error("reading the host's addresses failed: %s", e)
             return
         if found != self.local_addresses:
