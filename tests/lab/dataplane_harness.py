@@ -33,10 +33,10 @@ AGENT_PORT = AGENT_HEALTH_PORT  # the agents' own node /healthz and aggregate vi
 # One HTTP request, its status line, headers and body, or the error (refused, timeout).
 _HTTP = r"""
 import json, socket, sys
-host, port, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+host, port, path, timeout = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 out = {}
 try:
-    s = socket.create_connection((host, port), timeout=2)
+    s = socket.create_connection((host, port), timeout=timeout)
     # Connection: close, so that a keep-alive server (kube-proxy) ends the answer too
     s.sendall(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode()); data = b""
     while True:
@@ -58,8 +58,12 @@ print(json.dumps(out))
 """
 
 
-def http(lab: Lab, where: str, host: str, port: int, path: str = "/healthz") -> dict[str, Any]:
-    res = lab.exec(where, [sys.executable, "-S", "-c", _HTTP, host, str(port), path], timeout=10)
+def http(
+    lab: Lab, where: str, host: str, port: int, path: str = "/healthz", timeout: float = 2.0
+) -> dict[str, Any]:
+    """One request; ``timeout``: for the connection and for each read."""
+    argv = [sys.executable, "-S", "-c", _HTTP, host, str(port), path, str(timeout)]
+    res = lab.exec(where, argv, timeout=timeout + 8)
     assert res.returncode == 0, res.stderr
     return json.loads(res.stdout)
 

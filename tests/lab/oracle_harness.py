@@ -94,7 +94,9 @@ SLICE_MANAGER = "oracle.portico.dev"
 # 1 s: 1.5 s tells that "refused" from a timeout.
 TIMEOUT = 1.0
 CONNECT_TIMEOUT = 1.5
-ATTEMPTS = {"None": 20, "ClientIP": 6}  # 20 tries: two equal endpoints both seen but 2 in 10^6
+# 32 tries: two equal endpoints both seen but 5 in 10^10 per group; about 190 such groups per
+# run (both data planes), so a run misses one by chance about once in 10^7 (with 20: 1 in 3,000).
+ATTEMPTS = {"None": 32, "ClientIP": 6}
 
 # (pod, ready, serving, terminating)
 EndpointSpec = tuple[str, bool, bool, bool]

@@ -254,9 +254,9 @@ def test_a_dead_nodes_pinned_flows_move_at_once(
         wait_for(lambda: "node-2" not in healthy_nodes(api, name), "node-2 found dead")
         # The next datagram of each goes elsewhere and is answered: no drain for a dead node.
         t0 = time.monotonic()
-        moved = {p: udp_node(lab, ip, src, p, tries=3) for p in pinned}
+        moved = {p: udp_node(lab, ip, src, p, tries=10) for p in pinned}
         assert all(n in ("node-1", "node-3") for n in moved.values()), moved
-        assert time.monotonic() - t0 < 5 * len(pinned)
+        assert time.monotonic() - t0 < 5 * len(pinned)  # no drain timeout (30 s) waited out
     finally:
         lab.restore_node("node-2")
         wait_for(lambda: "node-2" in healthy_nodes(api, name), "node-2 back")

@@ -431,9 +431,16 @@ def test_source_ranges_set_then_cleared_let_everyone_in_again(
     assert not api.service(name).spec.load_balancer_source_ranges
     wait_for(lambda: answered(lab, "client-2", ip), "everyone gets in once the ranges are gone")
     assert not (api.lb(name)["spec"].get("sourceRanges") or [])
+    # One node let client-2 in; the others apply the change in their own time.
     for node in lab.node_names():
-        table = lab.exec(node, ["nft", "list", "table", "inet", "portico"], check=True).stdout
-        assert one.split("/")[0] not in table, f"{node} still filters by {one}"
+        wait_for(
+            lambda node=node: one.split("/")[0] not in _node_table(lab, node),
+            f"{node} no longer filters by {one}",
+        )
+
+
+def _node_table(lab: Lab, node: str) -> str:
+    return lab.exec(node, ["nft", "list", "table", "inet", "portico"], check=True).stdout
 
 
 def test_source_ranges_are_read_as_kubernetes_reads_them(

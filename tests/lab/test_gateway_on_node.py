@@ -19,7 +19,7 @@ after the gateway started (read again at each ``--verify-interval``)."""
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import pytest
@@ -44,8 +44,8 @@ NODE = "node-1"  # the gateway's host
 GATEWAY = "gw-on-node-1"  # its name (GatewayReport, ownerGateway)
 BLOCK = 216  # this module's /27 of the lab's VIP range (dataplane_harness.running_operator)
 REQUESTS = 24  # new connections per family: the hash gives node-1 about a third
+MOST_REQUESTS = 120  # ... and more, until what a test looks for shows (``_answers_until``)
 POD_REQUESTS = 12  # from a pod on node-1 (NAT mode)
-CLUSTER_REQUESTS = 120  # at most, until one shows node-1's own DNAT (ETP Cluster)
 
 
 @pytest.fixture(scope="module")
@@ -150,12 +150,8 @@ def test_an_address_the_node_gets_after_the_gateway_started_is_its_own(
                 30,
             )
             wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
-            nodes = []
-            for _ in range(REQUESTS):
-                answer = _answer(lab, ip)
-                assert answer is not None, f"a connection through the VIP failed: {gw.log_tail()}"
-                nodes.append(answer["node"])
-            assert NODE in nodes, nodes
+            got = _answers_until(lab, ip, gw, lambda got: NODE in _nodes(got))
+            assert NODE in _nodes(got), got
     finally:
         _restore(lab, own, routes)
 
@@ -185,14 +181,10 @@ def test_the_gateways_own_node_serves_its_share_of_flows(
         raise AssertionError(f"{e}: {api.lb(name).get('status')}; {gateway.log_tail()}") from e
     client = lab.plan.client(1)
     wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
-    nodes = []
-    for _ in range(REQUESTS):
-        answer = _answer(lab, ip)
-        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
-        assert answer["client_ip"] == addr(client, family)  # the client's own address
-        nodes.append(answer["node"])
+    got = _answers_until(lab, ip, gateway, lambda got: NODE in _nodes(got) and len(_nodes(got)) > 1)
+    assert {a["client_ip"] for a in got} == {addr(client, family)}  # the client's own address
     # node-1's share went to its own stack and was answered there; the others were forwarded.
-    assert NODE in nodes and set(nodes) - {NODE}, nodes
+    assert NODE in _nodes(got) and len(_nodes(got)) > 1, got
     # Never probed, never reported: its endpoints stay in every node's rules.
     verdicts = wait_for(
         lambda: v if "node-2=true node-3=true" in (v := report_verdicts(lab)) else None,
@@ -201,6 +193,33 @@ def test_the_gateways_own_node_serves_its_share_of_flows(
     )
     assert NODE not in verdicts, verdicts
     assert gateway.alive(), gateway.log_tail()
+
+
+def _answers_until(
+    lab: Lab, ip: str, gateway: Proc, enough: Callable[[list[dict[str, str]]], bool]
+) -> list[dict[str, str]]:
+    """New connections through the VIP, every one answered: at least REQUESTS, then until
+    ``enough`` (the gateway's hash of random source ports spreads flows evenly, but a share
+    of one node is missed in 24 now and then; at most MOST_REQUESTS)."""
+    got: list[dict[str, str]] = []
+    while len(got) < MOST_REQUESTS and (len(got) < REQUESTS or not enough(got)):
+        answer = _answer(lab, ip)
+        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
+        got.append(answer)
+    return got
+
+
+def _nodes(got: list[dict[str, str]]) -> set[str]:
+    return {a["node"] for a in got}
+
+
+def _clients(got: list[dict[str, str]]) -> set[str]:
+    return {a["client_ip"] for a in got}
+
+
+def _origins(got: list[dict[str, str]]) -> set[tuple[str, str]]:
+    """(the answering pod's node, the address it saw) of each answer."""
+    return {(a["node"], a["client_ip"]) for a in got}
 
 
 def _answer(lab: Lab, ip: str) -> dict[str, str] | None:
@@ -228,15 +247,9 @@ def test_cluster_flows_given_to_the_gateways_node_are_answered(
     client = addr(lab.plan.client(1), family)
     wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
     # The hash gives node-1 a third of the flows and node-1 DNATs a third of those to its own
-    # pods: one in nine shows it, so up to CLUSTER_REQUESTS (a miss in all: 1 in 1.4 million).
-    answers = []
-    for _ in range(CLUSTER_REQUESTS):
-        answer = _answer(lab, ip)
-        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
-        answers.append((answer["node"], answer["client_ip"] == client))
-        if answers[-1] == (NODE, True) and len(answers) >= REQUESTS:
-            break
-    assert (NODE, True) in answers, answers
+    # pods: one in nine shows it (24 requests miss it 6 % of the time, seen here; 120: 1 in 10^6).
+    got = _answers_until(lab, ip, gateway, lambda got: (NODE, client) in _origins(got))
+    assert (NODE, client) in _origins(got), got
 
 
 @pytest.mark.parametrize("policy", ["Local", "Cluster"])
@@ -269,14 +282,15 @@ def test_nat_mode_follows_the_gateways_choice_on_its_own_node(
     client = addr(lab.plan.client(1), family)
     gateway_host = addr(lab.plan.node(1), family)
     others = {addr(lab.plan.node(i), family) for i in (2, 3)}
-    answers = []
-    for _ in range(REQUESTS):
-        answer = _answer(lab, ip)
-        assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
-        answers.append((answer["node"], answer["client_ip"]))
+    every = {"node-1", "node-2", "node-3"}
+    if policy == "Local":
+        got = _answers_until(lab, ip, gateway, lambda got: _nodes(got) == every)
+    else:
+        got = _answers_until(lab, ip, gateway, lambda got: bool(others & _clients(got)))
+    answers = sorted(_origins(got))
     if policy == "Local":
         # Each node's own pods, as the gateway's hash chose the node.
-        assert {n for n, _ in answers} == {"node-1", "node-2", "node-3"}, answers
+        assert {n for n, _ in answers} == every, answers
         assert all((c == client) == (n == NODE) for n, c in answers), answers
         assert {c for n, c in answers if n != NODE} == {gateway_host}, answers
     else:

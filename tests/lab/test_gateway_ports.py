@@ -130,7 +130,8 @@ def test_a_port_the_service_no_longer_has_is_refused_at_once(
         # recv) — each in well under a second, not the client's 2 s timeout.
         assert got["tcp"][0] == "ConnectionRefusedError", (ip, got)
         assert got["udp"][0] == "ConnectionRefusedError", (ip, got)
-        assert got["tcp"][1] < 0.5 and got["udp"][1] < 0.5, (ip, got)
+        # Under the SYN's 1 s retransmission (0.5 s was tight on a loaded machine).
+        assert got["tcp"][1] < 0.9 and got["udp"][1] < 0.9, (ip, got)
         # The Service's own port is untouched.
         assert answers(lab, ip, 81, "http") and answers(lab, ip, 81, "udp"), ip
 

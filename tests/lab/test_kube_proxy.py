@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -91,19 +92,43 @@ def traced_dnat(lab: Lab, node: str, client: str, vip: str) -> list[str]:
         netns_argv(lab.netns_of(node), ["nft", "-f", "-"]), input=add, text=True, check=True
     )
     monitor = subprocess.Popen(
-        netns_argv(lab.netns_of(node), ["timeout", "10", "nft", "monitor", "trace"]),
+        netns_argv(lab.netns_of(node), ["timeout", "30", "nft", "monitor", "trace"]),
         stdout=subprocess.PIPE,
         text=True,
     )
+    lines: list[str] = []
+
+    def read() -> None:
+        assert monitor.stdout is not None
+        for line in monitor.stdout:
+            lines.append(line.rstrip("\n"))
+
+    reader = threading.Thread(target=read, daemon=True)
+    reader.start()
     try:
-        time.sleep(0.3)  # the monitor's netlink subscription (no state to wait on from here)
-        assert answered(lab, client, vip), "the VIP answers"
-        time.sleep(0.3)
+        # New connections until one is traced to the end: the monitor's netlink subscription
+        # has no state to wait on, so the first ones may come before it (a fixed 0.3 s was not
+        # always enough on a loaded machine); the end is the packet's source-NAT hook, which
+        # kube-proxy's chains (and the pick's DNAT before it) have had their turn by.
+        deadline = time.monotonic() + 20
+        while not _traced_through(lines) and time.monotonic() < deadline:
+            assert answered(lab, client, vip), "the VIP answers"
+            settle = time.monotonic() + 1.0
+            while not _traced_through(lines) and time.monotonic() < settle:
+                time.sleep(0.05)
     finally:
         monitor.terminate()
-        out, _ = monitor.communicate(timeout=10)
+        monitor.wait(timeout=10)
+        reader.join(timeout=10)
         lab.exec(node, ["nft", "delete", "table", "inet", TRACE_TABLE])
-    return out.splitlines()
+    return lines
+
+
+def _traced_through(lines: list[str]) -> bool:
+    """A packet's trace reached the postrouting hook (kube-proxy's or the nat table's)."""
+    return any(
+        " ip kube-proxy nat-postrouting " in t or " ip nat POSTROUTING " in t for t in list(lines)
+    )
 
 
 def test_with_kube_proxy_portico_handles_its_vips_and_the_answer_is_the_same(

@@ -128,6 +128,18 @@ def answers(lab: Lab, client: str, addr: str, n: int, proto: str = "http") -> li
     return [request(lab, client, addr, 80, proto)["answer"] for _ in range(n)]
 
 
+def _pods_seen(lab: Lab, addr: str, want: set[str], key: str = "pod", most: int = 60) -> set[str]:
+    """What ``key`` of client-1's answers showed, asking until ``want`` was seen or ``most``
+    requests: random endpoint picks reach every endpoint, but not within a fixed few (both of
+    two pods in 12: 1 miss in 2,000; in 60: 1 in 10^17)."""
+    seen: set[str] = set()
+    for _ in range(most):
+        seen.add(request(lab, "client-1", addr, 80)["answer"][key])
+        if want <= seen:
+            break
+    return seen
+
+
 # ==============================================================================================
 def test_rules_list_back_as_rendered_and_reapply_changes_nothing(
     lab: Lab, slices: list[dict[str, Any]], workdir: Path
@@ -227,7 +239,9 @@ def test_no_endpoints_rejects_fast(lab: Lab, workdir: Path) -> None:
         with routed(lab, "client-1", addr, "node-1"):
             for proto in ("tcp", "udp", "udp"):  # twice: the first ICMP error is not the last
                 got = probe(lab, "client-1", addr, 80, proto, timeout=3)
-                assert got.get("error") == "refused" and got["seconds"] < 0.5, (addr, proto, got)
+                # Well under the SYN's 1 s retransmission (what a lost or late reject costs);
+                # 0.5 s was tight on a loaded machine.
+                assert got.get("error") == "refused" and got["seconds"] < 0.9, (addr, proto, got)
 
 
 def test_source_ranges_allow_and_deny(
@@ -304,10 +318,8 @@ def test_running_agent_changes_elements_and_restores_a_flushed_table(
     try:
         with routed(lab, "client-1", addr, "node-1"):
             wait_status(lambda s: s.get("hash"), "a first apply")
-            assert {a["pod"] for a in answers(lab, "client-1", addr, 12)} == {
-                "echo-1-1",
-                "echo-1-2",
-            }
+            both_pods = {"echo-1-1", "echo-1-2"}
+            assert _pods_seen(lab, addr, both_pods) == both_pods
             # One endpoint goes: a small transaction, not a reload.
             keep = str(lab.plan.pod(1, 1).ipv4)
             eps = tuple(e for e in both.endpoints if e.address == keep or ":" in e.address)
@@ -390,8 +402,9 @@ def test_traffic_distribution_hints_keep_traffic_in_the_zone(lab: Lab, workdir: 
         apply_once(lab, "node-1", render_node_rules([svc], node_info(lab, "node-1")), workdir)
         with routed(lab, "client-1", addr, "node-1"):
             got = answers(lab, "client-1", addr, 16)
+            nodes = _pods_seen(lab, addr, {"node-1", "node-3"}, key="node")
         assert {a["node"] for a in got} <= {"node-1", "node-3"}
-        assert len({a["node"] for a in got}) == 2  # 16 requests over 4 pods on 2 nodes
+        assert nodes == {"node-1", "node-3"}  # over 4 pods on 2 nodes
         for a in got:  # masqueraded only when the pod is on node-3
             want = lab.plan.node(1).ipv4 if a["node"] == "node-3" else lab.plan.client(1).ipv4
             assert a["client_ip"] == str(want)

@@ -424,7 +424,7 @@ def test_a_typo_on_a_served_service_keeps_its_address(lab: Lab, api: Api) -> Non
                 e for e in api.events(svc) if e.type == "Warning" and "dsrr" in (e.message or "")
             ]
 
-        events = wait_for(warned, "a Warning Event that names the bad value", 10)
+        events = wait_for(warned, "a Warning Event that names the bad value", 30)
         assert sc.ips(svc) == (ip,), f"the typo stripped the address: {sc.ips(svc)}"
         # The address is not free: the lowest free address goes to someone else.
         other = sc.create("other")
@@ -435,7 +435,7 @@ def test_a_typo_on_a_served_service_keeps_its_address(lab: Lab, api: Api) -> Non
         valid = wait_for(
             lambda: (c := api.service_condition(svc, VALID)) and c["status"] == "False" and c,
             f"{VALID}=False",
-            10,
+            30,
         )
         assert valid["reason"] == "InvalidRequest" and "dsrr" in valid["message"], valid
         allocated = api.service_condition(svc, ALLOCATED)
@@ -453,7 +453,7 @@ def test_a_typo_on_a_served_service_keeps_its_address(lab: Lab, api: Api) -> Non
         wait_for(
             lambda: (c := api.service_condition(svc, VALID)) and c["status"] == "True",
             f"{VALID}=True once fixed",
-            10,
+            30,
         )
         assert sc.ips(svc) == (ip,)
 
@@ -472,7 +472,7 @@ def test_require_dual_stack_with_one_requested_ipv4_gets_both(lab: Lab, api: Api
             ipFamilies=["IPv4", "IPv6"],
             ipFamilyPolicy="RequireDualStack",
         )
-        cond = wait_for(lambda: api.condition(svc), f"{ALLOCATED} condition", 10)
+        cond = wait_for(lambda: api.condition(svc), f"{ALLOCATED} condition", 30)
         time.sleep(0.3)  # a second family could be written in a second step
         ips = sc.ips(svc)
         cond = api.condition(svc)
@@ -584,12 +584,12 @@ def test_sharer_refused_for_a_port_clash_is_met_when_the_clash_goes(lab: Lab, ap
         c = sc.create("c", annotations=key, ports=[("TCP", 443)])
         assert sc.wait_ips(c) == (ip,)
         b = sc.create("b", annotations={**key, IPS_ANN: ip}, ports=[("TCP", 80)])
-        cond = api.wait_condition(b, "False", "SharingConflict", timeout=10)
+        cond = api.wait_condition(b, "False", "SharingConflict", timeout=30)
         assert a in cond["message"], cond
         sc.delete(a)
         sc.wait_gone(a)
         try:
-            wait_for(lambda: sc.ips(b) == (ip,), f"{b} gets {ip} once {a} is gone", 5)
+            wait_for(lambda: sc.ips(b) == (ip,), f"{b} gets {ip} once {a} is gone", 30)
         except AssertionError as e:
             raise AssertionError(f"{e}; {b} has {sc.ips(b)}, {api.condition(b)}") from None
         cond = api.condition(b)
@@ -621,11 +621,13 @@ def test_sigterm_hands_the_lease_over_at_once(lab: Lab, api: Api) -> None:
             dt = time.monotonic() - t0
             figures.append(dt)
             # The new leader allocates (not only holds the Lease).
-            sc.wait_ips(sc.create(f"t{trial}"), timeout=10)
+            sc.wait_ips(sc.create(f"t{trial}"), timeout=30)
             ops[leader].stop()
             ops[leader].start()
         print(f"SIGTERM -> standby holds the Lease: {', '.join(f'{f:.3f}s' for f in figures)}")
-        assert max(figures) < 2.0, f"Lease handed over after {figures} s (goal 1 s)"
+        # Goal 1 s; without the hand-over the standby waits out the 4 s lease. 3 s: slack for a
+        # loaded machine (the figure is printed; bench/operator_failover.py measures it).
+        assert max(figures) < 3.0, f"Lease handed over after {figures} s (goal 1 s)"
 
 
 # =============================================================================================
@@ -755,4 +757,4 @@ def test_watch_gap_deleted_addresses_are_freed_and_nothing_is_given_twice(
         assert not changed(expected, now), changed(expected, now)
         assert not duplicates(sc.raw()), duplicates(sc.raw())
         assert {ip for v in now.values() for ip in v} <= set(hosts)
-        wait_for(lambda: not lb_mismatches(sc), f"CRs match status: {lb_mismatches(sc)}", 10)
+        wait_for(lambda: not lb_mismatches(sc), f"CRs match status: {lb_mismatches(sc)}", 30)
