@@ -133,14 +133,15 @@ def gateway_names(lab: Lab) -> list[str]:
     return sorted(n[len(prefix) :] for n in lab.net.namespaces() if n.startswith(prefix + "gw-"))
 
 
-def start_gateway(lab: Lab, gateway: str, *extra: str) -> Proc:
+def start_gateway(lab: Lab, gateway: str, *extra: str, host: str | None = None) -> Proc:
     """The gateway program in its host's namespace, as the lbnode DaemonSet or unit would run
-    it on a gateway machine; log in the lab's logs/."""
+    it on a gateway machine; log in the lab's logs/. ``host``: the lab host it runs on when
+    that is not the gateway host of its name (a node, as the chart's hostNetwork gateway)."""
     return Proc(
         f"portico-lbnode-{gateway}",
         gateway_argv(lab, gateway, *extra),
         lab.workdir / "logs" / f"lbnode-{gateway}.log",
-        netns=lab.netns_of(gateway),
+        netns=lab.netns_of(host or gateway),
     ).start()
 
 

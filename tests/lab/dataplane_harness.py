@@ -126,14 +126,15 @@ def running_kube_proxy(lab: Lab, mode: str) -> Iterator[list[Proc]]:
 
 
 @contextmanager
-def running_gateway(lab: Lab, name: str, *extra: str) -> Iterator[Proc]:
-    """The gateway ``name`` (lbnode in its lab namespace); its tables removed afterwards."""
-    proc = start_gateway(lab, name, *extra)
+def running_gateway(lab: Lab, name: str, *extra: str, host: str | None = None) -> Iterator[Proc]:
+    """The gateway ``name`` (lbnode in its lab namespace, or in ``host``'s); its tables removed
+    afterwards."""
+    proc = start_gateway(lab, name, *extra, host=host)
     try:
         yield proc
     finally:
         proc.stop()
-        lab.exec(name, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
+        lab.exec(host or name, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
         # Its GatewayReport stays after a stop (a restart carries its verdicts over): not here.
         lab.kubectl("delete", "gatewayreport", name, "--ignore-not-found", check=False)
         if proc.popen is not None and proc.popen.returncode not in (0, None):

@@ -18,13 +18,11 @@ after the gateway started (read again at each ``--verify-interval``)."""
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 
 import pytest
 from portico_lab.lab import Lab
-from portico_lab.portico import gateway_argv
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
@@ -35,6 +33,7 @@ from .dataplane_harness import (
     family_spec,
     named,
     running_agents,
+    running_gateway,
     running_operator,
 )
 from .netcheck import request
@@ -60,22 +59,10 @@ def agents(lab: Lab, operator: OperatorProcess) -> Iterator[list[Proc]]:
         yield procs
 
 
-@contextmanager
-def gateway_on_node(lab: Lab, *extra: str) -> Iterator[Proc]:
-    """lbnode in node-1's namespace, on its LAN device, as a hostNetwork pod there runs it."""
-    proc = Proc(
-        f"portico-lbnode-{GATEWAY}",
-        gateway_argv(lab, GATEWAY, *extra),  # its LAN device is eth0 there too
-        lab.workdir / "logs" / f"lbnode-{GATEWAY}.log",
-        netns=lab.netns_of(NODE),
-    )
-    proc.start()
-    try:
-        yield proc
-    finally:
-        proc.stop()
-        lab.exec(NODE, [sys.executable, "-m", "portico_lbnode", "--cleanup"])
-        lab.kubectl("delete", "gatewayreport", GATEWAY, "--ignore-not-found", check=False)
+def gateway_on_node(lab: Lab, *extra: str) -> AbstractContextManager[Proc]:
+    """lbnode in node-1's namespace, on its LAN device (eth0 there too), as a hostNetwork pod
+    there runs it."""
+    return running_gateway(lab, GATEWAY, *extra, host=NODE)
 
 
 @pytest.fixture(scope="module")
