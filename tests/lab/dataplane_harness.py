@@ -207,6 +207,8 @@ def addr(host: Any, family: int) -> str:
 # node as on kind and most clusters. Tests parametrized over it run their kube-proxy cases last
 # in their module (tests/lab/conftest.py orders them), so kube-proxy starts once per module.
 ALONE, KUBE_PROXY = "alone", "kube-proxy"
+KUBE_PROXY_IPTABLES = "kube-proxy-iptables"  # kind's default mode
+_KUBE_PROXY_MODES = {KUBE_PROXY: "nftables", KUBE_PROXY_IPTABLES: "iptables"}
 BESIDE = [ALONE, KUBE_PROXY]
 
 
@@ -219,16 +221,22 @@ class KubeProxySwitch:
         self.lab, self.agents = lab, agents
         self._stack: ExitStack | None = None
         self._procs: list[Proc] = []
+        self._beside = ALONE
 
     @property
     def on(self) -> bool:
         return self._stack is not None
 
     def want(self, beside: str) -> None:
-        if (beside == KUBE_PROXY) != self.on:
-            self.start() if beside == KUBE_PROXY else self.stop()
+        """``ALONE``, ``KUBE_PROXY`` (nftables mode) or ``KUBE_PROXY_IPTABLES``."""
+        if beside == self._beside:
+            return
+        self.stop()
+        if beside != ALONE:
+            self.start(_KUBE_PROXY_MODES[beside])
+        self._beside = beside
 
-    def start(self) -> None:
+    def start(self, mode: str = "nftables") -> None:
         lab = self.lab
         # Portico's table first, kube-proxy's after (see test_kube_proxy): its agents made it.
         for node in lab.node_names():
@@ -237,7 +245,7 @@ class KubeProxySwitch:
             p.stop()  # their rules stay in force
         self._stack = ExitStack()
         try:
-            self._procs = self._stack.enter_context(running_kube_proxy(lab, "nftables"))
+            self._procs = self._stack.enter_context(running_kube_proxy(lab, mode))
             for node in lab.node_names():
                 wait_for(
                     lambda n=node: (
@@ -257,6 +265,7 @@ class KubeProxySwitch:
             )
 
     def stop(self) -> None:
+        self._beside = ALONE
         stack, self._stack, self._procs = self._stack, None, []
         if stack is not None:
             stack.close()

@@ -14,7 +14,8 @@ verdict came about, the unit test of ``probe_targets`` always).
 And two things that only a gateway on a node meets: NAT mode, where the node's own DNAT ran
 first and took every flow whatever node the gateway chose (``natrules``: the gateway's NAT runs
 first now and leaves its own node's slots to the node's rules); and an address the node gets
-after the gateway started (read again at each ``--verify-interval``)."""
+after the gateway started (read again at each ``--verify-interval``). Last, kind's own shape:
+all of it beside kube-proxy in iptables mode."""
 
 from __future__ import annotations
 
@@ -26,11 +27,15 @@ from portico_lab.lab import Lab
 from portico_lab.procs import Proc
 
 from .dataplane_harness import (
+    ALONE,
     FAMILIES,
+    KUBE_PROXY_IPTABLES,
+    KubeProxySwitch,
     addr,
     create,
     deleting_services,
     family_spec,
+    kube_proxy_switch,
     named,
     running_agents,
     running_gateway,
@@ -154,10 +159,17 @@ def _restore(lab: Lab, own: str, routes: list[str]) -> None:
 def test_the_gateways_own_node_serves_its_share_of_flows(
     lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
 ) -> None:
-    name = named("gw-on-node", family)
+    _own_node_serves_its_share(lab, api, gateway, services, family)
+
+
+def _own_node_serves_its_share(
+    lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, beside: str = ALONE
+) -> None:
+    name = named("gw-on-node", family) + _SUFFIX[beside]
     # Local: the answering pod's node is the node the gateway gave the flow to.
     create(api, services, name, externalTrafficPolicy="Local", **family_spec(family))
     ip = api.wait_ips(name)[0]
+    _kube_proxy_synced(lab, beside, name, ip, dsr=True)
     try:
         wait_for(
             lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"},
@@ -244,18 +256,31 @@ def test_cluster_flows_given_to_the_gateways_node_are_answered(
 def test_nat_mode_follows_the_gateways_choice_on_its_own_node(
     lab: Lab, api: Api, gateway: Proc, services: list[str], family: int, policy: str
 ) -> None:
+    _nat_mode_follows_the_gateways_choice(lab, api, gateway, services, family, policy)
+
+
+def _nat_mode_follows_the_gateways_choice(
+    lab: Lab,
+    api: Api,
+    gateway: Proc,
+    services: list[str],
+    family: int,
+    policy: str,
+    beside: str = ALONE,
+) -> None:
     """NAT mode (``portico.dev/forwarding-mode: nat``) with the gateway on node-1: a flow the
     gateway gives node-2 or node-3 is DNATed to that node's nodePort and masqueraded (the pod
     sees node-1's address, the gateway host's); one it gives node-1 is left to node-1's own
     rules (the pod sees the client). Before, node-1's rules (their DNAT runs first) took every
     flow whatever the gateway chose: with ETP Local only node-1's pods answered (and none
     would, had node-1 no endpoint); with Cluster no flow reached another node's nodePort."""
-    name = named(f"gw-on-node-nat-{policy.lower()}", family)
+    name = named(f"gw-on-node-nat-{policy.lower()}", family) + _SUFFIX[beside]
     create(api, services, name, externalTrafficPolicy=policy, **family_spec(family))
     api.core.patch_namespaced_service(
         name, NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": "nat"}}}
     )
     ip = api.wait_ips(name)[0]
+    _kube_proxy_synced(lab, beside, name, ip, dsr=False)
     wait_for(
         lambda: ip in lab.exec(NODE, ["nft", "list", "table", "inet", "portico-gw-nat"]).stdout,
         "the gateway's NAT table has the VIP",
@@ -292,3 +317,47 @@ def test_nat_mode_follows_the_gateways_choice_on_its_own_node(
         answer = request(lab, "echo-1-1", ip, 80)["answer"]
         inside.append((answer["node"], answer["client_ip"]))
     assert not others & {c for _, c in inside}, inside
+
+
+@pytest.fixture(scope="module")
+def switch(lab: Lab, agents: list[Proc]) -> Iterator[KubeProxySwitch]:
+    with kube_proxy_switch(lab, agents) as s:
+        yield s
+
+
+def test_beside_kube_proxy_in_iptables_mode_as_on_kind(
+    lab: Lab, api: Api, gateway: Proc, switch: KubeProxySwitch, services: list[str]
+) -> None:
+    """kind's own shape: kube-proxy in iptables mode (kind's default) on every node, the
+    gateway's included. Portico's DNAT runs before kube-proxy's (-100): the agent's at -101,
+    the gateway's NAT at -102; and kube-proxy leaves NAT mode's addresses (``ipMode: Proxy``)
+    to the load balancer. So the own node's share, NAT mode's choice and the addresses the
+    pods see are as without kube-proxy, both families, once kube-proxy has the Services."""
+    switch.want(KUBE_PROXY_IPTABLES)
+    try:
+        for family in FAMILIES:
+            _own_node_serves_its_share(lab, api, gateway, services, family, KUBE_PROXY_IPTABLES)
+            for policy in ("Local", "Cluster"):
+                _nat_mode_follows_the_gateways_choice(
+                    lab, api, gateway, services, family, policy, KUBE_PROXY_IPTABLES
+                )
+    finally:
+        switch.want(ALONE)
+
+
+_SUFFIX = {ALONE: "", KUBE_PROXY_IPTABLES: "-kpi"}
+
+
+def _kube_proxy_synced(lab: Lab, beside: str, name: str, ip: str, dsr: bool) -> None:
+    """With kube-proxy beside: node-1's kube-proxy has the Service's chains (its comment names
+    the Service port), and for an address in direct server return (``ipMode: VIP``) the VIP
+    too, so that it could have taken the flows, had it come first."""
+    if beside == ALONE:
+        return
+    save = "ip6tables-save" if ":" in ip else "iptables-save"
+
+    def synced() -> bool:
+        rules = lab.exec(NODE, [save, "-t", "nat"]).stdout
+        return f"{NS}/{name}:http" in rules and (not dsr or ip in rules)
+
+    wait_for(synced, f"node-1's kube-proxy has {name}", 30)
