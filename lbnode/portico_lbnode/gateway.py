@@ -129,6 +129,8 @@ class Gateway:
         self.local_addresses = local_addresses(settings.interfaces)
         if self.local_addresses:
             log.info("own addresses: %s", ", ".join(sorted(map(str, self.local_addresses))))
+        # ... and on every device: NAT mode's own slots (``natrules``, ``localaddr``).
+        self.host_addresses = local_addresses(None)
         self.announced: frozenset[Any] = frozenset()
         self.programmed_once = False
         # key -> wall time the CR (with VIPs) was first seen, until its first healthy node is
@@ -266,7 +268,7 @@ class Gateway:
         self._pass_times["thread"] = time.time()
         # NAT first: a port handed to the IP stack must find its DNAT there.
         nat_table = render_nat(
-            nat, self.settings.table_size, self.settings.interfaces, self.local_addresses
+            nat, self.settings.table_size, self.settings.interfaces, self.host_addresses
         )
         if self.nat.apply(nat_table):
             log.info("NAT table: %d ports", len(nat))
@@ -324,6 +326,8 @@ class Gateway:
         targets = targets_from_services(self.services.values())
         self.prober.set_targets(targets)
         waiting = self._first_probe_pending()
+        # Not programmed by this pass: their statuses wait for the pass that serves them.
+        self.statuses.mark(waiting)
         served = (
             {k: s for k, s in self.services.items() if k not in waiting}
             if waiting
@@ -462,14 +466,19 @@ class Gateway:
     async def _write_status(self, key: str) -> None:
         if not self.statuses.writable(key):
             return  # changed while it waited for a writer: written after the pass that programs it
+        if await self._patch_status(key):
+            self.statuses.written(key)
+
+    async def _patch_status(self, key: str) -> bool:
+        """Writes the key's status if it differs; False when the write failed (retried)."""
         desired = self.desired_status(key)
         if desired is None:
-            return
+            return True
         # The CR as last seen, or as our last write returned it: a status someone else changed
         # (or cleared) is written again, ours coming back is not.
         current = self.crs[key].get("status") or {}
         if not status_differs(current, desired):
-            return
+            return True
         ns, name = key.split("/", 1)
         body = {
             "apiVersion": f"{API_GROUP}/{API_VERSION}",
@@ -486,18 +495,18 @@ class Gateway:
                 force=True,
             )
         except ApiError as e:
-            if e.status != 404:
-                log.warning("status of %s: %s (retrying)", key, e)
-                self.statuses.retry(key)
-                asyncio.get_running_loop().call_later(1.0, self._status_event.set)
-            return
+            if e.status == 404:
+                return True  # the CR is gone
+            log.warning("status of %s: %s (retrying)", key, e)
         except (aiohttp.ClientError, OSError, TimeoutError) as e:
             log.warning("status of %s: %s (retrying)", key, e)
-            self.statuses.retry(key)
-            asyncio.get_running_loop().call_later(1.0, self._status_event.set)
-            return
-        if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):
-            self.crs[key] = applied
+        else:
+            if key in self.crs and applied.get("spec") == self.crs[key].get("spec"):
+                self.crs[key] = applied
+            return True
+        self.statuses.retry(key)
+        asyncio.get_running_loop().call_later(1.0, self._status_event.set)
+        return False
 
     # -- running ----------------------------------------------------------------------------
     async def watch_loop(self) -> None:
@@ -525,12 +534,20 @@ class Gateway:
         host's stack and which nodes are ARP-probed."""
         try:
             found = await asyncio.to_thread(local_addresses, self.settings.interfaces)
+            host = await asyncio.to_thread(local_addresses, None)
         except Exception as e:  # pyroute2's NetlinkError is no OSError; the loop goes on
             log.error("reading the host's addresses failed: %s", e)
             return
+        if host != self.host_addresses:
+            self.host_addresses = host
+            self._dirty.set()  # NAT mode's own slots
         if found != self.local_addresses:
             log.info("own addresses: %s", ", ".join(sorted(map(str, found))) or "none")
             self.local_addresses = found
+            # A node that became (or stopped being) this host changes health, not only the
+            # table: its neighbour verdict goes (or comes), so every status and the report.
+            self.statuses.mark(self.crs)
+            self.report.dirty.set()
             self._dirty.set()
 
     async def withdraw(self) -> None:

@@ -124,18 +124,20 @@ def test_an_address_the_node_gets_after_the_gateway_started_is_its_own(
 
     v6 = str(lab.plan.node(1).ipv6)
     try:
-        with gateway_on_node(lab, "--verify-interval", "1") as gw:
+        with gateway_on_node(lab, "--verify-interval", "3") as gw:
             first = wait_for(own_addresses, "the start's read", 20)
             assert v6 not in first[0], first
+            # The Service is there before the address comes (node-1's IPv6 address is its
+            # IPv6 flows' target; its health is asked at its IPv4 address, the lab's first).
+            name = named("gw-on-node-late", 6)
+            create(api, services, name, externalTrafficPolicy="Local", **family_spec(6))
+            ip = api.wait_ips(name)[0]
             _restore(lab, own, routes)
             wait_for(
                 lambda: any(v6 in line for line in own_addresses()),
                 "the gateway sees the address added after its start",
                 10,
             )
-            name = named("gw-on-node-late", 6)
-            create(api, services, name, externalTrafficPolicy="Local", **family_spec(6))
-            ip = api.wait_ips(name)[0]
             wait_for(
                 lambda: healthy_nodes(api, name) == {"node-1", "node-2", "node-3"},
                 "every node healthy at the gateway, its own included",
