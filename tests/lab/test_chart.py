@@ -507,22 +507,23 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
             f"the operator to delete {pool}, no longer in the values",
             20,
         )
+
+        def pools_events(reason: str) -> str:
+            """The messages of the pools ConfigMap's Events of ``reason``."""
+            return kubectl(
+                lab,
+                "-n",
+                namespace,
+                "get",
+                "events",
+                "--field-selector",
+                f"involvedObject.name={release}-pools,reason={reason}",
+                "-o",
+                "jsonpath={.items[*].message}",
+            ).stdout
+
         taken = wait_for(
-            lambda: (
-                kubectl(
-                    lab,
-                    "-n",
-                    namespace,
-                    "get",
-                    "events",
-                    "--field-selector",
-                    f"involvedObject.name={release}-pools,reason=PoolNameTaken",
-                    "-o",
-                    "jsonpath={.items[*].message}",
-                ).stdout
-            ),
-            "a PoolNameTaken Event on the ConfigMap",
-            20,
+            lambda: pools_events("PoolNameTaken"), "a PoolNameTaken Event on the ConfigMap", 20
         )
         assert f"VIPPool {mine} exists without the label" in taken
         # The user's pool, untouched.
@@ -558,23 +559,7 @@ def test_crds_install_upgrade_and_stay_on_uninstall(
 
         # A list that does not parse: an Event, and every pool stays.
         set_pools_text("- name: [unclosed\n")
-        wait_for(
-            lambda: (
-                kubectl(
-                    lab,
-                    "-n",
-                    namespace,
-                    "get",
-                    "events",
-                    "--field-selector",
-                    f"involvedObject.name={release}-pools,reason=InvalidPools",
-                    "-o",
-                    "name",
-                ).stdout
-            ),
-            "an InvalidPools Event on the ConfigMap",
-            20,
-        )
+        wait_for(lambda: pools_events("InvalidPools"), "an InvalidPools Event on the ConfigMap", 20)
         assert made_from_values(other)
         # The chart's RBAC let it do all that (after the uninstall, its Lease Role is gone).
         assert "forbidden" not in op_log(log_start).lower()
