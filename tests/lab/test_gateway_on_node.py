@@ -32,6 +32,7 @@ from .dataplane_harness import (
     KUBE_PROXY_IPTABLES,
     KubeProxySwitch,
     addr,
+    answered,
     create,
     deleting_services,
     family_spec,
@@ -43,6 +44,7 @@ from .dataplane_harness import (
 )
 from .netcheck import request
 from .operator_harness import NS, Api, OperatorProcess, wait_for
+from .test_gateway import healthy_nodes
 
 NODE = "node-1"  # the gateway's host
 GATEWAY = "gw-on-node-1"  # its name (GatewayReport, ownerGateway)
@@ -80,11 +82,6 @@ def gateway(lab: Lab, agents: list[Proc]) -> Iterator[Proc]:
 def services(api: Api) -> Iterator[list[str]]:
     with deleting_services(api) as names:
         yield names
-
-
-def healthy_nodes(api: Api, name: str) -> set[str]:
-    status = api.lb(name).get("status") or {}
-    return {n["node"] for n in status.get("nodes") or [] if n.get("healthy")}
 
 
 def report_verdicts(lab: Lab) -> str:
@@ -143,7 +140,7 @@ def test_an_address_the_node_gets_after_the_gateway_started_is_its_own(
                 "every node healthy at the gateway, its own included",
                 30,
             )
-            wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+            wait_for(lambda: answered(lab, "client-1", ip), "a first answer through the VIP", 20)
             got = _answers_until(lab, ip, gw, lambda got: NODE in _nodes(got))
             assert NODE in _nodes(got), got
     finally:
@@ -181,7 +178,7 @@ def _own_node_serves_its_share(
     except AssertionError as e:
         raise AssertionError(f"{e}: {api.lb(name).get('status')}; {gateway.log_tail()}") from e
     client = lab.plan.client(1)
-    wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    wait_for(lambda: answered(lab, "client-1", ip), "a first answer through the VIP", 20)
     got = _answers_until(lab, ip, gateway, lambda got: NODE in _nodes(got) and len(_nodes(got)) > 1)
     assert {a["client_ip"] for a in got} == {addr(client, family)}  # the client's own address
     # node-1's share went to its own stack and was answered there; the others were forwarded.
@@ -204,7 +201,7 @@ def _answers_until(
     of one node is missed in 24 now and then; at most MOST_REQUESTS)."""
     got: list[dict[str, str]] = []
     while len(got) < MOST_REQUESTS and (len(got) < REQUESTS or not enough(got)):
-        answer = _answer(lab, ip)
+        answer = answered(lab, "client-1", ip)
         assert answer is not None, f"a connection through the VIP failed: {gateway.log_tail()}"
         got.append(answer)
     return got
@@ -223,13 +220,6 @@ def _origins(got: list[dict[str, str]]) -> set[tuple[str, str]]:
     return {(a["node"], a["client_ip"]) for a in got}
 
 
-def _answer(lab: Lab, ip: str) -> dict[str, str] | None:
-    try:
-        return request(lab, "client-1", ip, 80)["answer"]  # type: ignore[no-any-return]
-    except ConnectionError:
-        return None
-
-
 @pytest.mark.parametrize("family", FAMILIES)
 def test_cluster_flows_given_to_the_gateways_node_are_answered(
     lab: Lab, api: Api, gateway: Proc, services: list[str], family: int
@@ -246,7 +236,7 @@ def test_cluster_flows_given_to_the_gateways_node_are_answered(
         30,
     )
     client = addr(lab.plan.client(1), family)
-    wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    wait_for(lambda: answered(lab, "client-1", ip), "a first answer through the VIP", 20)
     # The hash gives node-1 a third of the flows and node-1 DNATs a third of those to its own
     # pods: one in nine shows it (24 requests miss it 6 % of the time, seen here; 120: 1 in 10^6).
     got = _answers_until(lab, ip, gateway, lambda got: (NODE, client) in _origins(got))
@@ -292,7 +282,7 @@ def _nat_mode_follows_the_gateways_choice(
         "every node healthy at the gateway, its own included",
         30,
     )
-    wait_for(lambda: _answer(lab, ip), "a first answer through the VIP", 20)
+    wait_for(lambda: answered(lab, "client-1", ip), "a first answer through the VIP", 20)
     client = addr(lab.plan.client(1), family)
     gateway_host = addr(lab.plan.node(1), family)
     others = {addr(lab.plan.node(i), family) for i in (2, 3)}
