@@ -36,7 +36,7 @@ from .fwdrules import render_fwd
 from .gwreport import ReportWriter
 from .healthstate import NOT_APPLIED_MESSAGE, TargetHealth
 from .lbstatus import render_status, status_differs
-from .localaddr import local_addresses
+from .localaddr import own_addresses
 from .maglev import DEFAULT_TABLE_SIZE
 from .model import GatewayService, InvalidService, service_from_cr
 from .natnft import NatTable
@@ -124,13 +124,13 @@ class Gateway:
         self.fwd_memo = RenderMemo()
         self.nat = NatTable()
         self.announcers = [Announcer(dev) for dev in settings.interfaces]
-        # The host's own addresses: when it is a node too, its flows go to its own stack and
-        # it is never ARP-probed (``localaddr``).
-        self.local_addresses = local_addresses(settings.interfaces)
+        # The host's own addresses on its LAN devices: when it is a node too, its flows go to
+        # its own stack and it is never ARP-probed; on every device: NAT mode's own slots
+        # (``localaddr``, ``natrules``).
+        own = own_addresses(settings.interfaces)
+        self.local_addresses, self.host_addresses = own.lan, own.host
         if self.local_addresses:
             log.info("own addresses: %s", ", ".join(sorted(map(str, self.local_addresses))))
-        # ... and on every device: NAT mode's own slots (``natrules``, ``localaddr``).
-        self.host_addresses = local_addresses(None)
         self.announced: frozenset[Any] = frozenset()
         self.programmed_once = False
         # key -> wall time the CR (with VIPs) was first seen, until its first healthy node is
@@ -533,17 +533,16 @@ class Gateway:
         node's address that DHCP or an operator changed) changes which node's flows go to the
         host's stack and which nodes are ARP-probed."""
         try:
-            found = await asyncio.to_thread(local_addresses, self.settings.interfaces)
-            host = await asyncio.to_thread(local_addresses, None)
+            own = await asyncio.to_thread(own_addresses, self.settings.interfaces)
         except Exception as e:  # pyroute2's NetlinkError is no OSError; the loop goes on
             log.error("reading the host's addresses failed: %s", e)
             return
-        if host != self.host_addresses:
-            self.host_addresses = host
+        if own.host != self.host_addresses:
+            self.host_addresses = own.host
             self._dirty.set()  # NAT mode's own slots
-        if found != self.local_addresses:
-            log.info("own addresses: %s", ", ".join(sorted(map(str, found))) or "none")
-            self.local_addresses = found
+        if own.lan != self.local_addresses:
+            log.info("own addresses: %s", ", ".join(sorted(map(str, own.lan))) or "none")
+            self.local_addresses = own.lan
             # A node that became (or stopped being) this host changes health, not only the
             # table: its neighbour verdict goes (or comes), so every status and the report.
             self.statuses.mark(self.crs)

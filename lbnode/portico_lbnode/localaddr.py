@@ -17,27 +17,36 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 from pyroute2 import IPRoute
 
 IP = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 
-def local_addresses(devices: Iterable[str] | None) -> frozenset[IP]:
-    """Every IPv4 and IPv6 address on ``devices`` (a device that does not exist: none; None:
-    every device of the host). In a thread of its own: pyroute2's synchronous IPRoute runs an
-    event loop of its own, which it cannot do in a thread whose loop runs (the gateway's)."""
+@dataclass(frozen=True)
+class OwnAddresses:
+    lan: frozenset[IP]  # on the gateway's LAN devices: DSR's own node, the nodes not probed
+    host: frozenset[IP]  # on every device: NAT mode's own node
+
+
+def own_addresses(devices: Iterable[str]) -> OwnAddresses:
+    """The host's IPv4 and IPv6 addresses, on ``devices`` (one that does not exist: none) and
+    on every device, from one netlink dump. In a thread of its own: pyroute2's synchronous
+    IPRoute runs an event loop of its own, which it cannot do in a thread whose loop runs (the
+    gateway's)."""
     with ThreadPoolExecutor(1) as pool:
-        return pool.submit(_read, None if devices is None else tuple(devices)).result()
+        return pool.submit(_read, tuple(devices)).result()
 
 
-def _read(devices: tuple[str, ...] | None) -> frozenset[IP]:
+def _read(devices: tuple[str, ...]) -> OwnAddresses:
     with IPRoute() as ipr:
-        if devices is None:
-            messages = list(ipr.get_addr())
-        else:
-            indexes = [i for dev in devices for i in ipr.link_lookup(ifname=dev)]
-            messages = [m for i in indexes for m in ipr.get_addr(index=i)]
-    return frozenset(
-        ipaddress.ip_address(addr.split("%")[0]) for m in messages if (addr := m.get("IFA_ADDRESS"))
+        lan = {i for dev in devices for i in ipr.link_lookup(ifname=dev)}
+        found = [
+            (m["index"], ipaddress.ip_address(addr.split("%")[0]))
+            for m in ipr.get_addr()
+            if (addr := m.get("IFA_ADDRESS"))
+        ]
+    return OwnAddresses(
+        frozenset(a for index, a in found if index in lan), frozenset(a for _, a in found)
     )
