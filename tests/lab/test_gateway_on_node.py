@@ -309,6 +309,20 @@ def _nat_mode_follows_the_gateways_choice(
         answer = request(lab, "echo-1-1", ip, 80)["answer"]
         inside.append((answer["node"], answer["client_ip"]))
     assert not others & {c for _, c in inside}, inside
+    if policy == "Local" and beside == ALONE:
+        # The annotation removed again: direct server return, every node's pods see the
+        # client (a NAT rule or a natlocal slot left behind would masquerade some flows).
+        api.core.patch_namespaced_service(
+            name, NS, {"metadata": {"annotations": {"portico.dev/forwarding-mode": None}}}
+        )
+        wait_for(
+            lambda: (
+                ip not in lab.exec(NODE, ["nft", "list", "table", "inet", "portico-gw-nat"]).stdout
+            ),
+            "the VIP gone from the gateway's NAT table",
+        )
+        got = _answers_until(lab, ip, gateway, lambda got: _nodes(got) == every)
+        assert _nodes(got) == every and _clients(got) == {client}, sorted(_origins(got))
 
 
 @pytest.fixture(scope="module")
